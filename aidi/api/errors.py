@@ -1,0 +1,148 @@
+"""Validation errors that name the field and the fix, all of them at once."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem in a job file: where it is, what is wrong, how to fix it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(Exception):
+    """A job file that cannot be submitted. Carries every problem found, not just the first."""
+
+    def __init__(self, source: str, errors: list[FieldError]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        count = len(self.errors)
+        head = f"{self.source}: {count} problem{'s' if count != 1 else ''}"
+        return "\n".join([head, *(f"  - {error}" for error in self.errors)])
+
+
+# Values of these fields are never echoed back in an error message.
+_SECRET_WORDS = ("passwd", "password", "secret", "token", "appkey")
+
+
+def did_you_mean(word: str, choices: list[str]) -> str | None:
+    """The closest allowed name, matching case-insensitively (users mix up case and underscores)."""
+    folded = {c.lower().replace("_", ""): c for c in choices}
+    hits = difflib.get_close_matches(word.lower().replace("_", ""), list(folded), n=1, cutoff=0.6)
+    return folded[hits[0]] if hits else None
+
+
+def dns1123_label(name: str, max_length: int = 63) -> str:
+    """The nearest valid DNS-1123 label: lower case, [a-z0-9-], no leading/trailing dash."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower())
+    label = re.sub(r"-{2,}", "-", label).strip("-")
+    return label[:max_length].rstrip("-") or "job"
+
+
+def _submodel(model: type[BaseModel] | None, key: str | int) -> type[BaseModel] | None:
+    """Follow one step of an error location through the model tree (by alias or by name)."""
+    if model is None or isinstance(key, int):
+        return model
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return _first_model(field.annotation)
+    return None
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_names(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _field_hint(model: type[BaseModel] | None, key: str | int) -> str:
+    if model is None or isinstance(key, int):
+        return ""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field.description or ""
+    return ""
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def from_pydantic(exc: ValidationError, root: type[BaseModel], prefix: str = "") -> list[FieldError]:
+    """Translate pydantic's errors into FieldErrors with the user's field names and a fix each."""
+    errors: list[FieldError] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
+        parent: type[BaseModel] | None = root
+        for part in loc[:-1]:
+            parent = _submodel(parent, part)
+        key = loc[-1] if loc else ""
+        path = _path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        kind = err["type"]
+        given = err.get("input")
+        if any(word in str(key).lower() for word in _SECRET_WORDS):
+            given = "<hidden>"
+        hint = _field_hint(parent, key)
+        if kind == "missing":
+            parent_path = _path(loc[:-1]) or "the top level"
+            message = f"required field is missing; add `{key}:` under {parent_path}"
+            if hint:
+                message += f" ({hint})"
+        elif kind == "extra_forbidden":
+            allowed = _field_names(parent)
+            guess = did_you_mean(str(key), allowed)
+            message = f"unknown field; did you mean `{guess}`?" if guess else "unknown field"
+            message += f" Allowed here: {', '.join(allowed)}"
+        elif kind in {"int_type", "int_parsing", "int_from_float"}:
+            message = f"expected a whole number, got {given!r}"
+            if hint:
+                message += f"; {hint}"
+        elif kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+            message = f"{given!r} is out of range ({err['msg'].lower()})"
+            if hint:
+                message += f"; {hint}"
+        elif kind == "string_pattern_mismatch":
+            pattern = err.get("ctx", {}).get("pattern", "")
+            message = f"{given!r} is not allowed here (must match {pattern})"
+            if hint:
+                message += f"; {hint}"
+        elif kind == "literal_error":
+            message = f"{given!r} is not one of {err.get('ctx', {}).get('expected', '')}"
+        elif kind == "value_error":
+            message = str(err.get("ctx", {}).get("error", err["msg"]))
+        else:
+            message = f"{err['msg']} (got {given!r})"
+            if hint:
+                message += f"; {hint}"
+        errors.append(FieldError(path, message))
+    return errors

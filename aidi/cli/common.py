@@ -1,0 +1,95 @@
+"""What every CLI shares: the flags that mean the same everywhere and the one ``main()`` that maps errors
+to one line and an exit code (tracebacks only under ``-v``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aidi.api.errors import SpecError
+from aidi.errors import AidiError
+
+EXIT_INVALID_SPEC = 2
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and full tracebacks")
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def add_jobs(parser: argparse.ArgumentParser, default: int = 4) -> None:
+    parser.add_argument("-j", "--jobs", type=int, default=default, metavar="N",
+                        help=f"parallel workers (default: {default})")
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def new_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_verbose(parser)
+    return parser
+
+
+def subcommand(subparsers: Any, name: str, handler: Handler, help_text: str,
+               description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """Add a subcommand whose ``run`` is ``handler``; every subcommand also takes -v."""
+    parser = subparsers.add_parser(
+        name, help=help_text, description=description or help_text, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_verbose(parser)
+    parser.set_defaults(func=handler)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen handler, and turn every failure into one line and an exit code."""
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except SpecError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    except AidiError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `traincli logs JOB | head`: the reader went away; not an error of ours.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"{parser.prog}: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback, "
+              "and report it)", file=sys.stderr)
+        return EXIT_INTERNAL

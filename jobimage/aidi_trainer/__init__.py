@@ -1,0 +1,1 @@
+"""The MXNet multitask trainer that runs in the job image."""
