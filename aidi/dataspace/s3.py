@@ -1,0 +1,280 @@
+"""The S3 object store (MinIO, SeaweedFS, AWS) through the ``minio`` client.
+
+Big files go up in multipart uploads with parts in parallel; every call is retried with exponential
+backoff on transient failures (connection resets, 5xx, SlowDown). Errors a user can fix become one
+``aidi.errors`` line: credentials refused (``AuthError``), endpoint unreachable (``ConnectionFailed``),
+bucket missing (``NotFoundError``). The secret key appears in none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from aidi.dataspace.config import DataspaceConfig
+from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_key
+from aidi.errors import AidiError, AuthError, ConnectionFailed, IntegrityError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+META_PREFIX = "x-amz-meta-"
+PART_SIZE = 16 * 1024 * 1024
+PARALLEL_PARTS = 4
+_CHUNK = 1 << 20
+ATTEMPTS = 5
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+               "AuthorizationHeaderMalformed"}
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+                    "OperationAborted", "XMinioServerNotInitialized"}
+
+
+class S3Store(ObjectStore):
+    def __init__(self, config: DataspaceConfig, jobs: int = 8) -> None:
+        parts = urlsplit(config.endpoint)
+        self.config = config
+        self.bucket = config.bucket
+        self.endpoint = config.endpoint.rstrip("/")
+        # Our own pool: sized for our parallel transfers, bounded connect retries so that an unreachable
+        # endpoint fails in seconds (the outer loop below retries transfers that fail part-way).
+        http = urllib3.PoolManager(
+            maxsize=max(10, jobs * (PARALLEL_PARTS + 1)),
+            timeout=urllib3.Timeout(connect=10, read=300),
+            retries=urllib3.Retry(total=3, connect=1, read=1, backoff_factor=0.2,
+                                  status_forcelist=[500, 502, 503, 504]),
+        )
+        self.client = Minio(parts.netloc, access_key=config.access_key or None,
+                            secret_key=config.secret_key or None, secure=parts.scheme == "https",
+                            region=config.region, http_client=http)
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # -- error mapping and retries ----------------------------------------------------------------------
+
+    def _map(self, exc: BaseException, what: str) -> AidiError | None:
+        """The user-facing error for ``exc``, or None when it is transient (worth a retry)."""
+        where = f"the dataspace at {self.endpoint}"
+        if isinstance(exc, S3Error):
+            if exc.code in _AUTH_CODES:
+                return AuthError(f"{where} refused the credentials of access key {self.config.access_key!r} "
+                                 f"({exc.code}) while trying to {what}; run `hitc init -t ACCESS_KEY:SECRET_KEY` "
+                                 "with a valid token")
+            if exc.code == "NoSuchBucket":
+                return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with "
+                                     "`hitc init ... --create-bucket` or ask your platform admin, or fix "
+                                     "`dataspace.bucket` in ~/.olympus/config.yaml")
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return NotFoundError(f"{self.uri(exc.object_name or '')} does not exist")
+            if exc.code in _TRANSIENT_CODES:
+                return None
+            return AidiError(f"{where} answered {exc.code} ({exc.message}) while trying to {what}")
+        if isinstance(exc, ServerError | InvalidResponseError):
+            status = getattr(exc, "status_code", 0) or getattr(exc, "_code", 0)
+            if status in (401, 403):
+                return AuthError(f"{where} refused the credentials of access key {self.config.access_key!r} "
+                                 f"(HTTP {status}); run `hitc init -t ACCESS_KEY:SECRET_KEY` with a valid token")
+            return None
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
+                exc.reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
+            return ConnectionFailed(f"cannot reach {where} ({_reason(exc.reason)}); check that the server is up "
+                                    "and the endpoint in ~/.olympus/config.yaml (`hitc init --endpoint URL`)")
+        if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+            return None
+        return None if not isinstance(exc, Exception) else _Unknown(exc)  # type: ignore[return-value]
+
+    def _call(self, what: str, fn: Callable[[], T], attempts: int = ATTEMPTS) -> T:
+        """Run ``fn``, retrying transient failures with exponential backoff and jitter."""
+        delay = 0.5
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, ConnectionError,
+                    TimeoutError) as exc:
+                mapped = self._map(exc, what)
+                if isinstance(mapped, _Unknown):
+                    raise
+                if mapped is not None:
+                    raise mapped from None
+                if attempt == attempts:
+                    raise ConnectionFailed(f"the dataspace at {self.endpoint} kept failing while trying to {what} "
+                                           f"({type(exc).__name__}: {_reason(exc)}) after {attempts} attempts; "
+                                           "try again later") from None
+                log.debug("retrying %s after %s: %s", what, type(exc).__name__, exc)
+                time.sleep(delay * (1 + random.random() / 2))
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # -- the interface ----------------------------------------------------------------------------------
+
+    def check(self, create: bool = False) -> None:
+        exists = self._call(f"check bucket {self.bucket!r}", lambda: self.client.bucket_exists(self.bucket),
+                            attempts=2)
+        if exists:
+            # bucket_exists is a HEAD that some servers answer without checking the signature; listing does.
+            self._call(f"list bucket {self.bucket!r}",
+                       lambda: next(iter(self.client.list_objects(self.bucket, prefix="datasets/")), None),
+                       attempts=2)
+            return
+        if not create:
+            raise NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with "
+                                "`hitc init ... --create-bucket` or ask your platform admin")
+        self._call(f"create bucket {self.bucket!r}", lambda: self.client.make_bucket(self.bucket))
+
+    def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
+                 progress: BytesCallback | None = None) -> ObjectInfo:
+        check_key(key)
+        size = os.path.getsize(path)
+        tracker = _Progress(progress)
+
+        def put() -> None:
+            tracker.restart()
+            self.client.fput_object(self.bucket, key, os.fspath(path), metadata=dict(metadata or {}),
+                                    part_size=PART_SIZE, num_parallel_uploads=PARALLEL_PARTS,
+                                    progress=tracker if progress else None)
+        self._call(f"upload {key}", put)
+        return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
+
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        check_key(key)
+        self._call(f"upload {key}", lambda: self.client.put_object(
+            self.bucket, key, io.BytesIO(data), len(data), metadata=dict(metadata or {})))
+        return ObjectInfo(key=key, size=len(data), metadata=dict(metadata or {}))
+
+    def get_bytes(self, key: str) -> bytes:
+        def get() -> bytes:
+            response = self.client.get_object(self.bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        return self._call(f"download {key}", get)
+
+    def get_file(self, key: str, path: str | os.PathLike[str], progress: BytesCallback | None = None,
+                 sha256: str | None = None) -> ObjectInfo:
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+        def get() -> ObjectInfo:
+            fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            done = 0
+            try:
+                digest = hashlib.sha256()
+                response = self.client.get_object(self.bucket, key)
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        for chunk in response.stream(_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            done += len(chunk)
+                            if progress:
+                                progress(len(chunk))
+                    info = _info_from_headers(key, response.headers)
+                finally:
+                    response.close()
+                    response.release_conn()
+                if sha256 and digest.hexdigest() != sha256:
+                    raise IntegrityError(f"{self.uri(key)}: sha256 is {digest.hexdigest()}, the manifest says "
+                                         f"{sha256}; the stored copy is corrupt: re-upload that version")
+                os.replace(temp, dest)
+                return info
+            except BaseException:
+                if progress and done:
+                    progress(-done)  # a retry starts the file again
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+        return self._call(f"download {key}", get)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        def head() -> ObjectInfo | None:
+            try:
+                result = self.client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+                    return None
+                raise
+            return ObjectInfo(key=key, size=result.size or 0, metadata=_user_metadata(result.metadata),
+                              modified=result.last_modified.timestamp() if result.last_modified else None)
+        return self._call(f"stat {key}", head)
+
+    def list(self, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
+        def collect() -> list[ObjectInfo]:
+            found = []
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=recursive):
+                name = obj.object_name or ""
+                if obj.is_dir:
+                    found.append(ObjectInfo(key=name, is_dir=True))
+                else:
+                    found.append(ObjectInfo(key=name, size=obj.size or 0,
+                                            modified=obj.last_modified.timestamp() if obj.last_modified else None))
+            return found
+        # Collected whole so that a retry does not repeat entries already yielded.
+        yield from self._call(f"list {prefix or '/'}", collect)
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", lambda: self.client.remove_object(self.bucket, key))
+
+    def close(self) -> None:
+        self.client._http.clear()
+
+
+class _Unknown(Exception):
+    """Marker: not an S3/transport error we know; re-raise the original."""
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    # urllib3 messages embed the object repr; keep the end, which says what happened.
+    return text.rsplit(": ", 1)[-1].strip(" )'\"") if ": " in text else text
+
+
+def _user_metadata(headers: Mapping[str, str] | None) -> dict[str, str]:
+    found = {}
+    for name, value in (headers or {}).items():
+        lower = name.lower()
+        if lower.startswith(META_PREFIX):
+            found[lower[len(META_PREFIX):]] = value
+    return found
+
+
+def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    return ObjectInfo(key=key, size=int(headers.get("content-length") or 0), metadata=_user_metadata(headers))
+
+
+class _Progress:
+    """minio's progress protocol (``set_meta`` / ``update``) forwarded to a byte callback; a retried upload
+    takes back what its failed attempt reported."""
+
+    def __init__(self, callback: BytesCallback | None) -> None:
+        self.callback = callback
+        self.reported = 0
+
+    def restart(self) -> None:
+        if self.callback and self.reported:
+            self.callback(-self.reported)
+        self.reported = 0
+
+    def set_meta(self, object_name: str, total_length: int) -> None:
+        pass
+
+    def update(self, size: int) -> None:
+        if self.callback:
+            self.reported += size
+            self.callback(size)

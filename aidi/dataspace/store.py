@@ -1,0 +1,101 @@
+"""The object store behind the dataspace: one interface, two backends (S3 via ``minio``; a local folder).
+
+Keys are ``/``-separated paths (``datasets/adasmini_4pe/trainset/v1/vehicle/train.rec``). Writes are
+atomic per object: a reader sees the whole object or none of it. Each object can carry small string
+metadata (the dataspace stores each file's ``sha256`` there).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+# Called with the number of bytes just transferred; must be thread-safe (transfers run in parallel).
+BytesCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object (or, from a non-recursive ``list``, a common prefix with ``is_dir=True``)."""
+
+    key: str
+    size: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    modified: float | None = None  # seconds since the epoch
+    is_dir: bool = False
+
+    @property
+    def sha256(self) -> str | None:
+        return self.metadata.get("sha256")
+
+
+class ObjectStore(ABC):
+    """Put, get, stat, list and delete objects by key. Every method may raise ``aidi.errors`` classes:
+    ``AuthError`` (credentials refused), ``ConnectionFailed`` (server unreachable), ``NotFoundError``
+    (missing bucket or key)."""
+
+    @abstractmethod
+    def uri(self, key: str = "") -> str:
+        """The object's address: ``s3://bucket/key`` or ``file:///root/key``."""
+
+    @abstractmethod
+    def check(self, create: bool = False) -> None:
+        """Verify the store answers, accepts our credentials and has its bucket (created when ``create``)."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
+                 progress: BytesCallback | None = None) -> ObjectInfo:
+        """Upload a local file (multipart, parts in parallel, for big files) with string ``metadata``."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | os.PathLike[str], progress: BytesCallback | None = None,
+                 sha256: str | None = None) -> ObjectInfo:
+        """Download to ``path`` (written to a temporary name, renamed when complete). With ``sha256``, the
+        bytes are hashed on the way and an ``IntegrityError`` raised (and nothing left at ``path``) on a
+        mismatch."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Store a small object from memory."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object into memory; ``NotFoundError`` when it does not exist."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and metadata of ``key``, or ``None`` when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
+        """Objects whose keys start with ``prefix``, in key order. Non-recursive: the objects directly
+        under ``prefix`` and one ``is_dir`` entry (key ending in ``/``) per deeper common prefix."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix``; returns how many."""
+        count = 0
+        for info in self.list(prefix, recursive=True):
+            self.delete(info.key)
+            count += 1
+        return count
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections."""
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a folder or mean two things (``..``, empty segments, a leading ``/``)."""
+    parts = key.split("/")
+    bad_segment = any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (".", "..")
+    if not key or key.startswith("/") or bad_segment:
+        raise ValueError(f"invalid object key {key!r}: use a relative path like 'datasets/NAME/TYPE/v1/file'")
+    return key
