@@ -11,13 +11,26 @@ upload resumes into it (files already stored with the same sha256 are skipped).
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
+import logging
 import os
+import re
+import secrets
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aidi.dataspace.files import count_records, dataset_files, sha256_file
 from aidi.dataspace.store import ObjectStore
+from aidi.dataspace.transfer import Meter, run_parallel
+from aidi.errors import IntegrityError, NotFoundError, UsageError
+
+log = logging.getLogger(__name__)
 
 DATASET_TYPES = ("trainset", "valset", "testset", "dataset", "rec")
 # Ground truth and predictions bound to an image dataset (`hitc dataspace upload -d NAME -t gt|pr`).
@@ -26,6 +39,9 @@ LATEST = "latest"
 MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
 DELETED = "_deleted.json"
+MANIFEST_FORMAT = "aidi.dataspace/v1"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
 @dataclass
@@ -73,6 +89,33 @@ class Manifest:
     created: str  # ISO 8601, UTC
     fingerprint: str  # sha256 over the sorted "path\\tsha256" lines: equal content, equal fingerprint
     binds: dict[str, Any] | None = None  # for gt/pr: {"dataset": NAME, "versions": {TYPE: VERSION}}
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": MANIFEST_FORMAT, "name": self.name, "type": self.type, "version": self.version,
+            "uploader": self.uploader, "created": self.created, "fingerprint": self.fingerprint,
+            "file_count": len(self.files), "total_size": self.total_size,
+        }
+        if self.records is not None:
+            data["records"] = self.records
+        if self.binds is not None:
+            data["binds"] = self.binds
+        data["files"] = [entry.to_json() for entry in self.files]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> Manifest:
+        try:
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            files = tuple(FileEntry(path=f["path"], size=int(f["size"]), sha256=f["sha256"], records=f.get("records"))
+                          for f in data["files"])
+            return cls(name=data["name"], type=data["type"], version=data["version"], files=files,
+                       uploader=data.get("uploader", ""), created=data.get("created", ""),
+                       fingerprint=data["fingerprint"], binds=data.get("binds"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{where} is not a valid dataspace manifest ({exc}); the version is damaged: "
+                                 "delete it with `hitc dataspace rm` and upload again") from None
 
     @property
     def total_size(self) -> int:
@@ -124,6 +167,8 @@ class Dataspace:
         self.uploader = uploader
         self.jobs = jobs
 
+    # -- upload -----------------------------------------------------------------------------------------
+
     def upload_dataset(self, name: str, type: str, path: str | os.PathLike[str], *, jobs: int | None = None,
                        progress: ProgressCallback | None = None, binds: dict[str, Any] | None = None,
                        ) -> TransferResult:
@@ -131,37 +176,272 @@ class Dataspace:
         ``name``/``type``; return what was done. The manifest is written last; an interrupted upload is
         invisible and resumes when called again with the same content. If the latest version already holds
         exactly these files, nothing is uploaded and ``result.unchanged`` is true."""
-        raise NotImplementedError
+        check_name(name)
+        if type not in DATASET_TYPES and not (binds and type in BINDING_TYPES):
+            raise UsageError(f"unknown dataset type {type!r}; use one of {', '.join(DATASET_TYPES)} "
+                             "(gt/pr JSON goes up with `hitc dataspace upload -d DATASET -t gt|pr -f FILE.json`)")
+        started = time.monotonic()
+        jobs = jobs or self.jobs
+        pairs = dataset_files(Path(path))
+        state = TransferProgress(files_total=len(pairs), bytes_total=sum(file.stat().st_size for _, file in pairs))
+        meter = Meter((lambda: progress(state)) if progress else None)
+
+        entries = self._describe(pairs, state, meter, jobs)
+        fingerprint = content_fingerprint(entries, binds)
+        result = TransferResult(name=name, type=type, version="", files=len(entries),
+                                bytes=sum(entry.size for entry in entries))
+
+        latest = self._latest_manifest(name, type)
+        if latest is not None and latest.fingerprint == fingerprint:
+            state.phase = "done"
+            meter.tick(force=True)
+            return replace(result, version=latest.version, unchanged=True, skipped_files=len(entries),
+                           skipped_bytes=result.bytes, seconds=time.monotonic() - started,
+                           uri=self.store.uri(self.version_prefix(name, type, latest.version)), manifest=latest)
+
+        version = self._claim_version(name, type, fingerprint)
+        prefix = self.version_prefix(name, type, version)
+        state.phase, state.files_done, state.bytes_done = "uploading", 0, 0
+        meter.tick(force=True)
+        uploaded = run_parallel(lambda item: self._upload_one(prefix + item[0].path, item[1], item[0], state, meter),
+                                [(entry, file) for entry, (_, file) in zip(entries, pairs, strict=True)], jobs)
+
+        state.phase = "committing"
+        meter.tick(force=True)
+        manifest = Manifest(name=name, type=type, version=version, files=tuple(entries),
+                            uploader=self.uploader or getpass.getuser(), created=_now(),
+                            fingerprint=fingerprint, binds=binds)
+        if self.store.stat(prefix + MANIFEST) is None:
+            # Written last: from here on the version exists.
+            self.store.put_bytes(prefix + MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
+        else:
+            manifest = self._read_manifest(name, type, version)  # a concurrent identical upload finished first
+        self.store.delete(prefix + PENDING)
+        state.phase = "done"
+        meter.tick(force=True)
+        sent = [entry for entry, was_sent in zip(entries, uploaded, strict=True) if was_sent]
+        return replace(result, version=version, transferred_files=len(sent),
+                       transferred_bytes=sum(entry.size for entry in sent),
+                       skipped_files=len(entries) - len(sent),
+                       skipped_bytes=result.bytes - sum(entry.size for entry in sent),
+                       seconds=time.monotonic() - started, uri=self.store.uri(prefix), manifest=manifest)
+
+    def _describe(self, pairs: list[tuple[str, Path]], state: TransferProgress, meter: Meter,
+                  jobs: int) -> list[FileEntry]:
+        """sha256, size and record count of every local file, in parallel."""
+        def add_bytes(count: int) -> None:
+            state.bytes_done += count
+
+        on_bytes = meter.bytes_callback(add_bytes)
+
+        def describe(pair: tuple[str, Path]) -> FileEntry:
+            rel, file = pair
+            size = file.stat().st_size
+            digest = sha256_file(file, on_bytes)
+            records = count_records(file) if rel.endswith(".rec") else None
+            with meter.lock:
+                state.files_done += 1
+            return FileEntry(path=rel, size=size, sha256=digest, records=records)
+
+        return run_parallel(describe, pairs, jobs)
+
+    def _upload_one(self, key: str, file: Path, entry: FileEntry, state: TransferProgress, meter: Meter) -> bool:
+        """Store one file unless an identical copy is there already (a resumed upload); True if sent."""
+        stored = self.store.stat(key)
+        if stored is not None and stored.size == entry.size and stored.sha256 == entry.sha256:
+            with meter.lock:
+                state.files_done += 1
+                state.files_skipped += 1
+                state.bytes_done += entry.size
+                state.bytes_skipped += entry.size
+            meter.tick()
+            return False
+
+        def add_bytes(count: int) -> None:
+            state.bytes_done += count
+
+        sent_before = state.bytes_done
+        self.store.put_file(key, file, metadata={"sha256": entry.sha256}, progress=meter.bytes_callback(add_bytes))
+        with meter.lock:
+            state.files_done += 1
+            # Stores that report no byte progress (or report it partially) still end at the file's size.
+            if state.bytes_done == sent_before:
+                state.bytes_done += entry.size
+        meter.tick()
+        return True
+
+    def _claim_version(self, name: str, type: str, fingerprint: str) -> str:
+        """The version this upload writes into: an unfinished upload of the same content newer than every
+        complete version (resume), else the next unused number, marked pending with our upload id."""
+        states = self._version_states(name, type)
+        newest_complete = max((n for n, state in states.items() if state == "complete"), default=0)
+        for number in sorted(states, reverse=True):
+            if number <= newest_complete:
+                break
+            if states[number] == "pending":
+                marker = self._read_json(self.version_prefix(name, type, f"v{number}") + PENDING)
+                if marker and marker.get("fingerprint") == fingerprint:
+                    log.info("resuming the unfinished upload of %s/%s v%d", name, type, number)
+                    return f"v{number}"
+        for _ in range(5):
+            number = max(states, default=0) + 1
+            version = f"v{number}"
+            upload_id = secrets.token_hex(8)
+            marker_key = self.version_prefix(name, type, version) + PENDING
+            self.store.put_bytes(marker_key, json.dumps({
+                "upload_id": upload_id, "fingerprint": fingerprint, "uploader": self.uploader or getpass.getuser(),
+                "started": _now()}).encode())
+            # Two uploaders may pick the same number; the marker's last writer owns it, the other moves on.
+            marker = self._read_json(marker_key)
+            if marker and marker.get("upload_id") == upload_id:
+                return version
+            states[number] = "pending"
+        raise UsageError(f"could not claim a new version of {name}/{type}: other uploads keep taking the next "
+                         "number; try again")
 
     def bind_annotations(self, dataset: str, kind: str, json_file: str | os.PathLike[str], *,
                          progress: ProgressCallback | None = None) -> TransferResult:
         """Store ground truth (``kind="gt"``) or predictions (``"pr"``) JSON for the image dataset ``dataset``
         as a new version of ``dataset``/``kind``; its manifest's ``binds`` names the dataset versions."""
-        raise NotImplementedError
+        check_name(dataset)
+        if kind not in BINDING_TYPES:
+            raise UsageError(f"-t {kind!r} cannot be bound to a dataset; use gt (ground truth) or pr (predictions)")
+        path = Path(json_file)
+        if not path.is_file():
+            raise NotFoundError(f"{path} does not exist or is not a file; give the {kind} JSON file with -f")
+        try:
+            json.loads(path.read_bytes())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"{path} is not valid JSON ({exc}); fix the file and upload again") from None
+        versions = {summary.type: summary.latest for summary in self.list_datasets(dataset)
+                    if summary.type not in BINDING_TYPES and summary.latest}
+        if not versions:
+            raise NotFoundError(f"no dataset named {dataset!r} to bind {kind} to; upload its images first "
+                                f"(`hitc dataspace upload -n {dataset} -t valset -f DIR`) or check the name with "
+                                "`hitc dataspace list`")
+        return self.upload_dataset(dataset, kind, path, progress=progress,
+                                   binds={"dataset": dataset, "versions": versions})
+
+    # -- read -------------------------------------------------------------------------------------------
 
     def resolve(self, name: str, type: str, version: str = LATEST) -> Manifest:
         """The manifest of ``version`` (``latest``: the newest complete one); ``NotFoundError`` naming what
         exists when the dataset, type or version does not."""
-        raise NotImplementedError
+        check_name(name)
+        version = normalize_version(version)
+        if version == LATEST:
+            manifest = self._latest_manifest(name, type)
+            if manifest is None:
+                raise self._missing(name, type, None)
+            return manifest
+        if self.store.stat(self.version_prefix(name, type, version) + MANIFEST) is None:
+            raise self._missing(name, type, version)
+        return self._read_manifest(name, type, version)
 
     def versions(self, name: str, type: str) -> list[str]:
         """Complete versions of ``name``/``type``, oldest first."""
-        raise NotImplementedError
+        return [f"v{n}" for n, state in sorted(self._version_states(name, type).items()) if state == "complete"]
+
+    def pending_versions(self, name: str, type: str) -> list[dict[str, Any]]:
+        """Unfinished uploads of ``name``/``type`` (not versions yet): ``{"version", "uploader", "started"}``."""
+        found = []
+        for number, state in sorted(self._version_states(name, type).items()):
+            if state == "pending":
+                marker = self._read_json(self.version_prefix(name, type, f"v{number}") + PENDING) or {}
+                found.append({"version": f"v{number}", "uploader": marker.get("uploader"),
+                              "started": marker.get("started")})
+        return found
+
+    def list_datasets(self, name: str | None = None) -> list[DatasetSummary]:
+        """Every dataset name/type with complete versions (only ``name``'s when given)."""
+        names = [name] if name else [_basename(info.key) for info in self.store.list("datasets/", recursive=False)
+                                     if info.is_dir]
+        summaries = []
+        for dataset in names:
+            for info in self.store.list(f"datasets/{dataset}/", recursive=False):
+                if not info.is_dir:
+                    continue
+                type = _basename(info.key)
+                versions = self.versions(dataset, type)
+                if not versions:
+                    continue
+                latest = self._read_manifest(dataset, type, versions[-1])
+                summaries.append(DatasetSummary(name=dataset, type=type, versions=tuple(versions), latest=versions[-1],
+                                                latest_size=latest.total_size, latest_files=len(latest.files),
+                                                latest_created=latest.created))
+        return summaries
 
     def download_dataset(self, name: str, type: str, version: str = LATEST, dest: str | os.PathLike[str] = ".",
                          *, jobs: int | None = None, progress: ProgressCallback | None = None) -> TransferResult:
         """Download the version's files into ``dest`` (``dest/<relative path>``), verifying every sha256.
         Files already in ``dest`` with the right sha256 are kept (a re-run resumes)."""
-        raise NotImplementedError
+        started = time.monotonic()
+        manifest = self.resolve(name, type, version)
+        prefix = self.version_prefix(name, type, manifest.version)
+        root = Path(dest).resolve()
+        targets = [(entry, _inside(root, entry.path)) for entry in manifest.files]
+        state = TransferProgress(files_total=len(targets), bytes_total=manifest.total_size, phase="downloading")
+        meter = Meter((lambda: progress(state)) if progress else None)
 
-    def list_datasets(self, name: str | None = None) -> list[DatasetSummary]:
-        """Every dataset name/type with complete versions (only ``name``'s when given)."""
-        raise NotImplementedError
+        def add_bytes(count: int) -> None:
+            state.bytes_done += count
+
+        on_bytes = meter.bytes_callback(add_bytes)
+
+        def fetch(item: tuple[FileEntry, Path]) -> bool:
+            entry, target = item
+            if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
+                with meter.lock:
+                    state.files_done += 1
+                    state.files_skipped += 1
+                    state.bytes_done += entry.size
+                    state.bytes_skipped += entry.size
+                meter.tick()
+                return False
+            self.store.get_file(prefix + entry.path, target, progress=on_bytes, sha256=entry.sha256)
+            with meter.lock:
+                state.files_done += 1
+            meter.tick()
+            return True
+
+        meter.tick(force=True)
+        fetched = run_parallel(fetch, targets, jobs or self.jobs)
+        state.phase = "done"
+        meter.tick(force=True)
+        sent = [entry for entry, was_sent in zip(manifest.files, fetched, strict=True) if was_sent]
+        return TransferResult(name=name, type=type, version=manifest.version, files=len(manifest.files),
+                              bytes=manifest.total_size, transferred_files=len(sent),
+                              transferred_bytes=sum(entry.size for entry in sent),
+                              skipped_files=len(manifest.files) - len(sent),
+                              skipped_bytes=manifest.total_size - sum(entry.size for entry in sent),
+                              seconds=time.monotonic() - started, uri=str(root), manifest=manifest)
+
+    # -- delete -----------------------------------------------------------------------------------------
 
     def delete_version(self, name: str, type: str, version: str) -> int:
         """Remove a version (complete or abandoned); returns the number of objects removed. The manifest goes
         first, so the version disappears at once; the version number is never reused."""
-        raise NotImplementedError
+        check_name(name)
+        version = normalize_version(version)
+        if version == LATEST:
+            raise UsageError("name the version to delete, e.g. --version v3 (`latest` is refused: it may have "
+                             "moved since you looked)")
+        prefix = self.version_prefix(name, type, version)
+        objects = [info.key for info in self.store.list(prefix) if not info.key.endswith("/" + DELETED)]
+        if not objects:
+            raise self._missing(name, type, version)
+        removed = 0
+        if prefix + MANIFEST in objects:
+            self.store.delete(prefix + MANIFEST)
+            removed += 1
+        # The tombstone keeps the number taken, so a later upload never reuses it for other content.
+        self.store.put_bytes(prefix + DELETED, json.dumps({"deleted_by": self.uploader or getpass.getuser(),
+                                                           "deleted": _now()}).encode())
+        for key in objects:
+            if key != prefix + MANIFEST:
+                self.store.delete(key)
+                removed += 1
+        return removed
 
     def version_prefix(self, name: str, type: str, version: str) -> str:
         """``datasets/<name>/<type>/<version>/``."""
@@ -170,8 +450,115 @@ class Dataspace:
     def close(self) -> None:
         self.store.close()
 
+    # -- helpers ----------------------------------------------------------------------------------------
 
-def dataset_files(path: Path) -> list[tuple[str, Path]]:
-    """The (relative path, file) pairs an upload of ``path`` sends: the file itself, or every file below
-    the folder in sorted order."""
-    raise NotImplementedError
+    def _version_states(self, name: str, type: str) -> dict[int, str]:
+        """Every version number used under ``name``/``type``: complete, pending, deleted, or orphan
+        (files without manifest or marker: an interrupted delete)."""
+        numbers = []
+        for info in self.store.list(f"datasets/{name}/{type}/", recursive=False):
+            match = _VERSION_RE.match(_basename(info.key))
+            if info.is_dir and match:
+                numbers.append(int(match.group(1)))
+
+        def state_of(number: int) -> str:
+            prefix = self.version_prefix(name, type, f"v{number}")
+            for marker, state in ((MANIFEST, "complete"), (PENDING, "pending"), (DELETED, "deleted")):
+                if self.store.stat(prefix + marker) is not None:
+                    return state
+            return "orphan"
+
+        return dict(zip(numbers, run_parallel(state_of, numbers, self.jobs), strict=True))
+
+    def _latest_manifest(self, name: str, type: str) -> Manifest | None:
+        versions = self.versions(name, type)
+        return self._read_manifest(name, type, versions[-1]) if versions else None
+
+    def _read_manifest(self, name: str, type: str, version: str) -> Manifest:
+        key = self.version_prefix(name, type, version) + MANIFEST
+        try:
+            data = json.loads(self.store.get_bytes(key))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise IntegrityError(f"{self.store.uri(key)} is not valid JSON; the version is damaged: delete it "
+                                 "with `hitc dataspace rm` and upload again")
+        return Manifest.from_json(data, self.store.uri(key))
+
+    def _read_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.store.get_bytes(key))
+        except (NotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _missing(self, name: str, type: str, version: str | None) -> NotFoundError:
+        """The one line that says what is missing and what exists instead."""
+        types = [_basename(info.key) for info in self.store.list(f"datasets/{name}/", recursive=False) if info.is_dir]
+        if not types:
+            return NotFoundError(f"no dataset named {name!r} in the dataspace ({self.store.uri('datasets/')}); "
+                                 "see `hitc dataspace list`")
+        if type not in types:
+            return NotFoundError(f"dataset {name!r} has no type {type!r} (it has {', '.join(sorted(types))}); "
+                                 f"use -t with one of those")
+        states = self._version_states(name, type)
+        complete = [f"v{n}" for n, state in sorted(states.items()) if state == "complete"]
+        available = f"its versions: {', '.join(complete)}" if complete else "it has no complete version yet"
+        if version is None:
+            return NotFoundError(f"{name}/{type} has no complete version yet (an upload was interrupted?); "
+                                 "re-run the upload to finish it")
+        state = states.get(int(version[1:]))
+        if state == "pending":
+            return NotFoundError(f"{name}/{type} {version} is an unfinished upload, not a version; re-run the upload "
+                                 f"to finish it ({available})")
+        if state == "deleted":
+            deleted = self._read_json(self.version_prefix(name, type, version) + DELETED) or {}
+            return NotFoundError(f"{name}/{type} {version} was deleted by {deleted.get('deleted_by', '?')} on "
+                                 f"{deleted.get('deleted', '?')} ({available})")
+        return NotFoundError(f"{name}/{type} has no version {version} ({available})")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise UsageError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' (at most 128), "
+                         "starting with a letter or digit")
+    return name
+
+
+def normalize_version(version: str | int) -> str:
+    """``latest``, ``v3``, ``3`` → ``latest``, ``v3``, ``v3``; anything else is a ``UsageError``."""
+    text = str(version).strip()
+    if text == LATEST:
+        return text
+    if text.isdigit():
+        text = f"v{text}"
+    if not _VERSION_RE.match(text):
+        raise UsageError(f"invalid version {version!r}: use latest or v1, v2, ...")
+    return text
+
+
+def content_fingerprint(entries: list[FileEntry], binds: dict[str, Any] | None = None) -> str:
+    """sha256 over the sorted ``path<TAB>sha256`` lines (and the binding): equal content, equal fingerprint."""
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.path):
+        digest.update(f"{entry.path}\t{entry.sha256}\n".encode())
+    if binds:
+        digest.update(json.dumps(binds, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root/rel``, refusing a manifest path that would land outside ``root``."""
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or rel.startswith("/"):
+        raise IntegrityError(f"the manifest names the file {rel!r}, which would land outside {root}; "
+                             "refusing to download it")
+    return target
+
+
+def _basename(key: str) -> str:
+    return key.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

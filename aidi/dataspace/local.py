@@ -139,30 +139,28 @@ class LocalStore(ObjectStore):
         return self._info(key, path) if path.is_file() else None
 
     def list(self, prefix: str = "", recursive: bool = True) -> Iterator[ObjectInfo]:
-        # Walk only the folder the prefix names, then filter by the rest of it.
+        # Only the folder the prefix names is read; the rest of the prefix filters its entries.
         base_dir, _, _ = prefix.rpartition("/")
         start = self.root / base_dir if base_dir else self.root
         if not start.is_dir():
             return
         entries: list[ObjectInfo] = []
-        seen_dirs: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(start):
-            rel_dir = os.path.relpath(dirpath, self.root)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            if not rel_dir:
-                dirnames[:] = [d for d in dirnames if d not in _HIDDEN]
-            for filename in filenames:
-                key = rel_dir + filename
-                if not key.startswith(prefix):
+        if recursive:
+            for dirpath, dirnames, filenames in os.walk(start):
+                if Path(dirpath) == self.root:
+                    dirnames[:] = [d for d in dirnames if d not in _HIDDEN]
+                rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+                for filename in filenames:
+                    key = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+                    if key.startswith(prefix):
+                        entries.append(self._info(key, Path(dirpath) / filename))
+        else:
+            for child in start.iterdir():
+                key = f"{base_dir}/{child.name}" if base_dir else child.name
+                if not key.startswith(prefix) or (start == self.root and child.name in _HIDDEN):
                     continue
-                rest = key[len(prefix):]
-                if not recursive and "/" in rest:
-                    sub = prefix + rest.split("/", 1)[0] + "/"
-                    if sub not in seen_dirs:
-                        seen_dirs.add(sub)
-                        entries.append(ObjectInfo(key=sub, is_dir=True))
-                    continue
-                entries.append(self._info(key, Path(dirpath) / filename))
+                entries.append(ObjectInfo(key=key + "/", is_dir=True) if child.is_dir()
+                               else self._info(key, child))
         entries.sort(key=lambda info: info.key)
         yield from entries
 

@@ -76,9 +76,7 @@ class S3Store(ObjectStore):
                                  f"({exc.code}) while trying to {what}; run `hitc init -t ACCESS_KEY:SECRET_KEY` "
                                  "with a valid token")
             if exc.code == "NoSuchBucket":
-                return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with "
-                                     "`hitc init ... --create-bucket` or ask your platform admin, or fix "
-                                     "`dataspace.bucket` in ~/.olympus/config.yaml")
+                return self._bucket_missing()
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return NotFoundError(f"{self.uri(exc.object_name or '')} does not exist")
             if exc.code in _TRANSIENT_CODES:
@@ -93,10 +91,16 @@ class S3Store(ObjectStore):
         if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(
                 exc.reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError):
             return ConnectionFailed(f"cannot reach {where} ({_reason(exc.reason)}); check that the server is up "
-                                    "and the endpoint in ~/.olympus/config.yaml (`hitc init --endpoint URL`)")
+                                    f"and the endpoint (from {self.config.source}; `hitc init --endpoint URL` sets "
+                                    "it)")
         if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
             return None
         return None if not isinstance(exc, Exception) else _Unknown(exc)  # type: ignore[return-value]
+
+    def _bucket_missing(self) -> NotFoundError:
+        return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with `hitc init "
+                             f"... --create-bucket`, ask your platform admin, or fix the bucket (from "
+                             f"{self.config.source})")
 
     def _call(self, what: str, fn: Callable[[], T], attempts: int = ATTEMPTS) -> T:
         """Run ``fn``, retrying transient failures with exponential backoff and jitter."""
@@ -132,8 +136,7 @@ class S3Store(ObjectStore):
                        attempts=2)
             return
         if not create:
-            raise NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with "
-                                "`hitc init ... --create-bucket` or ask your platform admin")
+            raise self._bucket_missing()
         self._call(f"create bucket {self.bucket!r}", lambda: self.client.make_bucket(self.bucket))
 
     def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
