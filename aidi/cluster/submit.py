@@ -1,0 +1,145 @@
+"""`traincli submit`: validate, pack and encrypt UPLOAD_DIR, upload it, then create the Secret and the TrainJob.
+
+The password goes from the job file (or ``--password-file``) into the Secret's data and into the
+encryption key, nowhere else: not the CR, not a log line, not a child process's command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aidi import codepkg
+from aidi.api import aidi_form
+from aidi.api import trainjob as tj
+from aidi.api.loader import JobFile
+from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.kube import JobClient
+from aidi.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+LOCAL_RUNNER_MODULE = "aidi.local"
+
+
+@dataclass
+class SubmitResult:
+    name: str
+    namespace: str
+    cluster: str
+    uid: str | None
+    code_uri: str | None = None
+    code_sha256: str | None = None
+    package_bytes: int = 0
+    package_files: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def package_key(namespace: str, job: str, sha256: str) -> str:
+    """Where a code package lives in the dataspace (docs/architecture.md, "Dataspace layout")."""
+    return f"codepkgs/{namespace}/{job}/{sha256}.tar.gz.enc"
+
+
+def _local_runner(job_file: JobFile, resolved: ResolvedCluster) -> Any:
+    if importlib.util.find_spec(LOCAL_RUNNER_MODULE) is None:
+        raise UsageError(f"cluster {resolved.name!r} in {resolved.path} is `type: local`, the embedded single-machine "
+                         "runner, which this version of aidi does not include yet; point current-cluster at a "
+                         "Kubernetes cluster (`traincli init -t APPID:APPKEY --server URL`)")
+    return importlib.import_module(LOCAL_RUNNER_MODULE).submit(job_file, resolved)
+
+
+def submit(job_file: JobFile, resolved: ResolvedCluster, *, open_dataspace: Callable[[], Any],
+           max_bytes: int = codepkg.DEFAULT_MAX_BYTES, password: str | None = None,
+           client: JobClient | None = None) -> SubmitResult:
+    """Submit a validated job to ``resolved``. ``open_dataspace`` is called only when there is code to upload.
+
+    ``password`` is for a CR whose code folder is named by the ``aidi.io/upload-dir`` annotation; the AIDI form
+    carries its own (JOB_PASSWD).
+    """
+    if resolved.cluster.type == "local":
+        return _local_runner(job_file, resolved)
+    job = job_file.job.model_copy(deep=True)
+    client = client or JobClient.for_cluster(resolved, job.metadata.namespace)
+    name, namespace = job.metadata.name, client.namespace
+    job.metadata.namespace = namespace
+    if resolved.cluster.queue and not job.spec.queue_name:
+        job.spec.queue_name = resolved.cluster.queue
+
+    upload_dir, secret = _code_source(job_file, job, password)
+    if client.job_exists(name):
+        raise UsageError(f"a TrainJob named {name!r} already exists in namespace {namespace}; delete it with "
+                         f"`traincli delete {name}` or choose another JOB_NAME")
+    result = SubmitResult(name=name, namespace=namespace, cluster=resolved.name, uid=None)
+    secret_name = aidi_form.code_secret_name(name)
+    if upload_dir is not None and secret is not None:
+        _upload_code(job, upload_dir, secret, namespace, open_dataspace, max_bytes, result)
+        client.put_password_secret(secret_name, name, secret)
+    elif job.spec.code_package and job.spec.code_package.password_secret_ref:
+        ref = job.spec.code_package.password_secret_ref.name
+        if not client.secret_exists(ref):
+            log.warning("the code package's Secret %s does not exist in %s yet; the job waits for it "
+                        "(kubectl -n %s create secret generic %s --from-file=password=FILE)",
+                        ref, namespace, namespace, ref)
+    try:
+        created = client.create_job(job.to_wire())
+    except BaseException:
+        if secret is not None:
+            client.delete_secret(secret_name)
+        raise
+    result.uid = (created.get("metadata") or {}).get("uid")
+    if secret is not None:
+        if result.uid:
+            client.own_secret(secret_name, created)
+        else:
+            log.warning("the API server returned no uid for TrainJob %s, so Secret %s cannot be owned by it; "
+                        "`traincli delete %s` removes both", name, secret_name, name)
+    return result
+
+
+def _code_source(job_file: JobFile, job: tj.TrainJob, password: str | None) -> tuple[Path | None, str | None]:
+    """(folder to pack, password), or (None, None) when the job brings no code folder."""
+    if job_file.form == "aidi":
+        assert job_file.password is not None and job_file.upload_dir is not None
+        return job_file.upload_dir, job_file.password.get_secret_value()
+    folder = job.metadata.annotations.get(aidi_form.UPLOAD_DIR_ANNOTATION)
+    if folder is None:
+        return None, None
+    if job.spec.code_package is not None:
+        raise UsageError(f"{job_file.source}: set either spec.codePackage (an uploaded package) or the "
+                         f"{aidi_form.UPLOAD_DIR_ANNOTATION} annotation (a folder to upload), not both")
+    if not password:
+        raise UsageError(f"{job_file.source}: the {aidi_form.UPLOAD_DIR_ANNOTATION} annotation names a code folder "
+                         "to encrypt; pass its password with --password-file FILE")
+    path = Path(folder)
+    return (path if path.is_absolute() else Path(job_file.source).parent / path), password
+
+
+def _upload_code(job: tj.TrainJob, upload_dir: Path, password: str, namespace: str,
+                 open_dataspace: Callable[[], Any], max_bytes: int, result: SubmitResult) -> None:
+    with tempfile.TemporaryDirectory(prefix="aidi-submit-") as tmp:
+        package = codepkg.build(upload_dir, password, tmp, max_bytes)
+        log.info("packed %s: %d files, %s → %s encrypted (%d ignored)", upload_dir, package.pack.files,
+                 codepkg.human_bytes(package.pack.source_bytes), codepkg.human_bytes(package.size),
+                 package.pack.ignored)
+        dataspace = open_dataspace()
+        key = package_key(namespace, job.metadata.name, package.sha256)
+        try:
+            dataspace.store.put_file(key, package.path, metadata={"sha256": package.sha256})
+            uri = dataspace.store.uri(key)
+        finally:
+            dataspace.close()
+        log.info("uploaded the code package to %s", uri)
+    job.spec.code_package = tj.CodePackage(
+        uri=uri, sha256=package.sha256,
+        password_secret_ref=tj.SecretKeyRef(name=aidi_form.code_secret_name(job.metadata.name), key="password"),
+    )
+    result.code_uri, result.code_sha256 = uri, package.sha256
+    result.package_bytes, result.package_files = package.size, package.pack.files
