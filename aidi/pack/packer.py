@@ -1,0 +1,232 @@
+"""Packing one scene: items → worker processes → ``{train,val}.{rec,idx}`` + ``manifest.json``.
+
+Streaming: a bounded window of batches is in flight, records go to disk in source order as they come
+back, and nothing per image stays in memory. Outputs are written under temporary names and renamed
+only when the whole scene packed, manifest last, so a failed or interrupted run never leaves a set that
+looks complete, and never damages the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aidi import __version__, recordio
+from aidi.errors import AidiError
+from aidi.pack.config import PackConfig
+from aidi.pack.encode import Encoded, encode
+from aidi.pack.sources import Item, fingerprint, in_val, items
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.txt"
+SPLITS = ("train", "val")
+BATCH = 32
+FORMAT = "aidi-recordio/1"
+
+
+class PackFailed(AidiError):
+    """Bad inputs, listed in full; nothing was written."""
+
+    def __init__(self, scene: str, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {file}: {reason}" for file, reason in problems)
+        super().__init__(f"scene {scene}: {len(problems)} bad input(s), nothing written:\n{lines}\n"
+                         "fix them, or pack the rest with --skip-bad (the rejects go to a file)")
+
+
+@dataclass
+class PackResult:
+    scene: str
+    output: Path
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    objects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    skipped: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    up_to_date: bool = False
+    rejects_file: Path | None = None
+
+    @property
+    def packed(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {"scene": self.scene, "output": str(self.output), "up_to_date": self.up_to_date,
+                "packed": self.packed, "train": self.counts["train"], "val": self.counts["val"],
+                "objects": self.objects, "skipped": self.skipped, "errors": len(self.problems),
+                "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 1),
+                "rejects_file": str(self.rejects_file) if self.rejects_file else None}
+
+    def rate(self) -> float:
+        return self.packed / self.seconds if self.seconds > 0 else 0.0
+
+
+_worker_config: PackConfig | None = None
+
+
+def _init_worker(config: PackConfig) -> None:
+    global _worker_config
+    _worker_config = config
+
+
+def _encode_batch(batch: list[Item]) -> list[Encoded]:
+    assert _worker_config is not None
+    return [encode(item, _worker_config) for item in batch]
+
+
+def _batches(source: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for item in source:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
+    """Every item with its record, in source order, encoded by ``jobs`` processes."""
+    if jobs <= 1:
+        for item in items(config):
+            yield item, encode(item, config)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(config,)) as pool:
+        # A bounded window keeps memory flat however large the dataset is.
+        pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
+        for batch in _batches(items(config), BATCH):
+            pending.append((batch, pool.submit(_encode_batch, batch)))
+            if len(pending) >= 3 * jobs:
+                done_batch, future = pending.popleft()
+                yield from zip(done_batch, future.result(), strict=True)
+        while pending:
+            done_batch, future = pending.popleft()
+            yield from zip(done_batch, future.result(), strict=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(output: str | os.PathLike[str]) -> dict | None:
+    try:
+        return json.loads((Path(output) / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _up_to_date(manifest: dict | None, output: Path, source_fingerprint: str, skip_bad: bool) -> bool:
+    if not manifest or manifest.get("source", {}).get("fingerprint") != source_fingerprint:
+        return False
+    if manifest.get("counts", {}).get("skipped") and not skip_bad:
+        return False  # the last run skipped bad inputs; without --skip-bad they must be reported again
+    files = manifest.get("files", {})
+    return bool(files) and all((output / name).is_file() and (output / name).stat().st_size == info.get("bytes")
+                               for name, info in files.items())
+
+
+def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = False, force: bool = False,
+               rejects: str | os.PathLike[str] | None = None, config_path: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> PackResult:
+    """Pack one scene as ``config`` says. ``progress(done, total)`` is called as images finish."""
+    started = time.monotonic()
+    output = Path(config.output)
+    result = PackResult(config.scene, output)
+    source_fingerprint = fingerprint(config)
+    if not force and _up_to_date(read_manifest(output), output, source_fingerprint, skip_bad):
+        manifest = read_manifest(output) or {}
+        result.up_to_date = True
+        result.counts = {s: manifest["counts"][s] for s in SPLITS}
+        result.objects = manifest["counts"].get("objects", result.objects)
+        result.skipped = manifest["counts"].get("skipped", 0)
+        result.seconds = time.monotonic() - started
+        return result
+    total = sum(1 for item in items(config) if item.index >= 0)
+    output.mkdir(parents=True, exist_ok=True)
+    temp = {f"{split}.{ext}": output / f".{split}.{ext}.tmp-{os.getpid()}"
+            for split in SPLITS for ext in ("rec", "idx")}
+    complete = False
+    try:
+        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"]) for split in SPLITS}
+        try:
+            done = 0
+            for item, encoded in _encoded(config, jobs or os.cpu_count() or 1):
+                if encoded.record is None:
+                    result.problems.extend((item.image, reason) for reason in encoded.problems)
+                    if item.index >= 0:
+                        result.skipped += 1
+                else:
+                    split = "val" if in_val(item.name, config.val_fraction) else "train"
+                    key = writers[split].count
+                    struct.pack_into("<Q", encoded.record, 8, key)  # IRHeader.id = the .idx key, as im2rec does
+                    writers[split].write(key, encoded.record)
+                    result.counts[split] += 1
+                    result.objects[split] += encoded.objects
+                if item.index >= 0:
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if result.problems and not skip_bad:
+            raise PackFailed(config.scene, result.problems)
+        result.rejects_file = _finish(config, output, temp, result, source_fingerprint, config_path, rejects)
+        complete = True
+    finally:
+        if not complete:
+            for path in temp.values():
+                path.unlink(missing_ok=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _finish(config: PackConfig, output: Path, temp: dict[str, Path], result: PackResult, source_fingerprint: str,
+            config_path: str | None, rejects: str | os.PathLike[str] | None) -> Path | None:
+    """Rename the finished files into place, manifest last; write or clear the rejects file."""
+    files = {name: {"bytes": path.stat().st_size, "sha256": _sha256(path),
+                    "records": result.counts[name.split(".")[0]]}
+             for name, path in temp.items()}
+    (output / MANIFEST).unlink(missing_ok=True)
+    for name, path in temp.items():
+        os.replace(path, output / name)
+    rejects_file = Path(rejects) if rejects else output / REJECTS
+    if result.problems:
+        rejects_file.write_text("".join(f"{file}\t{reason}\n" for file, reason in result.problems))
+    else:
+        rejects_file.unlink(missing_ok=True)
+    manifest = {
+        "format": FORMAT,
+        "scene": config.scene,
+        "task": config.task,
+        "classes": config.classes,
+        "counts": {**result.counts, "objects": result.objects, "skipped": result.skipped},
+        "files": files,
+        "record_layout": "detection: labels [4, 5, width, height, cls, xmin, ymin, xmax, ymax, ...] normalised; "
+                         "payload JPEG" if config.task == "detection" else
+                         "parsing: flag 2, labels [image_nbytes, mask_nbytes]; payload JPEG then mask PNG",
+        "source": {"path": str(Path(config.source).resolve()), "fingerprint": source_fingerprint},
+        "settings": {**config.settings(), "config": config_path},
+        "rejects": str(rejects_file) if result.problems else None,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "aidi_version": __version__,
+    }
+    tmp = output / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, output / MANIFEST)
+    return rejects_file if result.problems else None
