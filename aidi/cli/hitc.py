@@ -76,11 +76,16 @@ def run_init(args: argparse.Namespace) -> int:
 
 def run_upload(args: argparse.Namespace) -> int:
     ds = _dataspace(args)
-    with TransferPrinter("upload", enabled=not args.quiet) as printer:
-        if args.dataset:
-            result = ds.bind_annotations(args.dataset, args.type, args.file, progress=printer.update)
-        else:
-            result = ds.upload_dataset(args.name, args.type, args.file, jobs=args.jobs, progress=printer.update)
+    try:
+        with TransferPrinter("upload", enabled=not args.quiet) as printer:
+            if args.dataset:
+                result = ds.bind_annotations(args.dataset, args.type, args.file, progress=printer.update)
+            else:
+                result = ds.upload_dataset(args.name, args.type, args.file, jobs=args.jobs, progress=printer.update)
+    except KeyboardInterrupt:
+        print("hitc: upload interrupted; no new version is visible. Run the same command again to resume "
+              "(files already stored are skipped).", file=sys.stderr)
+        raise
     if args.json:
         common.print_json(_result_json(result))
     else:

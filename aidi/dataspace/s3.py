@@ -45,8 +45,9 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
 
 
 class S3Store(ObjectStore):
-    def __init__(self, config: DataspaceConfig, jobs: int = 8) -> None:
+    def __init__(self, config: DataspaceConfig, jobs: int = 8, part_size: int = PART_SIZE) -> None:
         parts = urlsplit(config.endpoint)
+        self.part_size = part_size  # S3's minimum is 5 MiB
         self.config = config
         self.bucket = config.bucket
         self.endpoint = config.endpoint.rstrip("/")
@@ -148,7 +149,7 @@ class S3Store(ObjectStore):
         def put() -> None:
             tracker.restart()
             self.client.fput_object(self.bucket, key, os.fspath(path), metadata=dict(metadata or {}),
-                                    part_size=PART_SIZE, num_parallel_uploads=PARALLEL_PARTS,
+                                    part_size=self.part_size, num_parallel_uploads=PARALLEL_PARTS,
                                     progress=tracker if progress else None)
         self._call(f"upload {key}", put)
         return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))

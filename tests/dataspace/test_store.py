@@ -1,0 +1,76 @@
+"""The ObjectStore interface: both backends behave the same."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from aidi.dataspace import Dataspace
+from aidi.errors import IntegrityError, NotFoundError
+
+
+def test_bytes_round_trip_with_metadata(ds: Dataspace) -> None:
+    store = ds.store
+    assert store.stat("a/b.txt") is None
+    store.put_bytes("a/b.txt", b"hello", metadata={"sha256": "abc"})
+    info = store.stat("a/b.txt")
+    assert info is not None and info.size == 5 and info.sha256 == "abc"
+    assert store.get_bytes("a/b.txt") == b"hello"
+    store.put_bytes("a/b.txt", b"bye")  # overwrite drops the old metadata
+    info = store.stat("a/b.txt")
+    assert info is not None and info.size == 3 and info.sha256 is None
+
+
+def test_file_round_trip_checks_sha256(ds: Dataspace, tmp_path: Path) -> None:
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    data = bytes(range(256)) * 4000
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    seen: list[int] = []
+    ds.store.put_file("blobs/x.bin", src, metadata={"sha256": hashlib.sha256(data).hexdigest()}, progress=seen.append)
+    assert sum(seen) == len(data)
+    dest = tmp_path / "out" / "x.bin"
+    ds.store.get_file("blobs/x.bin", dest, sha256=hashlib.sha256(data).hexdigest())
+    assert dest.read_bytes() == data
+    with pytest.raises(IntegrityError, match="sha256"):
+        ds.store.get_file("blobs/x.bin", tmp_path / "bad.bin", sha256="0" * 64)
+    assert not (tmp_path / "bad.bin").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"src.bin", "out"}  # no temporary file left behind
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.bin"]
+
+
+def test_missing_objects(ds: Dataspace, tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        ds.store.get_bytes("no/such")
+    with pytest.raises(NotFoundError):
+        ds.store.get_file("no/such", tmp_path / "x")
+    ds.store.delete("no/such")  # not an error
+
+
+def test_list_recursive_and_by_level(ds: Dataspace) -> None:
+    for key in ("d/x/1", "d/x/2", "d/y/3", "d/top", "e/other"):
+        ds.store.put_bytes(key, key.encode())
+    assert [i.key for i in ds.store.list("d/")] == ["d/top", "d/x/1", "d/x/2", "d/y/3"]
+    level = list(ds.store.list("d/", recursive=False))
+    assert [(i.key, i.is_dir) for i in level] == [("d/top", False), ("d/x/", True), ("d/y/", True)]
+    assert [i.key for i in ds.store.list("d/x")] == ["d/x/1", "d/x/2"]
+    assert ds.store.delete_prefix("d/x/") == 2
+    assert [i.key for i in ds.store.list("d/")] == ["d/top", "d/y/3"]
+    assert list(ds.store.list("nothing/")) == []
+
+
+def test_uri_names_the_backend(ds: Dataspace, ds_config) -> None:
+    uri = ds.store.uri("datasets/a/b")
+    if ds_config.is_local:
+        assert uri == f"{ds_config.endpoint}/datasets/a/b"
+    else:
+        assert uri == f"s3://{ds_config.bucket}/datasets/a/b"
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", ""])
+def test_keys_that_could_escape_are_refused(ds: Dataspace, key: str) -> None:
+    with pytest.raises(ValueError, match="invalid object key"):
+        ds.store.put_bytes(key, b"x")
