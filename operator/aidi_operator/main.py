@@ -1,0 +1,122 @@
+"""``aidi-operator``: run the TrainJob operator against the current kubeconfig or in a cluster.
+
+    aidi-operator                        # every namespace, credentials from in-cluster or ~/.kube/config
+    aidi-operator -n team-a -n team-b    # only these namespaces
+
+The Helm chart runs the same command; every flag also reads an environment variable (docs/operator.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+
+import aidi_operator  # noqa: F401  (registers the handlers)
+from aidi import __version__
+from aidi.cli import common
+from aidi.errors import UsageError
+from aidi.podspec import PodSettings
+from aidi_operator.startup import OperatorSettings, OperatorState, kopf_settings
+
+DESCRIPTION = """\
+The AIDI TrainJob operator: turns each TrainJob into GPU pods (workers, and for multi-worker MXNet jobs
+a scheduler and parameter servers), keeps the job's status, restarts failed gangs, enforces deadlines
+and TTLs. Credentials: the in-cluster service account, else the current kubeconfig context.
+"""
+
+EPILOG = """\
+examples:
+  aidi-operator                                  # watch every namespace
+  aidi-operator -n team-a --job-image registry.example/aidi/jobimage:0.1.0
+  curl -s localhost:8080/healthz                 # the liveness probe
+"""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PodSettings()
+    p = common.new_parser("aidi-operator", DESCRIPTION, EPILOG)
+    p.add_argument("--version", action="version", version=f"aidi-operator {__version__}")
+    p.add_argument("-n", "--namespace", dest="namespaces", action="append", metavar="NS",
+                   help="watch only this namespace (repeatable; globs like team-* work) "
+                        "[env AIDI_NAMESPACES, comma-separated; default: all namespaces]")
+    p.add_argument("--job-image", default=_env("AIDI_JOB_IMAGE", defaults.job_image),
+                   help="image of jobs that set no spec.image [env AIDI_JOB_IMAGE; default: %(default)s]")
+    p.add_argument("--fetch-image", default=_env("AIDI_FETCH_IMAGE", defaults.fetch_image),
+                   help="image with the `aidi` CLI for the fetch and sync steps "
+                        "[env AIDI_FETCH_IMAGE; default: %(default)s]")
+    p.add_argument("--dataspace-endpoint", default=_env("AIDI_DATASPACE_ENDPOINT", defaults.dataspace_endpoint),
+                   help="dataspace URL given to the pods, http(s)://host:port or file:///path "
+                        "[env AIDI_DATASPACE_ENDPOINT]")
+    p.add_argument("--dataspace-bucket", default=_env("AIDI_DATASPACE_BUCKET", defaults.dataspace_bucket),
+                   help="dataspace bucket [env AIDI_DATASPACE_BUCKET; default: %(default)s]")
+    p.add_argument("--dataspace-secret", default=_env("AIDI_DATASPACE_SECRET", defaults.dataspace_secret),
+                   help="Secret in each job's namespace with keys accessKey/secretKey "
+                        "[env AIDI_DATASPACE_SECRET; default: %(default)s]")
+    p.add_argument("--liveness-port", type=int, default=int(_env("AIDI_LIVENESS_PORT", "8080")),
+                   help="serve GET /healthz on this port, 0 for none [env AIDI_LIVENESS_PORT; default: %(default)s]")
+    p.add_argument("--resync-seconds", type=float, default=float(_env("AIDI_RESYNC_SECONDS", "10")),
+                   help="reconcile every job this often even without events (deadlines, TTLs) "
+                        "[env AIDI_RESYNC_SECONDS; default: %(default)s]")
+    p.add_argument("--log-tail-lines", type=int, default=int(_env("AIDI_LOG_TAIL_LINES", "50")),
+                   help="log lines of a failed pod kept in status.lastFailure [default: %(default)s]")
+    p.add_argument("--server", default=os.environ.get("AIDI_KUBE_SERVER"),
+                   help="talk to this API server URL without TLS checks or credentials (a local test server)")
+    p.set_defaults(func=run)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    namespaces = args.namespaces or [n.strip() for n in os.environ.get("AIDI_NAMESPACES", "").split(",") if n.strip()]
+    if args.resync_seconds <= 0:
+        raise UsageError("--resync-seconds must be positive, e.g. --resync-seconds 10")
+    return OperatorSettings(
+        pods=PodSettings(job_image=args.job_image, fetch_image=args.fetch_image,
+                         dataspace_endpoint=args.dataspace_endpoint, dataspace_bucket=args.dataspace_bucket,
+                         dataspace_secret=args.dataspace_secret),
+        namespaces=tuple(namespaces), liveness_port=args.liveness_port, resync_seconds=args.resync_seconds,
+        log_tail_lines=args.log_tail_lines, server=args.server,
+    )
+
+
+def _operator_kwargs(settings: OperatorSettings) -> dict[str, Any]:
+    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    return {
+        "registry": kopf.get_default_registry(),
+        "settings": kopf_settings(settings),
+        "memo": kopf.Memo(state=OperatorState(settings)),
+        # One replica (the chart's Deployment); no peering objects to install.
+        "standalone": True,
+        "clusterwide": not settings.namespaces,
+        "namespaces": list(settings.namespaces),
+        "liveness_endpoint": liveness,
+    }
+
+
+async def operate(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None,
+                  ready_flag: asyncio.Event | None = None) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (tests, benchmarks)."""
+    await kopf.operator(stop_flag=stop_flag, ready_flag=ready_flag, **_operator_kwargs(settings))
+
+
+def run(args: argparse.Namespace) -> int:
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    kopf.run(**_operator_kwargs(settings_from_args(args)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Pod handlers: the operator's pods are indexed by job, and any change of one reconciles its job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from aidi import podspec
+from aidi_operator import trainjobs
+from aidi_operator.lifecycle import PodState, pod_state
+from aidi_operator.startup import JobKey, state_of
+
+OURS = {podspec.LABEL_JOB: kopf.PRESENT, podspec.LABEL_MANAGED_BY: podspec.MANAGED_BY}
+
+
+@kopf.index("pods", labels=OURS)
+def pod_index(namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[JobKey, PodState]:
+    """(namespace, job) → the compact state of each of its pods. kopf fills it before any handler runs,
+    so a restarted operator sees every existing pod before deciding what to create."""
+    return {(namespace, labels[podspec.LABEL_JOB]): pod_state(dict(body))}
+
+
+@kopf.on.event("pods", labels=OURS)
+async def on_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    await trainjobs.reconcile(state_of(memo), (namespace, labels[podspec.LABEL_JOB]))

@@ -1,0 +1,113 @@
+"""Settings, login and the shared API client, kept in kopf's ``memo`` and closed on cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from aidi.podspec import PodSettings
+from aidi_operator.kube import KubeApi
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "aidi.io"
+FINALIZER = "aidi.io/trainjob"
+
+JobKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Everything ``aidi-operator``'s flags and environment set (docs/operator.md)."""
+
+    pods: PodSettings = field(default_factory=PodSettings)
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    liveness_port: int = 8080  # 0: no liveness endpoint
+    resync_seconds: float = 10.0  # how often every job is reconciled even without events (deadlines, TTL)
+    log_tail_lines: int = 50
+    server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share. One object in ``memo.state``: kopf shallow-copies memos per object."""
+
+    settings: OperatorSettings
+    api: KubeApi | None = None
+    jobs: Any = None  # kopf.Index: (namespace, name) → TrainJob body
+    pods: Any = None  # kopf.Index: (namespace, job) → PodState of each pod of the job
+    locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
+    statuses: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # the status we last wrote
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def lock(self, key: JobKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: JobKey) -> None:
+        self.locks.pop(key, None)
+        self.statuses.pop(key, None)
+
+
+def state_of(memo: Any) -> OperatorState:
+    return memo.state
+
+
+def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
+    """kopf's own settings: nothing that blocks deletion, nothing written outside our annotations."""
+    ks = kopf.OperatorSettings()
+    # No handler of ours needs a finalizer (no timers, daemons or mandatory deletion handlers): a TrainJob
+    # is deleted, and its children garbage-collected, even while the operator is down.
+    ks.persistence.finalizer = FINALIZER
+    ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    # Kubernetes Events for warnings only; the lifecycle posts its own events for users.
+    ks.posting.level = logging.WARNING
+    ks.watching.server_timeout = 300
+    ks.watching.client_timeout = 330
+    return ks
+
+
+def connection_info(settings: OperatorSettings) -> kopf.ConnectionInfo:
+    """The API server and credentials: explicit server, in-cluster service account, or kubeconfig."""
+    if settings.server:
+        return kopf.ConnectionInfo(server=settings.server, insecure=True, default_namespace="default")
+    kwargs: dict[str, Any] = {"logger": log, "settings": kopf.OperatorSettings()}
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_via_client(**kwargs) \
+        or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        raise kopf.PermanentError(
+            "no Kubernetes credentials: run inside a cluster, set KUBECONFIG (or ~/.kube/config), "
+            "or pass --server URL")
+    return info
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    return connection_info(state_of(memo).settings)
+
+
+@kopf.on.startup()
+async def start(memo: kopf.Memo, logger: kopf.Logger, trainjob_index: kopf.Index, pod_index: kopf.Index,
+                **_: Any) -> None:
+    state = state_of(memo)
+    state.api = KubeApi(lambda: connection_info(state.settings))
+    state.jobs, state.pods = trainjob_index, pod_index
+    where = ", ".join(state.settings.namespaces) or "all namespaces"
+    logger.info(f"aidi-operator watching TrainJobs in {where}; job image {state.settings.pods.job_image}")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    state = state_of(memo)
+    for task in state.tasks:
+        task.cancel()
+    await asyncio.gather(*state.tasks, return_exceptions=True)
+    state.tasks.clear()
+    if state.api is not None:
+        await state.api.close()
+        state.api = None

@@ -1,0 +1,150 @@
+"""Run the real operator in-process, and play the kubelet by patching pod status.
+
+Used by the kmock integration tests, the e2e suite (a real cluster from the kubeconfig) and
+``bench/operator.py``. The same scenario code drives both: it only talks HTTP through ``KubeApi``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import kopf
+from aidi_operator.kube import KubeApi, core_path, trainjob_path
+from aidi_operator.main import operate
+from aidi_operator.startup import OperatorSettings
+
+from aidi import podspec
+from aidi.api import trainjob as tj
+
+T = TypeVar("T")
+
+# Short timers so that each scenario takes a few seconds.
+FAST = OperatorSettings(liveness_port=0, resync_seconds=0.3, log_tail_lines=20)
+
+
+def kmock_api(url: str) -> KubeApi:
+    return KubeApi(lambda: kopf.ConnectionInfo(server=url, insecure=True))
+
+
+@contextlib.asynccontextmanager
+async def running_operator(settings: OperatorSettings) -> AsyncIterator[asyncio.Task[None]]:
+    """The operator in this event loop until the block ends (then stopped the way SIGTERM stops it)."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(operate(settings, stop_flag=stop, ready_flag=ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()  # raise what stopped it
+    try:
+        yield task
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=20)
+
+
+def operator_settings(server: str | None, **changes: Any) -> OperatorSettings:
+    return replace(FAST, server=server, **changes)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 8.0, interval: float = 0.05,
+                     what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def trainjob(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    """A TrainJob manifest with a uid (kmock sets none; owner references need one)."""
+    body = {"command": ["bash", "-c", "${WORKING_PATH}/run.sh"], "gpusPerWorker": 1} | spec
+    job = tj.TrainJob.model_validate({"metadata": {"name": name, "namespace": namespace}, "spec": body})
+    wire = job.to_wire()
+    wire["metadata"]["uid"] = str(uuid.uuid4())
+    return wire
+
+
+class Cluster:
+    """The test's side of the API: create jobs, read what the operator made, play the kubelet."""
+
+    def __init__(self, api: KubeApi, namespace: str) -> None:
+        self.api = api
+        self.ns = namespace
+
+    async def create_job(self, name: str, **spec: Any) -> dict[str, Any]:
+        body = trainjob(name, self.ns, **spec)
+        assert await self.api.create(trainjob_path(self.ns), body)
+        return body
+
+    async def job(self, name: str) -> dict[str, Any] | None:
+        return await self.api.get(trainjob_path(self.ns, name))
+
+    async def status(self, name: str) -> dict[str, Any]:
+        job = await self.job(name)
+        return (job or {}).get("status") or {}
+
+    async def patch_job(self, name: str, spec: dict[str, Any]) -> None:
+        await self.api.patch(trainjob_path(self.ns, name), {"spec": spec})
+
+    async def delete_job(self, name: str) -> None:
+        await self.api.delete(trainjob_path(self.ns, name))
+
+    async def pods(self, job: str) -> dict[str, dict[str, Any]]:
+        items = await self.api.list(core_path(self.ns, "pods"), {podspec.LABEL_JOB: job})
+        return {p["metadata"]["name"]: p for p in items if not p["metadata"].get("deletionTimestamp")}
+
+    async def wait_pods(self, job: str, names: list[str], timeout: float = 8.0,
+                        attempt: int | None = None) -> dict[str, dict[str, Any]]:
+        async def probe() -> dict[str, dict[str, Any]] | None:
+            pods = await self.pods(job)
+            if set(pods) != set(names):
+                return None
+            if attempt is not None and any(p["metadata"]["labels"][podspec.LABEL_ATTEMPT] != str(attempt)
+                                           for p in pods.values()):
+                return None
+            return pods
+        return await eventually(probe, timeout, what=f"pods {names} (attempt {attempt})")
+
+    async def wait_phase(self, job: str, phase: str, timeout: float = 8.0, **fields: Any) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            st = await self.status(job)
+            ok = st.get("phase") == phase and all(st.get(k) == v for k, v in fields.items())
+            return st if ok else None
+        return await eventually(probe, timeout, what=f"{job} phase {phase} {fields or ''}")
+
+    # ------------------------------------------------------------------------------ the kubelet's part
+
+    async def set_pod_status(self, pod: str, status: dict[str, Any]) -> None:
+        await self.api.patch(core_path(self.ns, "pods", pod, "status"), {"status": status})
+
+    async def run_pod(self, pod: str) -> None:
+        await self.set_pod_status(pod, {"phase": "Running", "conditions": [
+            {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": podspec.MAIN_CONTAINER, "state": {"running": {}}}]})
+
+    async def finish_pod(self, pod: str, exit_code: int = 0, reason: str | None = None) -> None:
+        terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        await self.set_pod_status(pod, {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [{"name": podspec.MAIN_CONTAINER, "state": {"terminated": terminated}}]})
+
+    async def unschedulable(self, pod: str, message: str) -> None:
+        await self.set_pod_status(pod, {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]})
+
+    async def run_all(self, job: str) -> None:
+        for name in await self.pods(job):
+            await self.run_pod(name)
