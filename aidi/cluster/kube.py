@@ -129,11 +129,13 @@ class JobClient:
         body = {**manifest, "metadata": {**manifest["metadata"], "namespace": self.namespace}}
         try:
             with api_errors(f"create TrainJob {self.namespace}/{name}"):
-                return self.custom.create_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL,
-                                                                   body)
+                created = self.custom.create_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace,
+                                                                      tj.PLURAL, body)
         except ConflictError:
             raise ConflictError(f"a TrainJob named {name!r} already exists in namespace {self.namespace}; delete it "
                                 f"with `traincli delete {name}` or choose another JOB_NAME") from None
+        # The client decodes only a 201 body; a server answering 200 leaves us None: read the object back.
+        return created if isinstance(created, dict) else self.get_job(name)
 
     def get_job(self, name: str) -> dict[str, Any]:
         with api_errors(f"get TrainJob {name}", self._job_missing(name)):
