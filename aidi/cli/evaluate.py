@@ -38,9 +38,19 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from aidi import evaluate
+    from aidi import dsref, evaluate
 
     out_dir = Path(args.out) if args.out else None
+    if dsref.is_ref(args.gt) or dsref.is_ref(args.pr):
+        # Inputs are fetched beside, never into, the output folder (a pod syncs that folder to the dataspace).
+        with tempfile.TemporaryDirectory(prefix="aidi-eval-inputs-") as tmp:
+            from aidi.dataspace import DataspaceConfig, open_dataspace
+            from aidi.evaltask import resolve_input
+
+            dataspace = open_dataspace(DataspaceConfig.load())
+            args.gt = str(resolve_input(args.gt, dataspace, Path(tmp), "gt"))
+            args.pr = str(resolve_input(args.pr, dataspace, Path(tmp), "pr"))
+            return run_eval(args)
     gt_path = Path(args.gt)
     if gt_path.suffix == ".rec":
         gt_dir = out_dir / "gt" if out_dir else Path(tempfile.mkdtemp(prefix="aidi-gt-"))
@@ -80,8 +90,10 @@ def run_gt(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     ev = common.subcommand(sub, "eval", run_eval, "score predictions against ground truth (AP, recall, mIoU, report)",
                            epilog=EVAL_EPILOG)
-    ev.add_argument("--gt", required=True, help="ground truth: aidi-gt/1 JSON, COCO JSON, or a .rec file")
-    ev.add_argument("--pr", required=True, help="predictions: aidi-pr/1 JSON (from `aidi predict`)")
+    ev.add_argument("--gt", required=True,
+                    help="ground truth: aidi-gt/1 JSON, COCO JSON, a .rec file, or dataspace://NAME/TYPE/VERSION[/PATH]")
+    ev.add_argument("--pr", required=True,
+                    help="predictions: aidi-pr/1 JSON (from `aidi predict`), or dataspace://NAME/pr/VERSION[/PATH]")
     ev.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to hit a box (default: 0.5)")
     ev.add_argument("--score-thr", type=float, default=0.5,
                     help="score at which tp/fp/fn, recall and precision are counted (default: 0.5; AP uses all)")

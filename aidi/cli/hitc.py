@@ -12,6 +12,7 @@ from typing import Any
 
 from aidi import __version__
 from aidi.cli import common
+from aidi.cli.hitc_model import add_evaltask_commands, add_model_commands
 from aidi.dataspace import (
     BINDING_TYPES,
     DATASET_TYPES,
@@ -364,7 +365,7 @@ def add_dataspace_commands(sub: Any) -> None:
 
 
 # Command families after `init`; later ones (model, evaltask) append their builder here.
-FAMILIES = [add_dataspace_commands]
+FAMILIES = [add_dataspace_commands, add_model_commands, add_evaltask_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

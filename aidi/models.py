@@ -1,0 +1,372 @@
+"""Released models in the dataspace: versioned, immutable, every file with its md5 (docs/phase2.md).
+
+    models/<name>/<version>/<relative path of each file>
+    models/<name>/<version>/_model.json                    written last: the version exists once this does
+    models/<name>/<version>/compiled/<target>/...           artefacts added later (ONNX and its check log)
+    models/<name>/<version>/compiled/<target>/_artifact.json written last for that artefact
+
+Versions are ``v1``, ``v2``, ...; a version's files never change once ``_model.json`` exists. Compiled
+artefacts are added beside them (each one write-once, with its own record), so a model can be compiled
+after it was released without becoming a new version.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import getpass
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aidi import dsref
+from aidi.dataspace.store import ObjectStore
+from aidi.dataspace.transfer import run_parallel
+from aidi.errors import IntegrityError, NotFoundError, UsageError
+
+MODEL_RECORD = "_model.json"
+ARTIFACT_RECORD = "_artifact.json"
+PENDING = "_pending.json"
+MODEL_FORMAT = "aidi.model/v1"
+LATEST = "latest"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_RESERVED = ("compiled/", MODEL_RECORD, PENDING)
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    size: int
+    md5: str
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "md5": self.md5, "sha256": self.sha256}
+
+
+@dataclass
+class ModelVersion:
+    name: str
+    version: str
+    files: list[ModelFile]
+    created: str
+    uploader: str
+    source_job: str | None = None
+    source: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    uri: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "name": self.name, "version": self.version, "created": self.created,
+                "uploader": self.uploader, "source_job": self.source_job, "source": self.source,
+                "description": self.description, "metrics": self.metrics,
+                "files": [f.to_json() for f in self.files],
+                **({"artifacts": self.artifacts} if self.artifacts else {}), **({"uri": self.uri} if self.uri else {})}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> ModelVersion:
+        try:
+            return cls(name=data["name"], version=data["version"], created=data["created"],
+                       uploader=data.get("uploader", "?"), source_job=data.get("source_job"),
+                       source=data.get("source"), description=data.get("description"),
+                       metrics=data.get("metrics") or {}, files=[ModelFile(**f) for f in data["files"]])
+        except (KeyError, TypeError) as exc:
+            raise IntegrityError(f"{where}: not a model record ({exc}); the version is damaged") from None
+
+
+@dataclass
+class AppendSpec:
+    """``model_append.yaml``, parsed (docs/phase2.md)."""
+
+    name: str
+    path: Path | None = None                # a local folder or file
+    dataspace: dsref.DatasetRef | None = None   # a job's output dataset (version, sub-folder)
+    files: list[str] = field(default_factory=list)      # glob patterns; empty = every file
+    source_job: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    description: str | None = None
+
+
+def _md5_sha256(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(_CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def check_model_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise UsageError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128), "
+                         "starting with a letter or digit")
+    return name
+
+
+def normalize_version(version: str | int) -> str:
+    text = str(version).strip()
+    if text.isdigit():
+        text = f"v{text}"
+    if text != LATEST and not _VERSION_RE.match(text):
+        raise UsageError(f"invalid model version {version!r}: use latest or v1, v2, ...")
+    return text
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------------------------------- model_append.yaml
+
+
+def load_append_spec(path: str | Path) -> AppendSpec:
+    """Read ``model_append.yaml``: AIDI-style ``REQUIRED`` / ``OPTIONAL`` sections, paths relative to it."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no such file; write a model_append.yaml (example in docs/phase2.md)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("REQUIRED"), dict):
+        raise UsageError(f"{path}: expected a REQUIRED section with MODEL_NAME and MODEL_PATH (see docs/phase2.md)")
+    required, optional = data["REQUIRED"], data.get("OPTIONAL") or {}
+    unknown = sorted(set(data) - {"REQUIRED", "OPTIONAL"}) + \
+        [f"REQUIRED.{k}" for k in sorted(set(required) - {"MODEL_NAME", "MODEL_PATH"})] + \
+        [f"OPTIONAL.{k}" for k in sorted(set(optional) - {"FILES", "SOURCE_JOB", "METRICS", "EVAL_RESULTS",
+                                                           "DESCRIPTION"})]
+    if unknown:
+        raise UsageError(f"{path}: unknown fields {', '.join(unknown)}; the fields are listed in docs/phase2.md")
+    for key in ("MODEL_NAME", "MODEL_PATH"):
+        if not isinstance(required.get(key), str) or not required[key].strip():
+            raise UsageError(f"{path}: REQUIRED.{key} must be a non-empty string")
+    spec = AppendSpec(name=required["MODEL_NAME"])
+    try:
+        check_model_name(spec.name)
+    except UsageError as exc:
+        raise UsageError(f"{path}: REQUIRED.MODEL_NAME: {exc}") from None
+    source = required["MODEL_PATH"].strip()
+    if dsref.is_ref(source):
+        spec.dataspace = dsref.parse(source, f"{path}: REQUIRED.MODEL_PATH")
+    else:
+        spec.path = (path.parent / source).resolve()
+        if not spec.path.exists():
+            raise NotFoundError(f"{path}: REQUIRED.MODEL_PATH {source!r}: {spec.path} does not exist")
+    files = optional.get("FILES") or []
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise UsageError(f"{path}: OPTIONAL.FILES must be a list of file names or glob patterns")
+    spec.files = files
+    for key, attr in (("SOURCE_JOB", "source_job"), ("DESCRIPTION", "description")):
+        if optional.get(key) is not None:
+            setattr(spec, attr, str(optional[key]))
+    metrics = optional.get("METRICS") or {}
+    if not isinstance(metrics, dict):
+        raise UsageError(f"{path}: OPTIONAL.METRICS must be a mapping, e.g. {{map: 0.81}}")
+    spec.metrics = dict(metrics)
+    results = optional.get("EVAL_RESULTS") or {}
+    if not isinstance(results, dict):
+        raise UsageError(f"{path}: OPTIONAL.EVAL_RESULTS must map a name to a results.json of `aidi eval`, e.g. "
+                         "{vehicle: eval/vehicle/results.json}")
+    for label, file in results.items():
+        spec.metrics[str(label)] = eval_summary(path.parent / str(file), f"{path}: OPTIONAL.EVAL_RESULTS.{label}")
+    return spec
+
+
+def eval_summary(results_path: Path, where: str) -> dict[str, Any]:
+    """The figures of an ``aidi eval`` results.json worth keeping with a model: the summary and per-class AP/IoU."""
+    try:
+        data = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{where}: cannot read {results_path} as an `aidi eval` results.json ({exc})") from None
+    if not isinstance(data, dict) or "summary" not in data:
+        raise UsageError(f"{where}: {results_path} is not an `aidi eval` results.json (no summary)")
+    summary = {"task": data.get("task"), **data["summary"]}
+    if data.get("task") == "detection":
+        summary["iou_threshold"] = data.get("iou_threshold")
+        summary["ap_per_class"] = {c["class"]: c.get("ap_all_point") for c in data.get("classes", [])}
+    elif data.get("task") == "parsing":
+        summary["iou_per_class"] = {c["class"]: c.get("iou") for c in data.get("classes", [])}
+    return summary
+
+
+def select_files(root: Path, patterns: list[str]) -> list[tuple[str, Path]]:
+    """``(relative path, file)`` under ``root`` (or ``root`` itself) matching ``patterns`` (all when none)."""
+    if root.is_file():
+        pairs = [(root.name, root)]
+    else:
+        pairs = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    if patterns:
+        pairs = [(rel, p) for rel, p in pairs
+                 if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    pairs = [(rel, p) for rel, p in pairs if not rel.startswith(_RESERVED)]
+    if not pairs:
+        raise NotFoundError(f"no files to store under {root}" + (f" matching {patterns}" if patterns else "")
+                            + "; check MODEL_PATH and FILES")
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+class ModelRegistry:
+    """Model versions on ``store`` (an ``aidi.dataspace`` object store)."""
+
+    def __init__(self, store: ObjectStore, jobs: int = 4, uploader: str | None = None) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.uploader = uploader
+
+    def prefix(self, name: str, version: str) -> str:
+        return f"models/{name}/{version}/"
+
+    # -- write -------------------------------------------------------------------------------------------
+
+    def append(self, name: str, files: list[tuple[str, Path]], *, source_job: str | None = None,
+               source: str | None = None, metrics: dict[str, Any] | None = None,
+               description: str | None = None) -> ModelVersion:
+        """Store ``files`` as the next version of ``name``; the record is written last."""
+        check_model_name(name)
+        described = run_parallel(lambda pair: (pair, _md5_sha256(pair[1]), pair[1].stat().st_size), files, self.jobs)
+        version = self._claim(name)
+        prefix = self.prefix(name, version)
+
+        def put(item: tuple[tuple[str, Path], tuple[str, str], int]) -> ModelFile:
+            (rel, file), (md5, sha), size = item
+            self.store.put_file(prefix + rel, file, metadata={"md5": md5, "sha256": sha})
+            return ModelFile(rel, size, md5, sha)
+
+        entries = run_parallel(put, described, self.jobs)
+        record = ModelVersion(name=name, version=version, files=entries, created=_now(),
+                              uploader=self.uploader or getpass.getuser(), source_job=source_job, source=source,
+                              metrics=metrics or {}, description=description)
+        self.store.put_bytes(prefix + MODEL_RECORD, json.dumps(record.to_json(), indent=1).encode())
+        self.store.delete(prefix + PENDING)
+        record.uri = self.store.uri(prefix)
+        return record
+
+    def append_spec(self, spec: AppendSpec, dataspace: Any = None) -> ModelVersion:
+        """Append what ``model_append.yaml`` names; a dataspace source is fetched to a temporary folder first."""
+        if spec.dataspace is None:
+            assert spec.path is not None
+            return self.append(spec.name, select_files(spec.path, spec.files), source_job=spec.source_job,
+                               source=str(spec.path), metrics=spec.metrics, description=spec.description)
+        if dataspace is None:
+            raise UsageError(f"MODEL_PATH {spec.dataspace} needs the dataspace; run `hitc init` first")
+        with tempfile.TemporaryDirectory(prefix="aidi-model-") as tmp:
+            root, version = dsref.fetch(spec.dataspace, dataspace, tmp)
+            source = dsref.DatasetRef(spec.dataspace.name, spec.dataspace.type, version, spec.dataspace.path)
+            return self.append(spec.name, select_files(root, spec.files), source_job=spec.source_job,
+                               source=str(source), metrics=spec.metrics, description=spec.description)
+
+    def attach(self, name: str, version: str, target: str, files: list[tuple[str, Path]],
+               info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store a compiled artefact (and its log) with an existing version under ``compiled/<target>/``."""
+        record = self.show(name, version)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", target):
+            raise UsageError(f"invalid artefact target {target!r}")
+        prefix = self.prefix(name, record.version) + f"compiled/{target}/"
+        if self.store.stat(prefix + ARTIFACT_RECORD) is not None:
+            raise UsageError(f"{name} {record.version} already has a compiled {target} artefact "
+                             f"({self.store.uri(prefix)}); artefacts are write-once — release a new model version")
+        entries = []
+        for rel, file in files:
+            md5, sha = _md5_sha256(file)
+            self.store.put_file(prefix + rel, file, metadata={"md5": md5, "sha256": sha})
+            entries.append(ModelFile(rel, file.stat().st_size, md5, sha).to_json())
+        artifact = {"target": target, "created": _now(), "files": entries, **(info or {})}
+        self.store.put_bytes(prefix + ARTIFACT_RECORD, json.dumps(artifact, indent=1).encode())
+        return artifact
+
+    def _claim(self, name: str) -> str:
+        """The next free version number, marked pending so a concurrent append picks the one after."""
+        used = [int(m.group(1)) for info in self.store.list(f"models/{name}/", recursive=False)
+                if info.is_dir and (m := _VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
+        version = f"v{max(used, default=0) + 1}"
+        self.store.put_bytes(self.prefix(name, version) + PENDING,
+                             json.dumps({"started": _now(), "pid": os.getpid()}).encode())
+        return version
+
+    # -- read --------------------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return [info.key.rstrip("/").rsplit("/", 1)[-1] for info in self.store.list("models/", recursive=False)
+                if info.is_dir]
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of ``name``, oldest first."""
+        numbers = [int(m.group(1)) for info in self.store.list(f"models/{name}/", recursive=False)
+                   if info.is_dir and (m := _VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
+        complete = run_parallel(lambda n: self.store.stat(self.prefix(name, f"v{n}") + MODEL_RECORD) is not None,
+                                sorted(numbers), self.jobs)
+        return [f"v{n}" for n, ok in zip(sorted(numbers), complete, strict=True) if ok]
+
+    def list(self, name: str | None = None) -> list[ModelVersion]:
+        names = [check_model_name(name)] if name else self.names()
+        return [self.show(n, v) for n in names for v in self.versions(n)]
+
+    def show(self, name: str, version: str = LATEST) -> ModelVersion:
+        check_model_name(name)
+        version = normalize_version(version)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFoundError(f"no model named {name!r} in the dataspace; see `hitc model list`")
+        if version == LATEST:
+            version = versions[-1]
+        elif version not in versions:
+            raise NotFoundError(f"model {name!r} has no version {version} (its versions: {', '.join(versions)})")
+        key = self.prefix(name, version) + MODEL_RECORD
+        try:
+            data = json.loads(self.store.get_bytes(key))
+        except ValueError:
+            raise IntegrityError(f"{self.store.uri(key)} is not valid JSON; the model version is damaged") from None
+        record = ModelVersion.from_json(data, self.store.uri(key))
+        record.uri = self.store.uri(self.prefix(name, version))
+        record.artifacts = self._artifacts(name, version)
+        return record
+
+    def _artifacts(self, name: str, version: str) -> list[dict[str, Any]]:
+        found = []
+        for info in self.store.list(self.prefix(name, version) + "compiled/", recursive=True):
+            if info.key.endswith("/" + ARTIFACT_RECORD):
+                found.append(json.loads(self.store.get_bytes(info.key)))
+        return found
+
+    def download(self, name: str, version: str, dest: str | Path,
+                 with_artifacts: bool = False) -> tuple[ModelVersion, list[Path]]:
+        """Fetch a version's files into ``dest``, each checked against its md5 and sha256."""
+        record = self.show(name, version)
+        dest = Path(dest).resolve()
+        prefix = self.prefix(name, record.version)
+        items: list[tuple[str, str, str]] = [(f.path, f.md5, f.sha256) for f in record.files]
+        if with_artifacts:
+            for artifact in record.artifacts:
+                base = f"compiled/{artifact['target']}/"
+                items += [(base + f["path"], f["md5"], f["sha256"]) for f in artifact["files"]]
+
+        def fetch(item: tuple[str, str, str]) -> Path:
+            rel, md5, sha = item
+            target = (dest / rel).resolve()
+            if not target.is_relative_to(dest):
+                raise IntegrityError(f"the model record names {rel!r}, which would land outside {dest}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store.get_file(prefix + rel, target, sha256=sha)
+            if _md5_sha256(target)[0] != md5:
+                target.unlink()
+                raise IntegrityError(f"{self.store.uri(prefix + rel)}: md5 differs from the model record; the "
+                                     "stored file is damaged")
+            return target
+
+        return record, run_parallel(fetch, items, self.jobs)
