@@ -64,6 +64,8 @@ def frame(record: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
             f"record of {size} bytes is over RecordIO's limit of {MAX_RECORD_BYTES} bytes (2^29 - 1, set by "
             "dmlc-core, which MXNet uses to read it); shrink the image (set `resize` in the pack config) "
             "or split the sample")
+    if not isinstance(record, bytes | bytearray):
+        record = bytes(record)  # for .find()
     view = memoryview(record)
     chunks: list[bytes | memoryview] = []
     start = 0

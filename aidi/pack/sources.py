@@ -136,9 +136,11 @@ def fingerprint(config: PackConfig) -> str:
         for path in (item.image, item.mask):
             if path is None:
                 continue
+            # Relative names: the same data reached by another path (or a moved tree) is still up to date.
+            name = os.path.relpath(path, config.source)
             try:
                 stat = os.stat(path)
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             except OSError:
-                digest.update(f"{path}\0missing\n".encode())
+                digest.update(f"{name}\0missing\n".encode())
     return digest.hexdigest()

@@ -1,0 +1,276 @@
+"""`aidi pack` / tools/pipeline.sh: every record read back by MXNet, labels and masks exact, bad input
+reported file by file, nothing half-written, re-runs idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from aidi import recordio
+from aidi.cli import aidi_main
+from aidi.errors import UsageError
+from aidi.pack import PackFailed, load_config, pack_scene, read_manifest
+from aidi.sample import SCENE_NAMES, SCENES, generate
+
+REPO = Path(__file__).resolve().parent.parent
+DETECTION = [s for s in SCENE_NAMES if SCENES[s].kind == "detection"]
+IMAGES = 32
+
+
+def config_file(scene: str) -> Path:
+    return REPO / "configs" / f"4pe_{scene}" / "train.py"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The seed's workflow: adas_mini under data/, then `bash tools/pipeline.sh --all` from that folder."""
+    root = tmp_path_factory.mktemp("toolkit")
+    generate(root / "data" / "adas_mini", images=IMAGES, seed=0)
+    done = subprocess.run(["bash", str(REPO / "tools" / "pipeline.sh"), "--all", "-j", "2"], cwd=root,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("packed 32 (") == 8, done.stdout
+    return root
+
+
+def _rec(workdir: Path, scene: str, split: str) -> tuple[str, str]:
+    folder = workdir / "data" / "rec" / scene
+    return str(folder / f"{split}.idx"), str(folder / f"{split}.rec")
+
+
+def _expected_labels(workdir: Path, scene: str) -> dict[int, tuple[str, np.ndarray]]:
+    """COCO image id → (file, the float32 labels the record must carry), computed from the annotations."""
+    coco = json.loads((workdir / "data" / "adas_mini" / scene / "annotations.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    classes = list(SCENES[scene].classes)
+    out = {}
+    for image in coco["images"]:
+        w, h = image["width"], image["height"]
+        labels = [4, 5, w, h]
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            x, y, bw, bh = ann["bbox"]
+            labels += [classes.index(names[ann["category_id"]]), x / w, y / h, (x + bw) / w, (y + bh) / h]
+        out[image["id"]] = (image["file_name"], np.array(labels, np.float32))
+    return out
+
+
+def test_mxnet_reads_every_detection_record_with_exact_labels_and_untouched_jpegs(workdir):
+    for scene in DETECTION:
+        expected = _expected_labels(workdir, scene)
+        manifest = read_manifest(workdir / "data" / "rec" / scene)
+        seen = set()
+        for split in ("train", "val"):
+            reader = mx.recordio.MXIndexedRecordIO(*_rec(workdir, scene, split), "r")
+            assert len(reader.keys) == manifest["counts"][split] == manifest["files"][f"{split}.rec"]["records"]
+            for key in reader.keys:
+                header, payload = mx.recordio.unpack(reader.read_idx(key))
+                file_name, labels = expected[header.id2]
+                assert header.id == key
+                assert np.array_equal(header.label, labels), (scene, file_name)
+                assert payload == (workdir / "data" / "adas_mini" / scene / file_name).read_bytes()
+                seen.add(header.id2)
+            reader.close()
+        assert seen == set(expected), scene
+        assert manifest["classes"] == list(SCENES[scene].classes)
+
+
+def test_image_det_record_iter_yields_the_annotated_boxes(workdir):
+    for scene in ("vehicle_rear", "traffic_sign"):
+        idx, rec = _rec(workdir, scene, "train")
+        expected = _expected_labels(workdir, scene)
+        order = [recordio.unpack(r)[0].id2 for r in recordio.RecordReader(rec)]
+        it = mx.io.ImageDetRecordIter(path_imgrec=rec, path_imgidx=idx, data_shape=(3, 128, 192), batch_size=4,
+                                      shuffle=False, label_pad_width=64, round_batch=False)
+        position = 0
+        for batch in it:
+            assert batch.data[0].shape == (4, 3, 128, 192)
+            for row in batch.label[0].asnumpy()[:4 - batch.pad]:
+                # The iterator puts its own 4 values first (..., data height, data width, ...), then our labels.
+                assert tuple(row[1:3]) == (128, 192)
+                want = expected[order[position]][1]
+                assert np.array_equal(row[4:4 + len(want)], want), (scene, position)
+                assert (row[4 + len(want):] == -1).all()
+                position += 1
+        assert position == len(order)
+
+
+def test_parsing_records_carry_the_jpeg_and_the_exact_mask(workdir):
+    for scene in ("default_parsing", "lane_parsing"):
+        source = workdir / "data" / "adas_mini" / scene
+        names = sorted(p.name for p in (source / "images").iterdir())
+        count = 0
+        for split in ("train", "val"):
+            reader = mx.recordio.MXIndexedRecordIO(*_rec(workdir, scene, split), "r")
+            for key in reader.keys:
+                header, payload = mx.recordio.unpack(reader.read_idx(key))
+                assert header.flag == 2
+                image_nbytes, mask_nbytes = (int(v) for v in header.label)
+                assert image_nbytes + mask_nbytes == len(payload)
+                name = names[header.id2]
+                assert payload[:image_nbytes] == (source / "images" / name).read_bytes()
+                mask = cv2.imdecode(np.frombuffer(payload[image_nbytes:], np.uint8), cv2.IMREAD_UNCHANGED)
+                original = np.asarray(Image.open(source / "masks" / name.replace(".jpg", ".png")))
+                assert mask.dtype == np.uint8 and np.array_equal(mask, original)
+                assert mx.image.imdecode(payload[:image_nbytes]).shape == (*original.shape, 3)
+                count += 1
+        assert count == IMAGES
+
+
+def test_manifest_names_every_file_with_its_sha256(workdir):
+    for scene in SCENE_NAMES:
+        folder = workdir / "data" / "rec" / scene
+        manifest = read_manifest(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "train.idx", "train.rec", "val.idx",
+                                                             "val.rec"]
+        for name, info in manifest["files"].items():
+            assert info["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert manifest["counts"]["train"] + manifest["counts"]["val"] == IMAGES
+        assert manifest["settings"]["resize"] is None and manifest["task"] == SCENES[scene].kind
+
+
+def test_rerun_is_a_no_op_and_force_gives_the_same_bytes_with_one_or_two_workers(workdir, capsys):
+    folder = workdir / "data" / "rec" / "vehicle"
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+    args = ["pack", "--config", str(config_file("vehicle")), "--source", str(workdir / "data/adas_mini/vehicle"),
+            "--output", str(folder)]
+    assert aidi_main.main(args) == 0
+    assert "vehicle: up to date (" in capsys.readouterr().out
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()} == before
+    assert aidi_main.main([*args, "--force", "-j", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["up_to_date"] is False and summary["packed"] == IMAGES and summary["errors"] == 0
+    for name in ("train.rec", "train.idx", "val.rec", "val.idx"):
+        assert (folder / name).read_bytes() == before[name][1]
+
+
+def test_resize_reencodes_images_and_masks_consistently(workdir, tmp_path):
+    for scene in ("vehicle", "default_parsing"):
+        config = load_config(config_file(scene), source=str(workdir / "data/adas_mini" / scene),
+                             output=str(tmp_path / scene), resize=96, jpeg_quality=80)
+        result = pack_scene(config, jobs=2)
+        assert result.packed == IMAGES
+        for record in recordio.RecordReader(tmp_path / scene / "train.rec"):
+            if scene == "vehicle":
+                det = recordio.unpack_detection(record)
+                assert (det.width, det.height) == (144, 96)
+                original = _expected_labels(workdir, scene)[det.id2][1]
+                assert np.array_equal(np.array([4, 5, 144, 96], np.float32), original[:4] * [1, 1, 0.75, 0.75])
+                got = np.array([v for obj in det.objects for v in obj], np.float32)
+                assert np.array_equal(got, original[4:])
+                assert Image.open(io.BytesIO(det.image)).size == (144, 96)
+            else:
+                parsing = recordio.unpack_parsing(record)
+                mask = Image.open(io.BytesIO(parsing.mask))
+                assert Image.open(io.BytesIO(parsing.image)).size == mask.size == (144, 96)
+                assert set(np.unique(np.asarray(mask)).tolist()) <= set(range(12))
+
+
+def _broken_vehicle(workdir: Path, tmp_path: Path) -> Path:
+    scene = shutil.copytree(workdir / "data" / "adas_mini" / "vehicle", tmp_path / "vehicle")
+    images = sorted((scene / "images").iterdir())
+    images[1].unlink()
+    images[2].write_bytes(images[2].read_bytes()[:-600])
+    images[3].write_bytes(b"this is not an image")
+    coco = json.loads((scene / "annotations.json").read_text())
+    coco["categories"].append({"id": 9, "name": "bus"})
+    by_image = {a["image_id"]: a for a in coco["annotations"]}
+    by_image[5]["category_id"] = 9          # images/vehicle_000004.jpg
+    by_image[6]["bbox"][0] = 190            # images/vehicle_000005.jpg
+    (scene / "annotations.json").write_text(json.dumps(coco))
+    return scene
+
+
+BAD_VEHICLE = [
+    ("vehicle_000001.jpg", "file not found"),
+    ("vehicle_000002.jpg", "truncated JPEG: the end-of-image marker is missing"),
+    ("vehicle_000003.jpg", "not a readable image"),
+    ("vehicle_000004.jpg", "unknown class 'bus'; the config's classes are vehicle"),
+    ("vehicle_000005.jpg", "(x, y, width, height) lies outside the 192×128 image"),
+]
+
+
+def test_bad_detection_input_fails_with_the_full_list_and_keeps_the_previous_set(workdir, tmp_path, capsys):
+    source = _broken_vehicle(workdir, tmp_path)
+    output = tmp_path / "rec"
+    shutil.copytree(workdir / "data" / "rec" / "vehicle", output)
+    previous = {p.name: p.read_bytes() for p in output.iterdir()}
+    config = load_config(config_file("vehicle"), source=str(source), output=str(output))
+    with pytest.raises(PackFailed) as failure:
+        pack_scene(config, jobs=2, force=True)
+    assert len(failure.value.problems) == len(BAD_VEHICLE)
+    for (file, reason), (name, expected) in zip(failure.value.problems, BAD_VEHICLE, strict=True):
+        assert file.endswith(f"images/{name}") and expected in reason, (file, reason)
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == previous  # no temp files, old set intact
+
+    fresh = tmp_path / "fresh"
+    assert aidi_main.main(["pack", "-c", str(config_file("vehicle")), "--source", str(source),
+                           "--output", str(fresh)]) == 1
+    err = capsys.readouterr().err
+    assert "scene vehicle: 5 bad input(s), nothing written" in err and "--skip-bad" in err
+    assert all(name in err for name, _ in BAD_VEHICLE)
+    assert not fresh.exists() or list(fresh.iterdir()) == []
+
+
+def test_skip_bad_packs_the_rest_and_lists_the_rejects(workdir, tmp_path):
+    source = _broken_vehicle(workdir, tmp_path)
+    config = load_config(config_file("vehicle"), source=str(source), output=str(tmp_path / "rec"))
+    result = pack_scene(config, jobs=2, skip_bad=True)
+    assert (result.packed, result.skipped, len(result.problems)) == (IMAGES - 5, 5, 5)
+    lines = (tmp_path / "rec" / "rejects.txt").read_text().splitlines()
+    assert [line.split("\t")[0].rsplit("/", 1)[1] for line in lines] == [name for name, _ in BAD_VEHICLE]
+    keys = mx.recordio.MXIndexedRecordIO(str(tmp_path / "rec/train.idx"), str(tmp_path / "rec/train.rec"), "r").keys
+    assert len(keys) == result.counts["train"]
+    assert read_manifest(tmp_path / "rec")["counts"]["skipped"] == 5
+    # Without --skip-bad the same inputs are reported again, not passed off as up to date.
+    with pytest.raises(PackFailed):
+        pack_scene(config, jobs=1)
+    assert pack_scene(config, jobs=1, skip_bad=True).up_to_date
+
+
+def test_bad_masks_are_reported_with_the_file_and_reason(workdir, tmp_path):
+    source = shutil.copytree(workdir / "data" / "adas_mini" / "lane_parsing", tmp_path / "lane")
+    masks = sorted((source / "masks").iterdir())
+    Image.open(masks[0]).resize((100, 100)).save(masks[0])
+    Image.fromarray(np.full((128, 192), 7, np.uint8)).save(masks[1])
+    Image.open(masks[2]).convert("RGB").save(masks[2])
+    masks[3].unlink()
+    config = load_config(config_file("lane_parsing"), source=str(source), output=str(tmp_path / "rec"))
+    with pytest.raises(PackFailed) as failure:
+        pack_scene(config, jobs=2)
+    reasons = [reason for _, reason in failure.value.problems]
+    assert reasons == [
+        f"mask {masks[0]}: mask size 100×100 differs from the image's 192×128",
+        f"mask {masks[1]}: mask has class ids 7 but the scene has 4 classes (0–3; 255 = ignore)",
+        f"mask {masks[2]}: expected an 8-bit one-channel mask (PNG mode L or P, pixel = class id), got mode RGB",
+        f"mask {masks[3]}: file not found",
+    ]
+    assert not (tmp_path / "rec").exists() or not any((tmp_path / "rec").iterdir())
+
+
+def test_config_mistakes_name_the_field(tmp_path):
+    typo = tmp_path / "train.py"
+    typo.write_text(config_file("vehicle").read_text() + "\nval_fractoin = 0.2\n")
+    with pytest.raises(UsageError, match=r"train.py: val_fractoin: Extra inputs are not permitted"):
+        load_config(typo)
+    with pytest.raises(UsageError, match="resize must be positive"):
+        load_config(config_file("vehicle"), resize=0)
+    missing = load_config(config_file("vehicle"), source=str(tmp_path / "nowhere"), output=str(tmp_path / "o"))
+    with pytest.raises(Exception, match="aidi sample adas-mini --out data/adas_mini"):
+        pack_scene(missing)
+
+
+def test_pipeline_sh_explains_a_missing_config(tmp_path):
+    done = subprocess.run(["bash", str(REPO / "tools" / "pipeline.sh")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ})
+    assert done.returncode == 2 and "give --config configs/4pe_<scene>/train.py, or --all" in done.stderr
