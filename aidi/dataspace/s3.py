@@ -94,9 +94,7 @@ class S3Store(ObjectStore):
             return ConnectionFailed(f"cannot reach {where} ({_reason(exc.reason)}); check that the server is up "
                                     f"and the endpoint (from {self.config.source}; `hitc init --endpoint URL` sets "
                                     "it)")
-        if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
-            return None
-        return None if not isinstance(exc, Exception) else _Unknown(exc)  # type: ignore[return-value]
+        return None  # resets, timeouts, protocol errors: worth another attempt
 
     def _bucket_missing(self) -> NotFoundError:
         return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with `hitc init "
@@ -112,8 +110,6 @@ class S3Store(ObjectStore):
             except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, ConnectionError,
                     TimeoutError) as exc:
                 mapped = self._map(exc, what)
-                if isinstance(mapped, _Unknown):
-                    raise
                 if mapped is not None:
                     raise mapped from None
                 if attempt == attempts:
@@ -237,10 +233,6 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self.client._http.clear()
-
-
-class _Unknown(Exception):
-    """Marker: not an S3/transport error we know; re-raise the original."""
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,150 @@
+"""`hitc` parsed from real argument lists, against both backends: what reached the dataspace and what the
+user sees (one line per error, exit codes, summaries, --json)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aidi.cli import hitc
+from aidi.dataspace import DataspaceConfig, open_dataspace
+from tests.dataspace.conftest import make_tree, same_tree
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("ENDPOINT", "BUCKET", "ACCESS_KEY", "SECRET_KEY"):
+        monkeypatch.delenv(f"AIDI_DATASPACE_{name}", raising=False)
+
+
+@pytest.fixture()
+def config_file(ds_config: DataspaceConfig, tmp_path: Path) -> Path:
+    return ds_config.save(tmp_path / "olympus.yaml")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = hitc.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_writes_a_private_config_and_checks_the_server(s3_server, tmp_path: Path, capsys) -> None:
+    code, out, _ = run(capsys, "init", "-t", s3_server.token, "--endpoint", s3_server.endpoint,
+                       "--bucket", "hitc-init", "--create-bucket")
+    assert code == 0 and "connection checked" in out and s3_server.secret_key not in out
+    written = tmp_path / "home" / ".olympus" / "config.yaml"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert yaml.safe_load(written.read_text())["dataspace"] == {
+        "endpoint": s3_server.endpoint, "bucket": "hitc-init", "token": s3_server.token}
+    loaded = DataspaceConfig.load()
+    assert (loaded.access_key, loaded.secret_key, loaded.bucket) == (s3_server.access_key, s3_server.secret_key,
+                                                                     "hitc-init")
+
+
+def test_init_refuses_a_wrong_token_in_one_line(s3_server, tmp_path: Path, capsys) -> None:
+    secret = "not-the-secret-4711"
+    code, _, err = run(capsys, "init", "-t", f"{s3_server.access_key}:{secret}", "--endpoint", s3_server.endpoint,
+                       "-C", str(tmp_path / "c.yaml"))
+    assert code == 4
+    assert err.count("\n") == 1 and "refused the credentials" in err and "hitc init" in err
+    assert secret not in err
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_init_errors_for_bad_token_unreachable_server_and_missing_bucket(s3_server, tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "init", "-t", "no-colon", "--endpoint", s3_server.endpoint)
+    assert code == 2 and "ACCESS_KEY:SECRET_KEY" in err
+    code, _, err = run(capsys, "init", "-t", "a:b", "--endpoint", "http://127.0.0.1:9")
+    assert code == 5 and "cannot reach" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "init", "-t", s3_server.token, "--endpoint", s3_server.endpoint, "--bucket", "absent")
+    assert code == 3 and "--create-bucket" in err
+
+
+def test_upload_list_show_download_rm(config_file: Path, tmp_path: Path, capsys) -> None:
+    data = make_tree(tmp_path / "rec", {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 100})
+    code, out, _ = run(capsys, "dataspace", "upload", "-n", "adas", "-t", "trainset", "-f", str(data), "-C",
+                       str(config_file))
+    assert code == 0
+    assert out.startswith("adas/trainset v1: uploaded 2 files / 0.0 MB, 0 already present")
+    code, out, _ = run(capsys, "dataspace", "upload", "-n", "adas", "-t", "trainset", "-f", str(data), "-C",
+                       str(config_file))
+    assert code == 0 and "already holds these 2 files" in out
+
+    code, out, _ = run(capsys, "dataspace", "list", "--json", "-C", str(config_file))
+    assert code == 0
+    assert [(d["name"], d["type"], d["latest"], d["latest_files"]) for d in json.loads(out)] == \
+        [("adas", "trainset", "v1", 2)]
+    code, out, _ = run(capsys, "dataspace", "show", "adas", "-t", "trainset", "--version", "latest", "--json",
+                       "-C", str(config_file))
+    assert [f["path"] for f in json.loads(out)["files"]] == ["a.txt", "sub/b.bin"]
+    code, out, _ = run(capsys, "dataspace", "show", "adas", "-C", str(config_file))
+    assert "adas/trainset (latest: v1)" in out and "\n  v1 " in out
+
+    code, out, _ = run(capsys, "dataspace", "download", "adas", "-t", "trainset", "-o", str(tmp_path / "dl"),
+                       "--json", "-C", str(config_file))
+    assert code == 0 and json.loads(out)["transferred_files"] == 2
+    assert same_tree(data, tmp_path / "dl")
+
+    code, out, err = run(capsys, "dataspace", "rm", "adas", "-t", "trainset", "--version", "v1", "-C",
+                         str(config_file))
+    assert code == 2 and "pass -y" in err  # no terminal to ask on
+    code, out, _ = run(capsys, "dataspace", "rm", "adas", "-t", "trainset", "--version", "v1", "-y", "-C",
+                       str(config_file))
+    assert code == 0 and out.startswith("deleted adas/trainset v1 (2 files")
+    code, _, err = run(capsys, "dataspace", "download", "adas", "-t", "trainset", "-o", str(tmp_path / "x"), "-C",
+                       str(config_file))
+    assert code == 3 and "no complete version" in err and err.count("\n") == 1
+
+
+def test_unknown_dataset_and_version_exit_3(config_file: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "dataspace", "show", "ghost", "-C", str(config_file))
+    assert code == 3 and "no dataset named 'ghost'" in err
+    make_tree(tmp_path / "d", {"x": b"x"})
+    run(capsys, "dataspace", "upload", "-n", "real", "-t", "valset", "-f", str(tmp_path / "d"), "-C", str(config_file))
+    code, _, err = run(capsys, "dataspace", "download", "real", "-t", "valset", "--version", "v4", "-o",
+                       str(tmp_path / "o"), "-C", str(config_file))
+    assert code == 3 and "no version v4 (its versions: v1)" in err
+
+
+def test_bind_gt_with_dash_d(config_file: Path, tmp_path: Path, capsys) -> None:
+    make_tree(tmp_path / "imgs", {"0.jpg": b"\xff\xd8"})
+    gt = make_tree(tmp_path / "gt", {"gt.json": b'{"annotations": []}'}) / "gt.json"
+    code, _, err = run(capsys, "dataspace", "upload", "-d", "imgs", "-t", "gt", "-f", str(gt), "-C", str(config_file))
+    assert code == 3 and "upload its images first" in err
+    run(capsys, "dataspace", "upload", "-n", "imgs", "-t", "valset", "-f", str(tmp_path / "imgs"), "-C",
+        str(config_file))
+    code, out, _ = run(capsys, "dataspace", "upload", "-d", "imgs", "-t", "gt", "-f", str(gt), "--json", "-C",
+                       str(config_file))
+    assert code == 0 and json.loads(out)["version"] == "v1"
+    manifest = open_dataspace(DataspaceConfig.load(config_file)).resolve("imgs", "gt")
+    assert manifest.binds == {"dataset": "imgs", "versions": {"valset": "v1"}}
+
+
+def test_token_from_stdin_keeps_it_off_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO("AK:SK-from-stdin\n"))
+    code, out, _ = run(capsys, "init", "-t", "-", "--endpoint", "http://127.0.0.1:9", "--no-check",
+                       "-C", str(tmp_path / "c.yaml"))
+    assert code == 0 and "SK-from-stdin" not in out
+    assert DataspaceConfig.load(tmp_path / "c.yaml").secret_key == "SK-from-stdin"
+
+
+def test_missing_config_file_and_bad_endpoint(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "dataspace", "list", "-C", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "hitc init" in err
+    code, _, err = run(capsys, "init", "--endpoint", "minio:9000", "-t", "a:b", "--no-check")
+    assert code == 2 and "http(s)://HOST[:PORT]" in err
+
+
+def test_help_is_complete() -> None:
+    parser = hitc.build_parser()
+    text = parser.format_help()
+    assert "init" in text and "dataspace" in text
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["dataspace", "upload", "-t", "trainset", "-f", "x"])
+    assert exit_info.value.code == 2  # one of -n / -d is required

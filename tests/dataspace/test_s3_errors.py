@@ -1,0 +1,98 @@
+"""What the S3 backend does when the server says no, is not there, or hiccups."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import pytest
+from minio.error import S3Error
+
+from aidi.dataspace import DataspaceConfig, open_dataspace
+from aidi.dataspace.s3 import S3Store
+from aidi.errors import AuthError, ConnectionFailed, NotFoundError
+from tests.support.seaweedfs import free_port
+
+
+def _config(s3_server, **changes) -> DataspaceConfig:
+    values = {"endpoint": s3_server.endpoint, "bucket": f"t-{uuid.uuid4().hex[:12]}",
+              "access_key": s3_server.access_key, "secret_key": s3_server.secret_key} | changes
+    return DataspaceConfig(**values)
+
+
+def test_wrong_secret_is_an_auth_error_without_the_secret(s3_server) -> None:
+    good = _config(s3_server)
+    open_dataspace(good).store.check(create=True)
+    secret = "wrong-" + uuid.uuid4().hex
+    bad = open_dataspace(_config(s3_server, bucket=good.bucket, secret_key=secret))
+    with pytest.raises(AuthError) as caught:
+        bad.list_datasets()
+    message = str(caught.value)
+    assert "hitc init" in message and s3_server.access_key in message
+    assert secret not in message and secret not in repr(bad.store.config)
+
+
+def test_missing_bucket_says_how_to_create_it(s3_server) -> None:
+    ds = open_dataspace(_config(s3_server))
+    with pytest.raises(NotFoundError, match=r"bucket 't-.*' does not exist.*--create-bucket"):
+        ds.store.check()
+    with pytest.raises(NotFoundError, match="does not exist"):
+        ds.list_datasets()
+    ds.store.check(create=True)
+    assert ds.list_datasets() == []
+
+
+def test_unreachable_endpoint_fails_fast(s3_server) -> None:
+    ds = open_dataspace(_config(s3_server, endpoint=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(ConnectionFailed, match=r"cannot reach the dataspace at http://127\.0\.0\.1:\d+ .*refused"):
+        ds.store.check()
+
+
+def test_transient_errors_are_retried_with_backoff(s3_server, monkeypatch) -> None:
+    store = open_dataspace(_config(s3_server)).store
+    assert isinstance(store, S3Store)
+    sleeps: list[float] = []
+    monkeypatch.setattr("aidi.dataspace.s3.time.sleep", sleeps.append)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise S3Error(None, "SlowDown", "reduce your request rate", "x", "r", "h", None)
+        return "ok"
+
+    assert store._call("test", flaky) == "ok"
+    assert len(calls) == 3 and len(sleeps) == 2 and sleeps[1] > sleeps[0]
+
+    def always_busy() -> None:
+        raise S3Error(None, "ServiceUnavailable", "busy", "x", "r", "h", None)
+
+    with pytest.raises(ConnectionFailed, match=r"kept failing.*after 5 attempts"):
+        store._call("test", always_busy)
+
+    denied = []
+
+    def refused() -> None:
+        denied.append(1)
+        raise S3Error(None, "AccessDenied", "no", "x", "r", "h", None)
+
+    with pytest.raises(AuthError):
+        store._call("test", refused)
+    assert len(denied) == 1  # refused credentials are not retried
+
+
+def test_big_files_go_up_in_parallel_parts(s3_server, tmp_path: Path) -> None:
+    config = _config(s3_server)
+    store = S3Store(config, part_size=5 * 1024 * 1024)
+    store.check(create=True)
+    data = (bytes(range(256)) * 4096) * 11  # 11 MiB: three parts
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put_file("big.bin", src, metadata={"sha256": digest})
+    stat = store.client.stat_object(config.bucket, "big.bin")
+    assert stat.etag.endswith("-3")  # a multipart object's ETag counts its parts
+    assert store.stat("big.bin").sha256 == digest
+    store.get_file("big.bin", tmp_path / "back.bin", sha256=digest)
+    assert (tmp_path / "back.bin").read_bytes() == data
