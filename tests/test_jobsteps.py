@@ -13,15 +13,20 @@ from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.recordio import IndexedRecordWriter
 
 
-@pytest.fixture()
-def dataspace_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
-    bucket = f"js-{uuid.uuid4().hex[:10]}"
+def use_s3_dataspace(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
+    """Point the pod-side environment (AIDI_DATASPACE_*) at a fresh bucket of the test S3 server."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
     for key, value in {"ENDPOINT": s3_server.endpoint, "BUCKET": bucket, "ACCESS_KEY": s3_server.access_key,
                        "SECRET_KEY": s3_server.secret_key}.items():
         monkeypatch.setenv(f"AIDI_DATASPACE_{key}", value)
     config = DataspaceConfig.from_env()
     open_dataspace(config).store.check(create=True)
     return config
+
+
+@pytest.fixture()
+def dataspace_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
+    return use_s3_dataspace(s3_server, monkeypatch)
 
 
 def _files(root: Path) -> dict[str, bytes]:

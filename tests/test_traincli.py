@@ -28,6 +28,7 @@ from aidi.cluster.kube import JobClient
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.errors import NotFoundError
 from tests.test_codepkg import make_code_folder, tree_digest
+from tests.test_jobsteps import use_s3_dataspace
 
 NS = "team-a"
 JOB = "adasmini-4pe"
@@ -57,13 +58,7 @@ def jobs_api(cluster_file: Path) -> JobClient:
 
 @pytest.fixture()
 def dataspace_env(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
-    bucket = f"tc-{uuid.uuid4().hex[:10]}"
-    for key, value in {"ENDPOINT": s3_server.endpoint, "BUCKET": bucket, "ACCESS_KEY": s3_server.access_key,
-                       "SECRET_KEY": s3_server.secret_key}.items():
-        monkeypatch.setenv(f"AIDI_DATASPACE_{key}", value)
-    config = DataspaceConfig.from_env()
-    open_dataspace(config).store.check(create=True)
-    return config
+    return use_s3_dataspace(s3_server, monkeypatch)
 
 
 def write_job(tmp_path: Path, name: str = JOB) -> Path:
@@ -207,6 +202,34 @@ async def test_submit_native_cr_as_is(tmp_path: Path, cluster_file: Path, jobs_a
     assert job["metadata"]["namespace"] == NS
     assert job["spec"]["codePackage"] == doc["spec"]["codePackage"]
     assert "Secret adasmini-4pe-code does not exist" in caplog.text
+
+
+async def test_submit_cr_with_an_upload_dir_annotation(tmp_path: Path, kube_api, cluster_file: Path,
+                                                      jobs_api: JobClient, dataspace_env: DataspaceConfig) -> None:
+    make_code_folder(tmp_path / "code")
+    cr = tmp_path / "trainjob.yaml"
+    cr.write_text(yaml.safe_dump({
+        "apiVersion": "aidi.io/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "cr-job", "annotations": {"aidi.io/upload-dir": "./code"}},
+        "spec": {"command": ["bash", "-c", "${WORKING_PATH}/run.sh"]}}))
+    assert await cli(traincli.main, ["submit", "-f", str(cr), "-c", str(cluster_file)]) == 2  # no password given
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    assert await cli(traincli.main, ["submit", "-f", str(cr), "-c", str(cluster_file),
+                                     "--password-file", str(tmp_path / "pw")]) == 0
+    job = await call(jobs_api.get_job, "cr-job")
+    assert job["spec"]["codePackage"]["passwordSecretRef"]["name"] == "cr-job-code"
+    secret = await call(jobs_api.core.read_namespaced_secret, "cr-job-code", NS)
+    assert base64.b64decode(secret.data["password"]).decode() == PASSWORD  # the file's newline is not part of it
+
+
+async def test_a_refused_job_leaves_no_secret_behind(tmp_path: Path, kube_api, cluster_file: Path,
+                                                     jobs_api: JobClient, dataspace_env: DataspaceConfig,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    kube_api[f"post {TRAINJOBS}"] << 403 << {"kind": "Status", "status": "Failure", "reason": "Forbidden"}
+    assert await cli(traincli.main, ["submit", "-f", str(write_job(tmp_path)), "-c", str(cluster_file)]) == 4
+    err = capsys.readouterr().err
+    assert "refused our credential" in err and "traincli init" in err
+    assert not await call(jobs_api.secret_exists, f"{JOB}-code")
 
 
 async def test_submit_refuses_a_job_that_exists_and_leaves_it_alone(
