@@ -440,3 +440,13 @@ async def test_logs_of_a_worker(kube_api, cluster_file: Path, jobs_api: JobClien
 
     assert await cli(traincli.main, ["logs", JOB, "--worker", "3", "-c", str(cluster_file)]) == 3
     assert f"no pod {JOB}-worker-3 (pods now: {JOB}-worker-0)" in capsys.readouterr().err
+
+
+async def test_logs_of_a_failed_pod_that_is_gone_come_from_the_status(cluster_file: Path, jobs_api: JobClient,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    await call(make_job, jobs_api, status={"phase": "Failed", "lastFailure": {
+        "pod": f"{JOB}-worker-0", "reason": "Error", "exitCode": 1, "logTail": "Traceback ...\nValueError: nan\n"}})
+    assert await cli(traincli.main, ["logs", JOB, "-c", str(cluster_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "Traceback ...\nValueError: nan\n" and "is gone" in err
+    assert await cli(traincli.main, ["logs", JOB, "--worker", "1", "-c", str(cluster_file)]) == 3

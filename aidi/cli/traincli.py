@@ -18,7 +18,7 @@ from aidi.cluster import config as cluster_config
 from aidi.cluster import explain, jobs
 from aidi.cluster.kube import JobClient
 from aidi.cluster.submit import submit
-from aidi.errors import UsageError
+from aidi.errors import NotFoundError, UsageError
 
 log = logging.getLogger("traincli")
 
@@ -152,7 +152,16 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_logs(args: argparse.Namespace) -> int:
     client = _client(args)
-    pod = jobs.pick_pod(client.job_pods(args.job), args.job, args.worker)
+    try:
+        pod = jobs.pick_pod(client.job_pods(args.job), args.job, args.worker)
+    except NotFoundError:
+        kept = jobs.kept_log_tail(client.get_job(args.job), args.job, args.worker)
+        if kept is None:
+            raise
+        print(f"# pod {args.job}-worker-{args.worker} is gone; the end of its log, kept in the job's status:",
+              file=sys.stderr)
+        sys.stdout.write(kept)
+        return 0
     name = pod["metadata"]["name"]
     container = args.container or jobs.default_container(pod)
     if args.follow:

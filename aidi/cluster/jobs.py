@@ -124,6 +124,14 @@ def pick_pod(pods: list[dict[str, Any]], job: str, worker: int) -> dict[str, Any
     raise NotFoundError(f"job {job} has no pod {wanted} (pods now: {names}); `traincli status {job}` shows them")
 
 
+def kept_log_tail(job: dict[str, Any], name: str, worker: int) -> str | None:
+    """The log tail the operator kept in ``status.lastFailure`` for a failed pod that is gone, if it is that pod."""
+    failure = (job.get("status") or {}).get("lastFailure") or {}
+    if failure.get("pod") == f"{name}-worker-{worker}" and failure.get("logTail"):
+        return str(failure["logTail"])
+    return None
+
+
 def default_container(pod: dict[str, Any]) -> str | None:
     """The trainer container; else kubectl's choice (the default-container annotation, else the first one)."""
     containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
