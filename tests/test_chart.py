@@ -330,6 +330,8 @@ def test_operator_deployment_runs_aidi_operator_with_the_cluster_defaults(helm: 
     assert container["command"] == ["aidi-operator"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "AIDI_NAMESPACES" not in env and env["AIDI_LIVENESS_PORT"] == "8080"
+    assert env["AIDI_DATASPACE_SECRET"] == "aidi-dataspace"
     service = one(docs, "Service", "aidi-minio")
     assert env["AIDI_DATASPACE_ENDPOINT"] == f"http://aidi-minio.{NAMESPACE}.svc:{service['spec']['ports'][0]['port']}"
     assert env["AIDI_DATASPACE_BUCKET"] == "aidi"
@@ -338,6 +340,7 @@ def test_operator_deployment_runs_aidi_operator_with_the_cluster_defaults(helm: 
     env = {e["name"]: e.get("value") for e in one(external, "Deployment")["spec"]["template"]["spec"]
            ["containers"][0]["env"]}
     assert env["AIDI_DATASPACE_ENDPOINT"] == "https://s3.example.com" and find(external, "StatefulSet") == []
+    assert env["AIDI_NAMESPACES"] == "vision,lidar" and env["AIDI_LIVENESS_PORT"] == "9090"
 
 
 def test_every_pod_is_locked_down(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -363,7 +366,7 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert {"patch"} <= operator[("aidi.io", "trainjobs/status")]
     assert {"create", "delete"} <= operator[("", "pods")] & operator[("scheduling.volcano.sh", "podgroups")]
     assert operator[("", "pods/log")] == {"get"}
-    assert operator[("", "secrets")] == {"get", "list", "watch"}
+    assert operator[("", "secrets")] == {"get"}
     cluster = {r for rule in one(docs, "ClusterRole", "aidi-operator-cluster")["rules"] for r in rule["resources"]}
     assert "priorityclasses" in cluster
     team = {(g, r): set(rule["verbs"]) for rule in one(docs, "Role", "aidi-team", "team-a")["rules"]
@@ -437,3 +440,31 @@ def test_gitops_trainjob_is_accepted_by_the_crd_and_the_loader() -> None:
     manifest = yaml.safe_load(path.read_text())
     assert list(validator.iter_errors(manifest)) == []
     assert load_file(path).job.metadata.name == manifest["metadata"]["name"]
+
+
+# ----------------------------------------------------------------------------- the operator's contract
+
+
+@pytest.mark.parametrize("values", ["default-values.yaml", "external-s3-values.yaml"])
+def test_the_operator_reads_the_settings_the_chart_gives_it(rendered: dict[str, list[dict[str, Any]]],
+                                                            values: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real aidi-operator argument parser, fed the Deployment's command and environment.
+    from aidi_operator import main as operator_main
+
+    container = one(rendered[values], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name in [n for n in os.environ if n.startswith("AIDI_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = operator_main.build_parser().parse_args(container.get("args", []))
+    settings = operator_main.settings_from_args(args)
+    assert settings.pods.job_image == env["AIDI_JOB_IMAGE"]
+    assert settings.pods.fetch_image == env["AIDI_FETCH_IMAGE"]
+    assert settings.pods.dataspace_endpoint == env["AIDI_DATASPACE_ENDPOINT"]
+    assert (settings.pods.dataspace_bucket, settings.pods.dataspace_secret) == (env["AIDI_DATASPACE_BUCKET"],
+                                                                                 "aidi-dataspace")
+    port = container["ports"][0]["containerPort"]
+    assert settings.liveness_port == port and container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert settings.namespaces == tuple(filter(None, env.get("AIDI_NAMESPACES", "").split(",")))
+    assert settings.resync_seconds == float(env["AIDI_RESYNC_SECONDS"])
