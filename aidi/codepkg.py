@@ -393,8 +393,10 @@ def unpack(archive: str | Path, dest: str | Path) -> int:
             members = tar.getmembers()
             for member in members:
                 _check_member(member, dest, source)
-            # The standard library's own "data" filter too, as a second line: it also drops setuid bits.
-            tar.extractall(dest, members=members, filter="data")
+            # The standard library's own "data" filter too, as a second line: it also drops setuid bits
+            # (Python 3.11.4 and later; our checks above stand alone before that).
+            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **extra)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise IntegrityError(f"{source}: refusing to unpack: {exc}") from None

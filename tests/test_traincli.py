@@ -23,10 +23,11 @@ import yaml
 from aidi import codepkg
 from aidi.cli import aidi_main, traincli
 from aidi.cluster import config as cluster_config
+from aidi.cluster import jobs
 from aidi.cluster import submit as submit_module
 from aidi.cluster.kube import JobClient
 from aidi.dataspace import DataspaceConfig, open_dataspace
-from aidi.errors import NotFoundError
+from aidi.errors import ConnectionFailed, NotFoundError
 from tests.test_codepkg import make_code_folder, tree_digest
 from tests.test_jobsteps import use_s3_dataspace
 
@@ -450,3 +451,31 @@ async def test_logs_of_a_failed_pod_that_is_gone_come_from_the_status(cluster_fi
     out, err = capsys.readouterr()
     assert out == "Traceback ...\nValueError: nan\n" and "is gone" in err
     assert await cli(traincli.main, ["logs", JOB, "--worker", "1", "-c", str(cluster_file)]) == 3
+
+
+class FlakyJobs:
+    """A JobClient stand-in whose API server is unreachable for the first ``down`` calls."""
+
+    namespace = NS
+
+    def __init__(self, down: int) -> None:
+        self.down, self.calls = down, 0
+
+    def get_job(self, name: str) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise ConnectionFailed("get TrainJob: cannot reach the cluster's API server")
+        return {"metadata": {"name": name}, "spec": {}, "status": {"phase": "Succeeded"}}
+
+
+def test_wait_outlasts_a_short_api_outage_but_not_a_long_one() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    flaky = FlakyJobs(down=3)
+    result = jobs.wait(flaky, JOB, interval=10, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]
+    assert (result.phase, result.exit_code, flaky.calls) == ("Succeeded", 0, 4)
+    with pytest.raises(ConnectionFailed):
+        jobs.wait(FlakyJobs(down=10_000), JOB, interval=10, clock=lambda: now[0], sleep=sleep)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ through owner references, its pods and Secret.
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from aidi import podspec
 from aidi.api import aidi_form
 from aidi.cluster.explain import TERMINAL_PHASES
 from aidi.cluster.kube import CANCEL_ANNOTATION, JobClient
-from aidi.errors import NotFoundError, UsageError
+from aidi.errors import ConnectionFailed, NotFoundError, UsageError
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 124
 EXIT_CANCELLED = 125
+UNREACHABLE_GRACE_SECONDS = 300.0
+
+log = logging.getLogger(__name__)
 
 
 def phase_of(job: dict[str, Any]) -> str:
@@ -93,12 +97,22 @@ def wait(client: JobClient, name: str, timeout: float | None = None, interval: f
     """
     start = clock()
     last_phase = None
+    failing_since: float | None = None
     while True:
         try:
             job = client.get_job(name)
+            failing_since = None
         except NotFoundError:
             raise NotFoundError(f"job {name} does not exist (or was deleted while waiting) in namespace "
                                 f"{client.namespace}") from None
+        except ConnectionFailed as exc:
+            # An API server restart or a network blip must not fail a pipeline that waits for hours.
+            failing_since = clock() if failing_since is None else failing_since
+            if clock() - failing_since > UNREACHABLE_GRACE_SECONDS:
+                raise
+            log.warning("%s; retrying", exc)
+            sleep(interval)
+            continue
         phase = "Cancelled" if is_cancelled(job) else phase_of(job)
         status = job.get("status") or {}
         if phase != last_phase and on_change is not None:

@@ -52,7 +52,8 @@ def api_errors(what: str, not_found: str | None = None) -> Iterator[None]:
         body = (exc.body or "")[:300] if isinstance(exc.body, str) else ""
         raise AidiError(f"{what}: the API server answered {exc.status} {exc.reason} {body}".rstrip()) from None
     except (Urllib3Error, OSError) as exc:
-        raise ConnectionFailed(f"{what}: cannot reach the cluster's API server ({type(exc).__name__}: {exc}); "
+        cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the real one
+        raise ConnectionFailed(f"{what}: cannot reach the cluster's API server ({cause}); "
                                "check `server` in gpucluster.yaml or your kubeconfig") from None
 
 
@@ -96,7 +97,8 @@ def api_client(resolved: ResolvedCluster) -> tuple[Any, str]:
     configuration.verify_ssl = not cluster.insecure
     if cluster.certificate_authority:
         configuration.ssl_ca_cert = cluster.certificate_authority
-    configuration.retries = 1
+    # No silent urllib3 retries (each logs a warning): callers that must outlast a blip retry themselves.
+    configuration.retries = 0
     return client.ApiClient(configuration), cluster.namespace or DEFAULT_NAMESPACE
 
 
