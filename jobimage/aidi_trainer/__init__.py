@@ -1,1 +1,1 @@
-"""The MXNet multitask trainer that runs in the job image."""
+"""The MXNet multitask trainer that runs in the job image: ``python -m aidi_trainer`` (docs/trainer.md)."""

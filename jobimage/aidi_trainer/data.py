@@ -1,0 +1,249 @@
+"""Reading the packed scenes and turning records into training targets.
+
+Records are read with MXNet's own ``mx.recordio.MXIndexedRecordIO`` (one handle per thread: a
+handle seeks, so threads must not share one) and parsed by ``aidi.recordio`` (the layouts of
+docs/architecture.md). Decoding, augmentation (random crop, horizontal flip, resize) and target
+encoding run in a thread pool: OpenCV releases the GIL while it decodes and resizes.
+
+Images enter the network as RGB, NCHW float32, ``(pixel - 127.5) / 127.5``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+
+from aidi.recordio import MASK_IGNORE, unpack_detection, unpack_parsing
+from aidi_trainer.config import SceneFiles, TaskConfig
+from aidi_trainer.model import DET
+
+cv2.setNumThreads(1)  # parallelism comes from the loader's threads; OpenCV's own pool would oversubscribe
+
+MIN_BOX_PIXELS = 2.0
+CROP_SCALE = (0.6, 1.0)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """HWC uint8 RGB → CHW float32 in [-1, 1]."""
+    return ((image.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)
+
+
+def decode_image(payload: bytes, what: str) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{what}: the image payload is not a decodable JPEG/PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A crop box in source pixels and whether to flip; ``identity`` for validation."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    flip: bool
+
+    @staticmethod
+    def identity(width: int, height: int) -> Crop:
+        return Crop(0.0, 0.0, float(width), float(height), False)
+
+    @staticmethod
+    def random(rng: np.random.Generator, width: int, height: int, flip: bool) -> Crop:
+        scale = rng.uniform(*CROP_SCALE)
+        w, h = width * scale, height * scale
+        x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        return Crop(x0, y0, x0 + w, y0 + h, flip and bool(rng.random() < 0.5))
+
+    def apply(self, image: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+        out_w, out_h = size
+        sx, sy = out_w / (self.x1 - self.x0), out_h / (self.y1 - self.y0)
+        # One affine warp does crop + resize (+ flip) in a single pass over the pixels. Pixel i covers
+        # [i, i+1) in the continuous coordinates the boxes use, hence the half-pixel terms.
+        tx, ty = sx * (0.5 - self.x0) - 0.5, sy * (0.5 - self.y0) - 0.5
+        if self.flip:
+            matrix = np.array([[-sx, 0, out_w - 1 - tx], [0, sy, ty]], np.float32)
+        else:
+            matrix = np.array([[sx, 0, tx], [0, sy, ty]], np.float32)
+        border = cv2.BORDER_REPLICATE if interpolation != cv2.INTER_NEAREST else cv2.BORDER_CONSTANT
+        return cv2.warpAffine(image, matrix, (out_w, out_h), flags=interpolation, borderMode=border,
+                              borderValue=MASK_IGNORE)
+
+    def boxes(self, boxes: np.ndarray, width: int, height: int, size: tuple[int, int]) -> np.ndarray:
+        """Normalised ``[xmin, ymin, xmax, ymax]`` in the source → pixels of the output, clipped."""
+        out_w, out_h = size
+        sx, sy = out_w / (self.x1 - self.x0), out_h / (self.y1 - self.y0)
+        x = (boxes[:, [0, 2]] * width - self.x0) * sx
+        y = (boxes[:, [1, 3]] * height - self.y0) * sy
+        if self.flip:
+            x = out_w - x[:, ::-1]
+        out = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, out_w)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, out_h)
+        return out
+
+
+def det_targets(boxes: np.ndarray, classes: np.ndarray, num_classes: int, grid: tuple[int, int],
+                stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre-based targets on the output grid (width, height).
+
+    ``heatmap`` (C, H, W): an elliptical Gaussian per object, exactly 1 at its centre cell;
+    ``box`` (4, H, W): ``log(w), log(h)`` in cells and the centre's offset in its cell, at centres;
+    ``mask`` (1, H, W): 1 at centre cells.
+    """
+    gw, gh = grid
+    heatmap = np.zeros((num_classes, gh, gw), np.float32)
+    box = np.zeros((4, gh, gw), np.float32)
+    mask = np.zeros((1, gh, gw), np.float32)
+    ys, xs = np.arange(gh, dtype=np.float32)[:, None], np.arange(gw, dtype=np.float32)[None, :]
+    order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))  # small boxes win a shared cell
+    for i in order:
+        x0, y0, x1, y1 = boxes[i] / stride
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        ix, iy = min(int(cx), gw - 1), min(int(cy), gh - 1)
+        sx, sy = max(w / 6, 0.5), max(h / 6, 0.5)
+        gauss = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        c = int(classes[i])
+        np.maximum(heatmap[c], gauss, out=heatmap[c])
+        heatmap[c, iy, ix] = 1.0
+        box[:, iy, ix] = (np.log(max(w, 1e-3)), np.log(max(h, 1e-3)), cx - ix, cy - iy)
+        mask[0, iy, ix] = 1.0
+    return heatmap, box, mask
+
+
+class _Readers(threading.local):
+    """Per-thread ``MXIndexedRecordIO`` handles, opened on first use."""
+
+    def __init__(self, files: list[SceneFiles]) -> None:
+        self.files = files
+        self.handles: dict[int, mx.recordio.MXIndexedRecordIO] = {}
+
+    def read(self, source: int, key: int) -> bytes:
+        handle = self.handles.get(source)
+        if handle is None:
+            scene = self.files[source]
+            handle = mx.recordio.MXIndexedRecordIO(str(scene.idx), str(scene.rec), "r")
+            self.handles[source] = handle
+        return handle.read_idx(key)
+
+
+def _index_keys(idx_path: Any) -> list[int]:
+    with open(idx_path, encoding="ascii") as lines:
+        return [int(line.split("\t", 1)[0]) for line in lines if line.strip()]
+
+
+class TaskDataset(gluon.data.Dataset):
+    """One branch's samples over all of its scenes: ``(image, targets...)`` as numpy arrays.
+
+    Detection samples are ``(image, heatmap, box, mask)``; segmentation samples ``(image, label)`` with
+    the label at the output grid's resolution (nearest), 255 = ignore.
+    """
+
+    def __init__(self, task: TaskConfig, files: dict[str, SceneFiles], input_size: tuple[int, int],
+                 stride: int, train: bool, seed: int = 0) -> None:
+        self.task, self.input_size, self.stride, self.train = task, input_size, stride, train
+        self.grid = (input_size[0] // stride, input_size[1] // stride)
+        self.sources = [files[scene] for scene in task.scenes]
+        # A scene's class id → the branch's class id (scenes' classes are concatenated in order).
+        self.class_offsets, offset = [], 0
+        for classes in task.scenes.values():
+            self.class_offsets.append(offset)
+            offset += len(classes)
+        self.items = [(s, key) for s, files_ in enumerate(self.sources) for key in _index_keys(files_.idx)]
+        self.readers = _Readers(self.sources)
+        self.seed = seed
+        self._rngs = threading.local()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._rngs, "rng", None)
+        if rng is None:
+            rng = self._rngs.rng = np.random.default_rng([self.seed, threading.get_ident() % (1 << 31)])
+        return rng
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        source, key = self.items[index]
+        record = self.readers.read(source, key)
+        where = f"{self.sources[source].rec} record {key}"
+        return self._detection(record, source, where) if self.task.kind == DET else self._parsing(record, where)
+
+    def _crop(self, width: int, height: int) -> Crop:
+        if not self.train:
+            return Crop.identity(width, height)
+        return Crop.random(self._rng(), width, height, self.task.flip)
+
+    def _detection(self, record: bytes, source: int, where: str) -> tuple[np.ndarray, ...]:
+        rec = unpack_detection(record)
+        image = decode_image(rec.image, where)
+        height, width = image.shape[:2]
+        crop = self._crop(width, height)
+        pixels = crop.apply(image, self.input_size, cv2.INTER_LINEAR)
+        objects = np.array(rec.objects, np.float32).reshape(-1, 5)
+        boxes = crop.boxes(objects[:, 1:], width, height, self.input_size)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_PIXELS) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_PIXELS)
+        classes = objects[keep, 0].astype(np.int64) + self.class_offsets[source]
+        num_classes = len(self.task.classes)
+        if classes.size and (classes.max() >= num_classes):
+            raise ValueError(f"{where}: class id {int(classes.max()) - self.class_offsets[source]} is outside "
+                             f"the {len(list(self.task.scenes.values())[source])} classes the config lists for "
+                             f"scene {self.sources[source].scene}")
+        heatmap, box, mask = det_targets(boxes[keep], classes, num_classes, self.grid, self.stride)
+        return normalise(pixels), heatmap, box, mask
+
+    def _parsing(self, record: bytes, where: str) -> tuple[np.ndarray, ...]:
+        rec = unpack_parsing(record)
+        image = decode_image(rec.image, where)
+        mask = cv2.imdecode(np.frombuffer(rec.mask, np.uint8), cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.ndim != 2 or mask.shape != image.shape[:2]:
+            raise ValueError(f"{where}: expected a one-channel PNG mask of the image's size {image.shape[:2]}, "
+                             f"got {None if mask is None else mask.shape}")
+        height, width = image.shape[:2]
+        crop = self._crop(width, height)
+        pixels = crop.apply(image, self.input_size, cv2.INTER_LINEAR)
+        label = crop.apply(mask, self.grid, cv2.INTER_NEAREST).astype(np.float32)
+        return normalise(pixels), label
+
+
+class ShardSampler(gluon.data.Sampler):
+    """This worker's share of ``length`` indices (rank::num_workers), reshuffled every pass when training."""
+
+    def __init__(self, length: int, rank: int = 0, num_workers: int = 1, shuffle: bool = True, seed: int = 0) -> None:
+        self.indices = np.arange(rank, length, num_workers)
+        self.shuffle, self.epoch, self.seed = shuffle, 0, seed
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.indices
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        self.epoch += 1
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: TaskDataset, batch_size: int, workers: int, rank: int = 0, num_workers: int = 1,
+                shuffle: bool = True, seed: int = 0) -> gluon.data.DataLoader:
+    if len(dataset) < num_workers:
+        raise ValueError(f"branch {dataset.task.name} has {len(dataset)} samples, fewer than the {num_workers} workers")
+    sampler = ShardSampler(len(dataset), rank, num_workers, shuffle, seed)
+    batches = gluon.data.BatchSampler(sampler, batch_size, "rollover" if shuffle else "keep")
+    return gluon.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, thread_pool=True,
+                                 prefetch=2 * max(workers, 1))
+
+
+def forever(loader: gluon.data.DataLoader) -> Iterator[Any]:
+    """Batches without end, a new shuffled pass each time the last one ends."""
+    while True:
+        yield from loader

@@ -1,0 +1,215 @@
+"""One training step of the pipeline: the loop, its progress lines, checkpoints and resume.
+
+Every iteration takes one batch of every branch (each from its own loader), sums the branches'
+weighted losses and makes one update of the shared parameters. Per epoch the chief writes
+``<step>-NNNN.params`` (Gluon parameters), ``<step>-NNNN.states`` (optimizer) and
+``<step>-progress.json``; a restarted run continues from the last of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+
+from aidi.errors import AidiError
+from aidi_trainer.losses import detection_loss, segmentation_loss
+from aidi_trainer.model import DET, MultiTaskNet
+from aidi_trainer.runtime import Runtime
+
+log = logging.getLogger("aidi_trainer")
+
+
+class TrainingDiverged(AidiError):
+    """A loss became NaN or infinite."""
+
+    exit_code = 8
+
+
+@dataclass
+class StepPlan:
+    name: str
+    index: int
+    epochs: int
+    iters_per_epoch: int
+    lr: float
+    wd: float
+    weights: dict[str, float]
+    log_interval: int
+
+
+@dataclass
+class StepResult:
+    iterations: int = 0
+    seconds: float = 0.0
+    samples: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    epoch_losses: list[float] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"iterations": self.iterations, "seconds": round(self.seconds, 3),
+                "samples_per_sec": round(self.samples / self.seconds, 2) if self.seconds else None,
+                "first_loss": self.first_loss, "last_loss": self.last_loss, "epoch_losses": self.epoch_losses,
+                "resumed_from_epoch": self.resumed_from_epoch}
+
+
+def task_loss(net: MultiTaskNet, task: str, data: list[mx.nd.NDArray]) -> dict[str, mx.nd.NDArray]:
+    output = net(data[0], task)
+    if net.specs[task].kind == DET:
+        return detection_loss(output, *data[1:])
+    return segmentation_loss(output, data[1])
+
+
+def atomic_save(path: Path, save: Any) -> None:
+    """Write through a temporary file so a crash never leaves a half-written checkpoint behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    save(str(tmp))
+    os.replace(tmp, path)
+
+
+def checkpoint_paths(out: Path, step: str, epoch: int) -> tuple[Path, Path]:
+    return out / f"{step}-{epoch:04d}.params", out / f"{step}-{epoch:04d}.states"
+
+
+def saved_epoch(out: Path, step: str) -> int:
+    """The last epoch whose checkpoint is complete, 0 when none."""
+    progress = out / f"{step}-progress.json"
+    if not progress.is_file():
+        return 0
+    epoch = int(json.loads(progress.read_text())["epoch"])
+    params, states = checkpoint_paths(out, step, epoch)
+    return epoch if params.is_file() and states.is_file() else 0
+
+
+def format_eta(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(seconds, 0))))
+
+
+class Meter:
+    """Running sums of the loss terms between two progress lines."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, float]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: value / max(self.count, 1) for name, value in self.sums.items()}
+
+
+def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
+               out: Path) -> StepResult:
+    """Train ``net`` for ``plan``; resume from the last epoch checkpoint in ``out`` when there is one."""
+    params = net.collect_params()
+    total = plan.epochs * plan.iters_per_epoch
+    scheduler = mx.lr_scheduler.CosineScheduler(max_update=max(total, 1), base_lr=plan.lr, final_lr=plan.lr * 0.05,
+                                                warmup_steps=min(50, total // 10))
+    trainer = gluon.Trainer(params, "adam", {"learning_rate": plan.lr, "wd": plan.wd, "lr_scheduler": scheduler},
+                            kvstore=runtime.step_store(plan.index),
+                            update_on_kvstore=False if runtime.kv is not None else None)
+    result = StepResult()
+    start_epoch = int(runtime.agree(plan.index, 0, saved_epoch(out, plan.name) if runtime.chief else 0))
+    params_file, states_file = checkpoint_paths(out, plan.name, start_epoch)
+    if start_epoch and runtime.chief:
+        net.load_parameters(str(params_file), ctx=runtime.ctxs)
+    # Initialising the Trainer's kvstore broadcasts the chief's parameters: every worker must do it
+    # here, together (Trainer would do it lazily at its first step, after a forward on stale weights).
+    trainer._init_kvstore()
+    trainer._init_params()
+    if start_epoch:
+        if runtime.chief:
+            trainer.load_states(str(states_file))
+        log.info("[%s] resuming after epoch %d/%d from %s", plan.name, start_epoch, plan.epochs, out)
+        result.resumed_from_epoch = start_epoch
+    net.hybridize()
+    scale = len(runtime.ctxs) * runtime.num_workers
+    started = time.perf_counter()
+    for epoch in range(start_epoch, plan.epochs):
+        meter, epoch_meter, tick, tick_samples = Meter(), Meter(), time.perf_counter(), 0
+        for it in range(plan.iters_per_epoch):
+            terms, samples = _iteration(net, plan, runtime, batches, trainer, scale)
+            step_no = epoch * plan.iters_per_epoch + it + 1
+            meter.add(terms)
+            epoch_meter.add(terms)
+            tick_samples += samples
+            result.samples += samples
+            result.iterations += 1
+            loss = sum(v for k, v in terms.items() if k.endswith(".total"))
+            if result.first_loss is None:
+                result.first_loss = loss
+            result.last_loss = loss
+            if step_no % plan.log_interval == 0 or it == plan.iters_per_epoch - 1:
+                now = time.perf_counter()
+                done = step_no - start_epoch * plan.iters_per_epoch
+                eta = (now - started) / done * (total - step_no)
+                means = meter.means()
+                breakdown = " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.endswith(".total"))
+                log.info("[%s] epoch %d/%d iter %d/%d | loss %.4f | %s | %.1f samples/s | lr %.2e | ETA %s",
+                         plan.name, epoch + 1, plan.epochs, step_no, total,
+                         sum(v for k, v in means.items() if k.endswith(".total")), breakdown,
+                         tick_samples / max(now - tick, 1e-9), trainer.learning_rate, format_eta(eta))
+                meter, tick, tick_samples = Meter(), now, 0
+        result.epoch_losses.append(sum(v for k, v in epoch_meter.means().items() if k.endswith(".total")))
+        if runtime.chief:
+            _save_epoch(net, trainer, out, plan.name, epoch + 1)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _iteration(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
+               trainer: gluon.Trainer, scale: int) -> tuple[dict[str, float], int]:
+    names, values, losses = [], [], []
+    samples = 0
+    loaded = {task: next(it) for task, it in batches.items()}
+    with autograd.record():
+        for task, batch in loaded.items():
+            samples += batch[0].shape[0] * runtime.num_workers
+            parts = [gluon.utils.split_and_load(arr, runtime.ctxs, even_split=False) for arr in batch]
+            for device in range(len(parts[0])):
+                terms = task_loss(net, task, [p[device] for p in parts])
+                weighted = plan.weights[task] * sum(terms.values())
+                losses.append(weighted)
+                names.extend([f"{task}.{name}" for name in terms] + [f"{task}.total"])
+                values.extend([*terms.values(), weighted])
+    autograd.backward(losses)
+    numbers = mx.nd.concat(*[v.reshape((1,)).as_in_context(mx.cpu()) for v in values], dim=0).asnumpy()
+    merged: dict[str, float] = {}
+    for name, value in zip(names, numbers, strict=True):
+        merged[name] = merged.get(name, 0.0) + float(value) / len(runtime.ctxs)
+    if not np.all(np.isfinite(numbers)):
+        breakdown = ", ".join(f"{k} = {v:.6g}" for k, v in merged.items())
+        raise TrainingDiverged(f"[{plan.name}] the loss is not finite at iteration {trainer.optimizer.num_update + 1}: "
+                               f"{breakdown}. Lower steps[{plan.name!r}]['lr'] in the config, or check the data "
+                               "of the branch whose terms are nan/inf; restarting resumes from the last checkpoint")
+    trainer.step(scale)
+    return merged, samples
+
+
+def _save_epoch(net: MultiTaskNet, trainer: gluon.Trainer, out: Path, step: str, epoch: int) -> None:
+    params_file, states_file = checkpoint_paths(out, step, epoch)
+    atomic_save(params_file, net.save_parameters)
+    atomic_save(states_file, trainer.save_states)
+    progress = out / f"{step}-progress.json"
+    atomic_save(progress, lambda p: Path(p).write_text(json.dumps({"epoch": epoch})))
+
+
+def iterations_per_epoch(sizes: dict[str, int], batch: int, max_iters: int | None) -> int:
+    iters = max(math.ceil(size / batch) for size in sizes.values())
+    return min(iters, max_iters) if max_iters else iters
