@@ -16,7 +16,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,8 +101,16 @@ def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         for item in items(config):
             yield item, encode(item, config)
         return
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(config,)) as pool:
+    pool: Executor
+    if config.resize is None:
+        # Pass-through is file reads and a marker walk: shipping every JPEG back from another process
+        # costs more than the work, and reads (like Pillow's mask decoding) release the GIL.
+        pool = ThreadPoolExecutor(jobs, initializer=_init_worker, initargs=(config,))
+    else:
+        # Re-encoding is CPU work: one process per core.
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
+                                   initargs=(config,))
+    with pool:
         # A bounded window keeps memory flat however large the dataset is.
         pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
         for batch in _batches(items(config), BATCH):
@@ -147,7 +155,7 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
     started = time.monotonic()
     output = Path(config.output)
     result = PackResult(config.scene, output)
-    source_fingerprint = fingerprint(config)
+    source_fingerprint, total = fingerprint(config)
     if not force and _up_to_date(read_manifest(output), output, source_fingerprint, skip_bad):
         manifest = read_manifest(output) or {}
         result.up_to_date = True
@@ -156,7 +164,6 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
         result.skipped = manifest["counts"].get("skipped", 0)
         result.seconds = time.monotonic() - started
         return result
-    total = sum(1 for item in items(config) if item.index >= 0)
     output.mkdir(parents=True, exist_ok=True)
     temp = {f"{split}.{ext}": output / f".{split}.{ext}.tmp-{os.getpid()}"
             for split in SPLITS for ext in ("rec", "idx")}

@@ -125,14 +125,17 @@ def items(config: PackConfig) -> Iterator[Item]:
     return detection_items(config) if config.task == "detection" else parsing_items(config)
 
 
-def fingerprint(config: PackConfig) -> str:
-    """A digest of everything the output depends on: settings, annotations, and each input's size/mtime."""
+def fingerprint(config: PackConfig) -> tuple[str, int]:
+    """A digest of everything the output depends on (settings, annotations, each input's size and mtime),
+    and the number of images."""
+    count = 0
     digest = hashlib.sha256(config.digest().encode())
     if config.task == "detection":
         annotations = Path(config.source) / config.annotations
         if annotations.is_file():
             digest.update(hashlib.sha256(annotations.read_bytes()).digest())
     for item in items(config):
+        count += item.index >= 0
         for path in (item.image, item.mask):
             if path is None:
                 continue
@@ -143,4 +146,4 @@ def fingerprint(config: PackConfig) -> str:
                 digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
             except OSError:
                 digest.update(f"{name}\0missing\n".encode())
-    return digest.hexdigest()
+    return digest.hexdigest(), count
