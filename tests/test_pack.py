@@ -274,3 +274,20 @@ def test_pipeline_sh_explains_a_missing_config(tmp_path):
     done = subprocess.run(["bash", str(REPO / "tools" / "pipeline.sh")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env={**os.environ})
     assert done.returncode == 2 and "give --config configs/4pe_<scene>/train.py, or --all" in done.stderr
+
+
+def test_an_image_without_objects_packs_and_iterates(workdir, tmp_path):
+    source = shutil.copytree(workdir / "data" / "adas_mini" / "vehicle", tmp_path / "vehicle")
+    coco = json.loads((source / "annotations.json").read_text())
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 1]
+    (source / "annotations.json").write_text(json.dumps(coco))
+    config = load_config(config_file("vehicle"), source=str(source), output=str(tmp_path / "rec"), val_fraction=0.0)
+    assert pack_scene(config, jobs=2).counts["train"] == IMAGES
+    rec, idx = str(tmp_path / "rec/train.rec"), str(tmp_path / "rec/train.idx")
+    first = recordio.unpack_detection(recordio.IndexedRecordReader(rec, idx).read_idx(0))
+    assert (first.id2, first.objects) == (1, [])
+    it = mx.io.ImageDetRecordIter(path_imgrec=rec, path_imgidx=idx, data_shape=(3, 128, 192), batch_size=8,
+                                  shuffle=False, label_pad_width=32)
+    rows = next(iter(it)).label[0].asnumpy()
+    assert list(rows[0][4:9]) == [4, 5, 192, 128, -1] and (rows[0][9:] == -1).all()
+    assert rows[1][8] == 0  # the next image's first object: class 0
