@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aidi.dataspace.files import count_records, dataset_files, sha256_file
-from aidi.dataspace.store import ObjectStore
+from aidi.dataspace.store import ObjectInfo, ObjectStore
 from aidi.dataspace.transfer import Meter, run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
@@ -69,6 +69,7 @@ class FileEntry:
     size: int
     sha256: str
     records: int | None = None
+    mtime_ns: int | None = field(default=None, compare=False, repr=False)  # local only, never stored
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
@@ -199,12 +200,15 @@ class Dataspace:
                            skipped_bytes=result.bytes, seconds=time.monotonic() - started,
                            uri=self.store.uri(self.version_prefix(name, type, latest.version)), manifest=latest)
 
-        version = self._claim_version(name, type, fingerprint)
+        version, resumed = self._claim_version(name, type, fingerprint)
         prefix = self.version_prefix(name, type, version)
+        # Only a resumed version can hold files already; a fresh one needs no per-file lookups.
+        present = {info.key: info for info in self.store.list(prefix)} if resumed else {}
         state.phase, state.files_done, state.bytes_done = "uploading", 0, 0
         meter.tick(force=True)
-        uploaded = run_parallel(lambda item: self._upload_one(prefix + item[0].path, item[1], item[0], state, meter),
-                                [(entry, file) for entry, (_, file) in zip(entries, pairs, strict=True)], jobs)
+        uploaded = run_parallel(
+            lambda item: self._upload_one(prefix + item[0].path, item[1], item[0], present, state, meter),
+            [(entry, file) for entry, (_, file) in zip(entries, pairs, strict=True)], jobs)
 
         state.phase = "committing"
         meter.tick(force=True)
@@ -236,18 +240,20 @@ class Dataspace:
 
         def describe(pair: tuple[str, Path]) -> FileEntry:
             rel, file = pair
-            size = file.stat().st_size
+            before = file.stat()
             digest = sha256_file(file, on_bytes)
             records = count_records(file) if rel.endswith(".rec") else None
             with meter.lock:
                 state.files_done += 1
-            return FileEntry(path=rel, size=size, sha256=digest, records=records)
+            return FileEntry(path=rel, size=before.st_size, sha256=digest, records=records,
+                             mtime_ns=before.st_mtime_ns)
 
         return run_parallel(describe, pairs, jobs)
 
-    def _upload_one(self, key: str, file: Path, entry: FileEntry, state: TransferProgress, meter: Meter) -> bool:
+    def _upload_one(self, key: str, file: Path, entry: FileEntry, present: dict[str, ObjectInfo],
+                    state: TransferProgress, meter: Meter) -> bool:
         """Store one file unless an identical copy is there already (a resumed upload); True if sent."""
-        stored = self.store.stat(key)
+        stored = self.store.stat(key) if key in present else None  # listings carry no metadata: ask for it
         if stored is not None and stored.size == entry.size and stored.sha256 == entry.sha256:
             with meter.lock:
                 state.files_done += 1
@@ -262,6 +268,9 @@ class Dataspace:
 
         sent_before = state.bytes_done
         self.store.put_file(key, file, metadata={"sha256": entry.sha256}, progress=meter.bytes_callback(add_bytes))
+        if file.stat().st_mtime_ns != entry.mtime_ns or file.stat().st_size != entry.size:
+            raise IntegrityError(f"{file} changed while it was being uploaded; nothing was committed: upload again "
+                                 "once it is complete")
         with meter.lock:
             state.files_done += 1
             # Stores that report no byte progress (or report it partially) still end at the file's size.
@@ -270,7 +279,7 @@ class Dataspace:
         meter.tick()
         return True
 
-    def _claim_version(self, name: str, type: str, fingerprint: str) -> str:
+    def _claim_version(self, name: str, type: str, fingerprint: str) -> tuple[str, bool]:
         """The version this upload writes into: an unfinished upload of the same content newer than every
         complete version (resume), else the next unused number, marked pending with our upload id."""
         states = self._version_states(name, type)
@@ -282,7 +291,7 @@ class Dataspace:
                 marker = self._read_json(self.version_prefix(name, type, f"v{number}") + PENDING)
                 if marker and marker.get("fingerprint") == fingerprint:
                     log.info("resuming the unfinished upload of %s/%s v%d", name, type, number)
-                    return f"v{number}"
+                    return f"v{number}", True
         for _ in range(5):
             number = max(states, default=0) + 1
             version = f"v{number}"
@@ -294,7 +303,7 @@ class Dataspace:
             # Two uploaders may pick the same number; the marker's last writer owns it, the other moves on.
             marker = self._read_json(marker_key)
             if marker and marker.get("upload_id") == upload_id:
-                return version
+                return version, False
             states[number] = "pending"
         raise UsageError(f"could not claim a new version of {name}/{type}: other uploads keep taking the next "
                          "number; try again")

@@ -9,9 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aidi.errors import NotFoundError, UsageError
+from aidi.recordio import MAGIC, RecordIOError
 
 _CHUNK = 1 << 20
 RESERVED_NAMES = ("_manifest.json", "_pending.json", "_deleted.json")
+_FRAME_HEAD = struct.Struct("<II")  # magic, lrec (2-bit continuation flag | 29-bit length)
+_LENGTH_MASK = (1 << 29) - 1
 
 
 def dataset_files(path: Path) -> list[tuple[str, Path]]:
@@ -50,32 +53,28 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
 
 
 def count_records(path: Path) -> int:
-    """Records in a dmlc RecordIO file (a record split in several frames counts once)."""
-    try:
-        from aidi.recordio import RecordReader
-    except ImportError:
-        return _count_frames(path)
-    with RecordReader(path) as reader:
-        return sum(1 for _ in reader)
+    """Records in a dmlc RecordIO file (a record split into several frames counts once).
 
-
-def _count_frames(path: Path) -> int:
-    # The framing alone: [magic][lrec: 2-bit flag | 29-bit length][data padded to 4]; flags 0 (whole)
-    # and 1 (first part) start a record. Payloads are skipped, not read.
-    head = struct.Struct("<II")
+    Only the 8-byte frame headers are read and payloads are skipped: ``aidi.recordio.RecordReader`` would
+    read every payload, a second full pass over data the upload already reads to hash it.
+    """
     count = 0
     size = path.stat().st_size
     with open(path, "rb") as src:
         while (offset := src.tell()) < size:
-            raw = src.read(8)
-            if len(raw) != 8:
-                raise UsageError(f"{path}: truncated RecordIO frame at byte {offset}; the file is incomplete, "
-                                 "repack it")
-            magic, lrec = head.unpack(raw)
-            if magic != 0xCED7230A:
-                raise UsageError(f"{path}: not a RecordIO file (expected magic 0xced7230a at byte {offset}, got "
-                                 f"0x{magic:08x}); repack it or give it another extension than .rec")
-            if lrec >> 29 in (0, 1):
+            raw = src.read(_FRAME_HEAD.size)
+            if len(raw) != _FRAME_HEAD.size:
+                raise RecordIOError(f"{path}: truncated frame header at byte {offset}; the file is incomplete: "
+                                    "repack it")
+            magic, lrec = _FRAME_HEAD.unpack(raw)
+            if magic != MAGIC:
+                raise RecordIOError(f"{path}: not RecordIO (expected magic 0x{MAGIC:08x} at byte {offset}, got "
+                                    f"0x{magic:08x}); repack it, or rename it if it is not a .rec file")
+            length = lrec & _LENGTH_MASK
+            if offset + _FRAME_HEAD.size + length > size:
+                raise RecordIOError(f"{path}: the record at byte {offset} runs past the end of the file; the file "
+                                    "is incomplete: repack it")
+            if lrec >> 29 in (0, 1):  # a whole record, or the first frame of a split one
                 count += 1
-            src.seek(((lrec & ((1 << 29) - 1)) + 3) & ~3, os.SEEK_CUR)
+            src.seek(offset + _FRAME_HEAD.size + ((length + 3) & ~3))
     return count
