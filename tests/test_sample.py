@@ -101,3 +101,14 @@ def test_sample_cli_json_and_bad_arguments(tmp_path, capsys):
     assert summary["images"] == {"vehicle": 2} and summary["size"] == [64, 48]
     assert aidi_main.main(["sample", "adas-mini", "--out", str(tmp_path), "--scene", "bus"]) == 2
     assert "unknown scene(s) bus; choose from cyclist" in capsys.readouterr().err
+
+
+def test_a_rerun_keeps_unchanged_files_and_removes_images_of_a_larger_run(tmp_path):
+    generate(tmp_path, images=5, seed=2, scenes=["default_parsing", "cyclist"])
+    mask = tmp_path / "default_parsing" / "masks" / "default_parsing_000001.png"
+    mtime = mask.stat().st_mtime_ns
+    generate(tmp_path, images=3, seed=2, scenes=["default_parsing", "cyclist"])
+    assert mask.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (tmp_path / "default_parsing" / "masks").iterdir()) == [
+        f"default_parsing_00000{i}.png" for i in range(3)]
+    assert len(list((tmp_path / "cyclist" / "images").iterdir())) == 3

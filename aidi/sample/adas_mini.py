@@ -7,6 +7,7 @@ get JPEG + PNG label-mask pairs. Image ``i`` of a scene depends only on (seed, s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -223,10 +224,31 @@ def _coco(scene: str, entries: list[tuple[str, int, list[tuple[int, Box]]]], siz
     }
 
 
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+def _write(path: Path, data: bytes) -> None:
+    """Write unless the file already holds these bytes: a re-run keeps mtimes, so packing stays up to date."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": JPEG_QUALITY} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def _remove_stale(folder: Path, scene: str, keep: set[str]) -> None:
+    """Drop images of an earlier, larger run (only our own names), so the folder holds exactly this sample."""
+    for sub in ("images", "masks"):
+        if (folder / sub).is_dir():
+            for entry in os.scandir(folder / sub):
+                if entry.name.startswith(f"{scene}_") and os.path.splitext(entry.name)[0] not in keep:
+                    os.unlink(entry.path)
 
 
 def generate(out: str | os.PathLike[str], images: int = DEFAULT_IMAGES, seed: int = 0,
@@ -251,11 +273,12 @@ def generate(out: str | os.PathLike[str], images: int = DEFAULT_IMAGES, seed: in
             for i in range(images):
                 name = image_name(scene, i)
                 picture, objects = detection_image(scene, i, seed, size)
-                picture.save(folder / "images" / f"{name}.jpg", quality=JPEG_QUALITY)
+                _write(folder / "images" / f"{name}.jpg", _encoded(picture, "JPEG"))
                 entries.append((name, i, objects))
                 if progress:
                     progress(1)
-            _write_json(folder / "annotations.json", _coco(scene, entries, size, seed))
+            coco = _coco(scene, entries, size, seed)
+            _write(folder / "annotations.json", (json.dumps(coco, indent=1) + "\n").encode())
             summary.objects[scene] = sum(len(objects) for _, _, objects in entries)
         else:
             (folder / "masks").mkdir(exist_ok=True)
@@ -263,9 +286,10 @@ def generate(out: str | os.PathLike[str], images: int = DEFAULT_IMAGES, seed: in
             for i in range(images):
                 name = image_name(scene, i)
                 picture, mask = draw_scene(i, seed, size)
-                picture.save(folder / "images" / f"{name}.jpg", quality=JPEG_QUALITY)
-                mask.save(folder / "masks" / f"{name}.png")
+                _write(folder / "images" / f"{name}.jpg", _encoded(picture, "JPEG"))
+                _write(folder / "masks" / f"{name}.png", _encoded(mask, "PNG"))
                 if progress:
                     progress(1)
+        _remove_stale(folder, scene, {image_name(scene, i) for i in range(images)})
         summary.images[scene] = images
     return summary
