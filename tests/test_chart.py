@@ -468,3 +468,14 @@ def test_the_operator_reads_the_settings_the_chart_gives_it(rendered: dict[str, 
     assert settings.liveness_port == port and container["livenessProbe"]["httpGet"]["port"] == "health"
     assert settings.namespaces == tuple(filter(None, env.get("AIDI_NAMESPACES", "").split(",")))
     assert settings.resync_seconds == float(env["AIDI_RESYNC_SECONDS"])
+
+
+# ----------------------------------------------------------------------------- a real cluster
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_the_api_server_accepts_the_chart(helm: Helm, values: Path) -> None:
+    # A server-side dry run: the cluster's own schemas and admission judge every object, nothing is stored.
+    result = helm.run("install", "aidi-e2e", str(CHART), "-n", NAMESPACE, "--dry-run=server", *values_file(values))
+    assert result.returncode == 0, result.stderr
