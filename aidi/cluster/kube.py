@@ -33,8 +33,10 @@ class ConflictError(AidiError):
 
 
 @contextlib.contextmanager
-def api_errors(what: str, not_found: str | None = None) -> Iterator[None]:
-    """Turn the client's exceptions into our error classes; ``what`` names the call for the message."""
+def api_errors(what: str, not_found: str | None = None, echo_body: bool = True) -> Iterator[None]:
+    """Turn the client's exceptions into our error classes; ``what`` names the call for the message.
+
+    ``echo_body=False`` for calls that carry a secret: the server's answer may quote the request."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -49,7 +51,7 @@ def api_errors(what: str, not_found: str | None = None) -> Iterator[None]:
             raise NotFoundError(not_found or f"{what}: not found (404)") from None
         if exc.status == 409:
             raise ConflictError(f"{what}: already exists") from None
-        body = (exc.body or "")[:300] if isinstance(exc.body, str) else ""
+        body = (exc.body or "")[:300] if echo_body and isinstance(exc.body, str) else ""
         raise AidiError(f"{what}: the API server answered {exc.status} {exc.reason} {body}".rstrip()) from None
     except (Urllib3Error, OSError) as exc:
         cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the real one
@@ -184,11 +186,11 @@ class JobClient:
         )
         what = f"create Secret {self.namespace}/{secret_name}"
         try:
-            with api_errors(what):
+            with api_errors(what, echo_body=False):
                 self.core.create_namespaced_secret(self.namespace, body)
         except ConflictError:
             # A Secret left by an earlier submit of the same name (its job is gone): replace its password.
-            with api_errors(what):
+            with api_errors(what, echo_body=False):
                 self.core.patch_namespaced_secret(secret_name, self.namespace,
                                                   {"data": body.data, "metadata": {"labels": {JOB_LABEL: job_name}}})
 
