@@ -59,8 +59,10 @@ def _tail(path: str, name: str | None, sub: str | None) -> str:
 class KubeApi:
     """Requests against one API server. ``login`` returns fresh credentials (called again on a 401)."""
 
-    def __init__(self, login: Callable[[], kopf.ConnectionInfo], timeout: float = 30.0) -> None:
+    def __init__(self, login: Callable[[], kopf.ConnectionInfo], timeout: float = 30.0,
+                 keepalive: bool = True) -> None:
         self._login = login
+        self._keepalive = keepalive
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -75,7 +77,8 @@ class KubeApi:
             self._info = self._login()
             self._session = aiohttp.ClientSession(
                 base_url=self._info.server.rstrip("/") + "/",
-                connector=aiohttp.TCPConnector(ssl=self._info.as_ssl_context(), limit=64),
+                connector=aiohttp.TCPConnector(ssl=self._info.as_ssl_context(), limit=64,
+                                         force_close=not self._keepalive),
                 headers=self._info.as_http_headers(), timeout=self._timeout)
         return self._session
 

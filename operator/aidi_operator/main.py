@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import kopf
@@ -103,9 +103,16 @@ def _operator_kwargs(settings: OperatorSettings) -> dict[str, Any]:
 
 
 async def operate(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None,
-                  ready_flag: asyncio.Event | None = None) -> None:
-    """Run the operator in the current event loop until ``stop_flag`` is set (tests, benchmarks)."""
-    await kopf.operator(stop_flag=stop_flag, ready_flag=ready_flag, **_operator_kwargs(settings))
+                  ready_flag: asyncio.Event | None = None,
+                  tune: Callable[[kopf.OperatorSettings], None] | None = None) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (tests, benchmarks).
+
+    ``tune`` adjusts kopf's own settings, e.g. shorter idle timeouts so that tests stop quickly.
+    """
+    kwargs = _operator_kwargs(settings)
+    if tune is not None:
+        tune(kwargs["settings"])
+    await kopf.operator(stop_flag=stop_flag, ready_flag=ready_flag, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,22 +33,41 @@ def kmock_api(url: str) -> KubeApi:
     return KubeApi(lambda: kopf.ConnectionInfo(server=url, insecure=True))
 
 
+def _quick_kopf(settings: kopf.OperatorSettings) -> None:
+    # kmock sets no resourceVersion, so kopf would wait out its consistency timeout after its own patches.
+    settings.queueing.idle_timeout = 0.3
+    settings.persistence.consistency_timeout = 0.3
+
+
 @contextlib.asynccontextmanager
-async def running_operator(settings: OperatorSettings) -> AsyncIterator[asyncio.Task[None]]:
-    """The operator in this event loop until the block ends (then stopped the way SIGTERM stops it)."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(operate(settings, stop_flag=stop, ready_flag=ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()  # raise what stopped it
+async def running_operator(settings: OperatorSettings) -> AsyncIterator[threading.Thread]:
+    """The operator, in its own thread and event loop, until the block ends (stopped as SIGTERM stops it).
+
+    Its own loop, because kopf at exit cancels every task started after it in its loop; in the test's
+    loop that would include the test's own tasks and the kmock server's connection handlers.
+    """
+    stop, ready = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(operate(settings, stop_flag=stop, ready_flag=ready, tune=_quick_kopf))
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="aidi-operator", daemon=True)
+    thread.start()
+    await asyncio.to_thread(ready.wait, 20)
+    if errors:
+        raise errors[0]
     try:
-        yield task
+        yield thread
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=20)
+        await asyncio.to_thread(thread.join, 20)
+        if errors:
+            raise errors[0]
 
 
 def operator_settings(server: str | None, **changes: Any) -> OperatorSettings:
@@ -89,6 +109,13 @@ class Cluster:
         assert await self.api.create(trainjob_path(self.ns), body)
         return body
 
+    def job_path(self, name: str) -> str:
+        return trainjob_path(self.ns, name)
+
+    def pod_creations(self) -> int | None:
+        """How many pod creations the API server saw (kmock only: a real cluster answers None)."""
+        return None
+
     async def job(self, name: str) -> dict[str, Any] | None:
         return await self.api.get(trainjob_path(self.ns, name))
 
@@ -108,15 +135,16 @@ class Cluster:
 
     async def wait_pods(self, job: str, names: list[str], timeout: float = 8.0,
                         attempt: int | None = None) -> dict[str, dict[str, Any]]:
-        async def probe() -> dict[str, dict[str, Any]] | None:
+        async def probe() -> tuple[dict[str, dict[str, Any]]] | None:
             pods = await self.pods(job)
             if set(pods) != set(names):
                 return None
             if attempt is not None and any(p["metadata"]["labels"][podspec.LABEL_ATTEMPT] != str(attempt)
                                            for p in pods.values()):
                 return None
-            return pods
-        return await eventually(probe, timeout, what=f"pods {names} (attempt {attempt})")
+            return (pods,)  # truthy even when no pod is expected
+        (pods,) = await eventually(probe, timeout, what=f"pods {names} (attempt {attempt})")
+        return pods
 
     async def wait_phase(self, job: str, phase: str, timeout: float = 8.0, **fields: Any) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:

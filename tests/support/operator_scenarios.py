@@ -1,0 +1,201 @@
+"""The operator's scenarios, written once against ``Cluster`` and run twice: on kmock
+(tests/test_operator.py) and on the kubeconfig's cluster (tests/test_operator_e2e.py).
+
+Each scenario runs with the operator already started and plays the kubelet through pod status patches.
+Pods get a node selector that matches no node, so that on a real cluster no kubelet competes with us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aidi_operator.kube import core_path
+
+from aidi import podspec
+from tests.support.operator import Cluster, eventually
+
+NO_NODE = {"aidi.io/e2e-no-such-node": "true"}
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    main = next(c for c in pod["spec"]["containers"] if c["name"] == podspec.MAIN_CONTAINER)
+    return {e["name"]: e.get("value", "") for e in main["env"]}
+
+
+async def single_worker_succeeds(c: Cluster) -> None:
+    job = await c.create_job("single", gpusPerWorker=4, priority=5, nodeSelector=NO_NODE)
+    pods = await c.wait_pods("single", ["single-worker-0"])
+    pod = pods["single-worker-0"]
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert pod["metadata"]["labels"][podspec.LABEL_ROLE] == "worker"
+    assert pod["spec"]["priorityClassName"] == "aidi-priority-5"
+    assert pod["spec"]["containers"][0]["resources"]["limits"][podspec.GPU_RESOURCE] == "4"
+    status = await c.wait_phase("single", "Pending")
+    assert status["workers"]["pending"] == 1
+
+    await c.unschedulable("single-worker-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    status = await c.wait_phase("single", "Pending", reason="Unschedulable")
+    assert status["message"] == ("worker-0 cannot be scheduled: 0/3 nodes are available: "
+                                 "3 Insufficient nvidia.com/gpu.")
+
+    await c.run_pod("single-worker-0")
+    status = await c.wait_phase("single", "Running")
+    assert status["message"] == "1/1 worker running"
+    running = next(x for x in status["conditions"] if x["type"] == "Running")
+    assert running["status"] == "True" and running["reason"] == "AllWorkersRunning"
+    assert status["startTime"]
+
+    await c.finish_pod("single-worker-0")
+    status = await c.wait_phase("single", "Succeeded")
+    assert status["workers"] == {"pending": 0, "active": 0, "succeeded": 1, "failed": 0}
+    assert status["completionTime"] and status["restarts"] == 0
+    # cleanPodPolicy Running (the default) keeps a finished pod, and its logs.
+    await asyncio.sleep(0.5)
+    assert set(await c.pods("single")) == {"single-worker-0"}
+
+
+async def multi_worker_mxnet(c: Cluster) -> None:
+    await c.create_job("ps", workers={"min": 2, "max": 2}, parameterServers=1, nodeSelector=NO_NODE)
+    names = ["ps-scheduler", "ps-server-0", "ps-worker-0", "ps-worker-1"]
+    pods = await c.wait_pods("ps", names)
+    for name, role in zip(names, ["scheduler", "server", "worker", "worker"], strict=True):
+        env = env_of(pods[name])
+        assert env["DMLC_ROLE"] == role
+        assert env["DMLC_PS_ROOT_URI"] == "ps-scheduler.ps"
+        assert env["DMLC_PS_ROOT_PORT"] == str(podspec.DMLC_PORT)
+        assert (env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("1", "2")
+        assert pods[name]["spec"]["subdomain"] == "ps" and pods[name]["spec"]["hostname"] == name
+    assert env_of(pods["ps-worker-1"])["AIDI_WORKER_INDEX"] == "1"
+    assert "resources" not in pods["ps-server-0"]["spec"]["containers"][0]  # no GPU for a server
+    service = await c.api.get(core_path(c.ns, "services", "ps"))
+    assert service is not None and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {podspec.LABEL_JOB: "ps"}
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+
+    await c.run_all("ps")
+    status = await c.wait_phase("ps", "Running")
+    assert status["workers"]["active"] == 2 and status["servers"]["active"] == 1
+    await c.finish_pod("ps-worker-0")
+    await c.finish_pod("ps-worker-1")
+    await c.wait_phase("ps", "Succeeded")
+    # The parameter servers never exit by themselves: cleanPodPolicy Running removes them.
+    await eventually(lambda: _pod_names(c, "ps", {"ps-worker-0", "ps-worker-1"}), what="servers removed")
+
+
+async def _pod_names(c: Cluster, job: str, expected: set[str]) -> bool:
+    return set(await c.pods(job)) == expected
+
+
+async def gang_restart(c: Cluster) -> None:
+    await c.create_job("gang", workers={"min": 2, "max": 2}, parameterServers=1, backoffLimit=1,
+                       nodeSelector=NO_NODE)
+    names = ["gang-scheduler", "gang-server-0", "gang-worker-0", "gang-worker-1"]
+    await c.wait_pods("gang", names)
+    await c.run_all("gang")
+    await c.wait_phase("gang", "Running")
+
+    await c.finish_pod("gang-worker-1", 137, "OOMKilled")
+    status = await eventually(lambda: _restarted(c, "gang", 1), what="restart 1")
+    assert status["lastFailure"]["pod"] == "gang-worker-1"
+    assert status["lastFailure"]["exitCode"] == 137
+    assert status["lastFailure"]["message"] == "worker-1 ran out of memory (OOMKilled): exited with code 137"
+    restarting = next(x for x in status["conditions"] if x["type"] == "Restarting")
+    assert restarting["status"] == "True"
+    # The whole gang is replaced, not just the failed worker.
+    await c.wait_pods("gang", names, attempt=1)
+    await c.run_all("gang")
+    await c.wait_phase("gang", "Running", restarts=1)
+
+    await c.finish_pod("gang-worker-0", 1)
+    status = await c.wait_phase("gang", "Failed")
+    assert status["reason"] == "BackoffLimitExceeded" and status["restarts"] == 1
+    assert status["message"] == ("worker-0 exited with code 1; backoffLimit (1) reached after 1 restarts")
+    # cleanPodPolicy Running: the still-running gang members are removed, the failed worker kept.
+    await eventually(lambda: _pod_names(c, "gang", {"gang-worker-0"}), what="running pods removed")
+
+
+async def _restarted(c: Cluster, job: str, restarts: int) -> dict[str, Any] | None:
+    status = await c.status(job)
+    return status if status.get("restarts") == restarts and status.get("lastFailure") else None
+
+
+async def deadline(c: Cluster) -> None:
+    await c.create_job("late", activeDeadlineSeconds=2, nodeSelector=NO_NODE)
+    pods = await c.wait_pods("late", ["late-worker-0"])
+    assert 1 <= pods["late-worker-0"]["spec"]["activeDeadlineSeconds"] <= 2
+    await c.run_pod("late-worker-0")
+    status = await c.wait_phase("late", "Failed", timeout=10)
+    assert status["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds (2 s)" in status["message"]
+    await eventually(lambda: _pod_names(c, "late", set()), what="pods stopped")
+
+
+async def suspend_and_resume(c: Cluster) -> None:
+    await c.create_job("pause", nodeSelector=NO_NODE)
+    await c.wait_pods("pause", ["pause-worker-0"])
+    await c.run_pod("pause-worker-0")
+    await c.wait_phase("pause", "Running")
+
+    await c.patch_job("pause", {"suspend": True})
+    status = await c.wait_phase("pause", "Suspended")
+    await c.wait_pods("pause", [])
+    assert next(x for x in status["conditions"] if x["type"] == "Suspended")["status"] == "True"
+
+    await c.patch_job("pause", {"suspend": False})
+    await c.wait_pods("pause", ["pause-worker-0"])
+    status = await c.wait_phase("pause", "Pending")
+    assert next(x for x in status["conditions"] if x["type"] == "Suspended")["status"] == "False"
+    await c.run_pod("pause-worker-0")
+    await c.wait_phase("pause", "Running")
+
+
+async def deletion_cascade(c: Cluster) -> None:
+    job = await c.create_job("gone", workers={"min": 2, "max": 2}, nodeSelector=NO_NODE)
+    pods = await c.wait_pods("gone", ["gone-scheduler", "gone-server-0", "gone-server-1", "gone-worker-0",
+                                      "gone-worker-1"])
+    owners = {p["metadata"]["ownerReferences"][0]["uid"] for p in pods.values()}
+    assert owners == {job["metadata"]["uid"]}
+    assert not (await c.job("gone"))["metadata"].get("finalizers")  # deletion never waits for us
+    await c.delete_job("gone")
+    await eventually(lambda: _pod_names(c, "gone", set()), what="pods deleted with the job")
+    await eventually(lambda: _absent(c, core_path(c.ns, "services", "gone")), what="service deleted")
+
+
+async def _absent(c: Cluster, path: str) -> bool:
+    return await c.api.get(path) is None
+
+
+async def ttl_after_finished(c: Cluster) -> None:
+    await c.create_job("short", ttlSecondsAfterFinished=1, cleanPodPolicy="None", nodeSelector=NO_NODE)
+    await c.wait_pods("short", ["short-worker-0"])
+    await c.finish_pod("short-worker-0")
+    await c.wait_phase("short", "Succeeded")
+    await eventually(lambda: _absent(c, f"{c.job_path('short')}"), timeout=10, what="job deleted by its TTL")
+    await eventually(lambda: _absent(c, core_path(c.ns, "pods", "short-worker-0")), what="pod deleted with it")
+
+
+async def operator_restart(c: Cluster, restart: Callable[[], Awaitable[None]]) -> None:
+    """Stop the operator mid-job and start another: no pod made twice, no status lost."""
+    await c.create_job("phoenix", backoffLimit=2, nodeSelector=NO_NODE)
+    await c.wait_pods("phoenix", ["phoenix-worker-0"])
+    await c.finish_pod("phoenix-worker-0", 2)
+    await c.wait_pods("phoenix", ["phoenix-worker-0"], attempt=1)
+    await c.run_pod("phoenix-worker-0")
+    before = await c.wait_phase("phoenix", "Running", restarts=1)
+    created = c.pod_creations()
+    uid = (await c.pods("phoenix"))["phoenix-worker-0"]["metadata"].get("uid")
+
+    await restart()
+    await asyncio.sleep(1.0)  # the new operator has replayed every object by now
+    after = await c.status("phoenix")
+    assert after["phase"] == "Running" and after["restarts"] == 1
+    assert after["startTime"] == before["startTime"] and after["lastFailure"] == before["lastFailure"]
+    assert c.pod_creations() == created
+    pods = await c.pods("phoenix")
+    assert set(pods) == {"phoenix-worker-0"} and pods["phoenix-worker-0"]["metadata"].get("uid") == uid
+
+    await c.finish_pod("phoenix-worker-0")
+    status = await c.wait_phase("phoenix", "Succeeded")
+    assert status["restarts"] == 1

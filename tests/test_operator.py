@@ -1,0 +1,138 @@
+"""The real kopf operator, in-process, against the kmock API server; the test plays the kubelet."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import kmock
+import pytest
+
+from aidi import podspec
+from tests.support import operator_scenarios as scenarios
+from tests.support.operator import Cluster, eventually, kmock_api, operator_settings, running_operator
+
+NAMESPACE = "team-a"
+
+
+class KmockCluster(Cluster):
+    def __init__(self, server: kmock.KubernetesEmulator) -> None:
+        super().__init__(kmock_api(str(server.url)), NAMESPACE)
+        self.server = server
+
+    def pod_creations(self) -> int:
+        return sum(1 for r in list(self.server)
+                   if r.method == kmock.method.POST and r.resource is not None and r.resource.plural == "pods")
+
+
+@pytest.fixture()
+async def cluster(kube_api) -> AsyncIterator[KmockCluster]:
+    kube_api["get", kmock.subresource("log")] << b"epoch 3 loss 0.41\nCUDA error: out of memory\n"
+    c = KmockCluster(kube_api)
+    async with running_operator(operator_settings(str(kube_api.url))):
+        yield c
+    await c.api.close()
+
+
+async def test_single_worker_succeeds(cluster) -> None:
+    await scenarios.single_worker_succeeds(cluster)
+
+
+async def test_multi_worker_mxnet_env_and_service(cluster) -> None:
+    await scenarios.multi_worker_mxnet(cluster)
+
+
+async def test_gang_restart_up_to_backoff_limit(cluster) -> None:
+    await scenarios.gang_restart(cluster)
+    status = await cluster.status("gang")
+    # The failed pod's last log lines outlive the pod.
+    assert status["lastFailure"]["logTail"].endswith("CUDA error: out of memory")
+
+
+async def test_deadline_exceeded(cluster) -> None:
+    await scenarios.deadline(cluster)
+
+
+async def test_suspend_deletes_pods_and_resume_recreates_them(cluster) -> None:
+    await scenarios.suspend_and_resume(cluster)
+
+
+async def test_deletion_cascade(cluster) -> None:
+    await scenarios.deletion_cascade(cluster)
+
+
+async def test_ttl_after_finished(cluster) -> None:
+    await scenarios.ttl_after_finished(cluster)
+
+
+async def test_operator_restart_mid_job(kube_api) -> None:
+    c = KmockCluster(kube_api)
+    settings = operator_settings(str(kube_api.url))
+    stack = contextlib.AsyncExitStack()
+    await stack.enter_async_context(running_operator(settings))
+
+    async def restart() -> None:
+        await stack.aclose()
+        await stack.enter_async_context(running_operator(settings))
+
+    try:
+        await scenarios.operator_restart(c, restart)
+    finally:
+        await stack.aclose()
+        await c.api.close()
+
+
+async def test_invalid_spec_fails_naming_the_field_and_recovers_when_fixed(cluster) -> None:
+    # A real API server rejects this through the CRD's CEL rule; the operator must not crash-loop on it.
+    await cluster.create_job("bad")
+    await cluster.api.patch(cluster.job_path("bad"), {"spec": {"workers": {"min": 3, "max": 1}}})
+    status = await cluster.wait_phase("bad", "Failed", reason="InvalidSpec")
+    assert "spec.workers" in status["message"]
+    assert "workers.min (3) is greater than workers.max (1)" in status["message"]
+
+    await cluster.patch_job("bad", {"workers": {"min": 1, "max": 1}})
+    await cluster.wait_phase("bad", "Pending")
+    await cluster.wait_pods("bad", ["bad-worker-0"])
+
+
+async def test_exit_code_policy_fails_at_once_on_an_ordinary_exit(cluster) -> None:
+    await cluster.create_job("strict", restartPolicy="ExitCode", backoffLimit=3)
+    await cluster.wait_pods("strict", ["strict-worker-0"])
+    await cluster.finish_pod("strict-worker-0", 2)
+    status = await cluster.wait_phase("strict", "Failed")
+    assert status["restarts"] == 0 and status["reason"] == "WorkerFailed"
+    assert status["message"] == "worker-0 exited with code 2; restartPolicy ExitCode does not restart it"
+
+
+async def test_refused_pod_creation_is_reported(cluster) -> None:
+    refusal = {"kind": "Status", "status": "Failure", "reason": "Forbidden", "code": 403,
+               "message": 'pods "nopc-worker-0" is forbidden: no PriorityClass with name aidi-priority-3 was found'}
+    cluster.server["post", kmock.resource("pods")] << kmock.Response(status=403, payload=refusal)
+    await cluster.create_job("nopc")
+
+    # kmock stores a created object even when a reaction answers 403, so the next reconcile finds the pod:
+    # look for the refusal in the status the operator wrote first.
+    async def refusal_reported() -> dict | None:
+        for request in list(cluster.server):
+            if request.method == kmock.method.PATCH and str(request.url).endswith("/trainjobs/nopc/status"):
+                status = request.data["status"]
+                if status.get("reason") == "CreateFailed":
+                    return status
+        return None
+
+    status = await eventually(refusal_reported, what="a CreateFailed status")
+    assert status["phase"] == "Pending"
+    assert status["message"] == ('cannot create the job\'s pods: pods "nopc-worker-0" is forbidden: no PriorityClass '
+                                 "with name aidi-priority-3 was found (retrying every 10 s)")
+
+
+async def test_output_sync_runs_only_on_worker_zero(cluster) -> None:
+    await cluster.create_job("out", workers={"min": 2, "max": 2},
+                             dataSpace={"output": {"name": "models"}, "inputs": [{"name": "adasmini_4pe"}]})
+    pods = await cluster.wait_pods("out", ["out-scheduler", "out-server-0", "out-server-1", "out-worker-0",
+                                           "out-worker-1"])
+    containers = {n: [c["name"] for c in p["spec"]["containers"]] for n, p in pods.items()}
+    assert containers["out-worker-0"] == [podspec.MAIN_CONTAINER, podspec.SYNC_CONTAINER]
+    assert containers["out-worker-1"] == [podspec.MAIN_CONTAINER]
+    inits = [c["name"] for c in pods["out-server-0"]["spec"].get("initContainers", [])]
+    assert podspec.FETCH_DATA_CONTAINER not in inits  # servers need no datasets
