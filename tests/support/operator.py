@@ -159,15 +159,16 @@ class Cluster:
         await self.api.patch(core_path(self.ns, "pods", pod, "status"), {"status": status})
 
     async def run_pod(self, pod: str) -> None:
+        started = "2026-01-01T00:00:00Z"
         await self.set_pod_status(pod, {"phase": "Running", "conditions": [
             {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
-            "containerStatuses": [{"name": podspec.MAIN_CONTAINER, "state": {"running": {}}}]})
+            "containerStatuses": [_container_status({"running": {"startedAt": started}}, ready=True)]})
 
     async def finish_pod(self, pod: str, exit_code: int = 0, reason: str | None = None) -> None:
         terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
         await self.set_pod_status(pod, {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [{"name": podspec.MAIN_CONTAINER, "state": {"terminated": terminated}}]})
+            "containerStatuses": [_container_status({"terminated": terminated})]})
 
     async def unschedulable(self, pod: str, message: str) -> None:
         await self.set_pod_status(pod, {"phase": "Pending", "conditions": [
@@ -176,3 +177,9 @@ class Cluster:
     async def run_all(self, job: str) -> None:
         for name in await self.pods(job):
             await self.run_pod(name)
+
+
+def _container_status(state: dict[str, Any], ready: bool = False) -> dict[str, Any]:
+    """A container status as complete as a real API server's validation wants it."""
+    return {"name": podspec.MAIN_CONTAINER, "image": "aidi/jobimage:0.1.0", "imageID": "", "ready": ready,
+            "restartCount": 0, "state": state}
