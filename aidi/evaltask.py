@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aidi import dsref
+from aidi.aidi_yaml import read_sections
 from aidi.api.trainjob import DNS1123_LABEL, MAX_JOB_NAME
-from aidi.errors import NotFoundError, UsageError
+from aidi.errors import UsageError
 
 POD_OUTPUT = "/data_space/output"
 REQUIRED_KEYS = ("TASK_NAME", "GT", "PR")
@@ -42,25 +41,7 @@ class EvalTask:
 
 def load_eval_task(path: str | Path) -> EvalTask:
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"{path}: no such file; write an eval_task.yaml (example in docs/phase2.md)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("REQUIRED"), dict):
-        raise UsageError(f"{path}: expected a REQUIRED section with {', '.join(REQUIRED_KEYS)} (see docs/phase2.md)")
-    required, optional = data["REQUIRED"], data.get("OPTIONAL") or {}
-    unknown = [f"REQUIRED.{k}" for k in required if k not in REQUIRED_KEYS] + \
-        [f"OPTIONAL.{k}" for k in optional if k not in OPTIONAL_KEYS] + \
-        [k for k in data if k not in ("REQUIRED", "OPTIONAL")]
-    if unknown:
-        raise UsageError(f"{path}: unknown fields {', '.join(map(str, unknown))}; the fields are listed in "
-                         "docs/phase2.md")
-    missing = [k for k in REQUIRED_KEYS if not isinstance(required.get(k), str) or not required[k].strip()]
-    if missing:
-        raise UsageError(f"{path}: REQUIRED.{', REQUIRED.'.join(missing)} must be set (non-empty strings)")
-
+    required, optional = read_sections(path, "eval_task.yaml", REQUIRED_KEYS, OPTIONAL_KEYS)
     name = required["TASK_NAME"]
     if not re.match(DNS1123_LABEL, name) or len(name) > MAX_JOB_NAME:
         raise UsageError(f"{path}: REQUIRED.TASK_NAME {name!r}: use lower-case letters, digits and '-' (at most "

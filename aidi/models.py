@@ -24,9 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from aidi import dsref
+from aidi.aidi_yaml import read_sections
 from aidi.dataspace.store import ObjectStore
 from aidi.dataspace.transfer import run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
@@ -133,24 +132,8 @@ def _now() -> str:
 def load_append_spec(path: str | Path) -> AppendSpec:
     """Read ``model_append.yaml``: AIDI-style ``REQUIRED`` / ``OPTIONAL`` sections, paths relative to it."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"{path}: no such file; write a model_append.yaml (example in docs/phase2.md)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("REQUIRED"), dict):
-        raise UsageError(f"{path}: expected a REQUIRED section with MODEL_NAME and MODEL_PATH (see docs/phase2.md)")
-    required, optional = data["REQUIRED"], data.get("OPTIONAL") or {}
-    unknown = sorted(set(data) - {"REQUIRED", "OPTIONAL"}) + \
-        [f"REQUIRED.{k}" for k in sorted(set(required) - {"MODEL_NAME", "MODEL_PATH"})] + \
-        [f"OPTIONAL.{k}" for k in sorted(set(optional) - {"FILES", "SOURCE_JOB", "METRICS", "EVAL_RESULTS",
-                                                           "DESCRIPTION"})]
-    if unknown:
-        raise UsageError(f"{path}: unknown fields {', '.join(unknown)}; the fields are listed in docs/phase2.md")
-    for key in ("MODEL_NAME", "MODEL_PATH"):
-        if not isinstance(required.get(key), str) or not required[key].strip():
-            raise UsageError(f"{path}: REQUIRED.{key} must be a non-empty string")
+    required, optional = read_sections(path, "model_append.yaml", ("MODEL_NAME", "MODEL_PATH"),
+                                       ("FILES", "SOURCE_JOB", "METRICS", "EVAL_RESULTS", "DESCRIPTION"))
     spec = AppendSpec(name=required["MODEL_NAME"])
     try:
         check_model_name(spec.name)
