@@ -211,3 +211,19 @@ async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, ku
     job = await asyncio.to_thread(client.get_job, "vehicle-eval")
     assert job["spec"]["command"][:2] == ["aidi", "eval"] and job["spec"]["gpusPerWorker"] == 0
     assert job["metadata"]["labels"]["aidi.io/kind"] == "evaltask"
+
+
+def test_evaltask_pod_runs_aidi_eval_with_the_dataspace_and_syncs_its_output(tmp_path: Path):
+    from aidi import podspec
+
+    task = evaltask.load_eval_task(write_eval_task(tmp_path / "eval_task.yaml"))
+    job = evaltask.eval_trainjob(task, "team-a")
+    job.metadata.uid = "uid-1"
+    [pod] = podspec.build_pods(job, podspec.PodSettings(dataspace_endpoint="http://minio:9000"))
+    main, *others = pod["spec"]["containers"]
+    assert "aidi eval --gt dataspace://vehicle_val/gt/latest" in " ".join(main["command"])
+    assert "nvidia.com/gpu" not in json.dumps(main.get("resources", {}))
+    env = {e["name"] for e in main["env"]}
+    assert {"AIDI_DATASPACE_ENDPOINT", "AIDI_DATASPACE_ACCESS_KEY", "AIDI_DATASPACE_SECRET_KEY"} <= env
+    assert others and "vehicle-eval" in json.dumps(others[0]["command"])   # the results become a dataset version
+    assert not pod["spec"].get("initContainers")                             # no code package to fetch
