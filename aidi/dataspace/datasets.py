@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aidi.dataspace.files import count_records, dataset_files, sha256_file
-from aidi.dataspace.store import ObjectInfo, ObjectStore
+from aidi.dataspace.files import count_records, count_records_in, dataset_files, sha256_file
+from aidi.dataspace.store import ObjectStore
 from aidi.dataspace.transfer import Meter, run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
@@ -36,6 +36,8 @@ DATASET_TYPES = ("trainset", "valset", "testset", "dataset", "rec")
 # Ground truth and predictions bound to an image dataset (`hitc dataspace upload -d NAME -t gt|pr`).
 BINDING_TYPES = ("gt", "pr")
 LATEST = "latest"
+# Files up to this size are read into memory once, hashed and sent from there (jobs x this at most).
+IN_MEMORY_BYTES = 16 * 1024 * 1024
 MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
 DELETED = "_deleted.json"
@@ -69,7 +71,6 @@ class FileEntry:
     size: int
     sha256: str
     records: int | None = None
-    mtime_ns: int | None = field(default=None, compare=False, repr=False)  # local only, never stored
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "size": self.size, "sha256": self.sha256}
@@ -184,37 +185,44 @@ class Dataspace:
         started = time.monotonic()
         jobs = jobs or self.jobs
         pairs = dataset_files(Path(path))
-        state = TransferProgress(files_total=len(pairs), bytes_total=sum(file.stat().st_size for _, file in pairs))
+        stats = {rel: file.stat() for rel, file in pairs}
+        state = TransferProgress(files_total=len(pairs), bytes_total=sum(st.st_size for st in stats.values()))
         meter = Meter((lambda: progress(state)) if progress else None)
+        result = TransferResult(name=name, type=type, version="", files=len(pairs), bytes=state.bytes_total)
 
-        entries = self._describe(pairs, state, meter, jobs)
-        fingerprint = content_fingerprint(entries, binds)
-        result = TransferResult(name=name, type=type, version="", files=len(entries),
-                                bytes=sum(entry.size for entry in entries))
-
+        # Hash up front only when the files look like the latest version's (same paths and sizes): then
+        # it is probably the same content again, and nothing should be uploaded. Otherwise each file is
+        # read once, hashed and sent in one go.
+        known: dict[str, FileEntry] = {}
         latest = self._latest_manifest(name, type)
-        if latest is not None and latest.fingerprint == fingerprint:
-            state.phase = "done"
-            meter.tick(force=True)
-            return replace(result, version=latest.version, unchanged=True, skipped_files=len(entries),
-                           skipped_bytes=result.bytes, seconds=time.monotonic() - started,
-                           uri=self.store.uri(self.version_prefix(name, type, latest.version)), manifest=latest)
+        if latest is not None and sorted((e.path, e.size) for e in latest.files) == \
+                sorted((rel, st.st_size) for rel, st in stats.items()):
+            entries = self._describe(pairs, state, meter, jobs)
+            if content_fingerprint(entries, binds) == latest.fingerprint:
+                state.phase = "done"
+                meter.tick(force=True)
+                return replace(result, version=latest.version, unchanged=True, skipped_files=len(entries),
+                               skipped_bytes=result.bytes, seconds=time.monotonic() - started,
+                               uri=self.store.uri(self.version_prefix(name, type, latest.version)), manifest=latest)
+            known = {entry.path: entry for entry in entries}
 
-        version, resumed = self._claim_version(name, type, fingerprint)
+        version, resumed = self._claim_version(name, type, local_fingerprint(pairs, binds))
         prefix = self.version_prefix(name, type, version)
         # Only a resumed version can hold files already; a fresh one needs no per-file lookups.
-        present = {info.key: info for info in self.store.list(prefix)} if resumed else {}
+        present = {info.key for info in self.store.list(prefix)} if resumed else set()
         state.phase, state.files_done, state.bytes_done = "uploading", 0, 0
         meter.tick(force=True)
-        uploaded = run_parallel(
-            lambda item: self._upload_one(prefix + item[0].path, item[1], item[0], present, state, meter),
-            [(entry, file) for entry, (_, file) in zip(entries, pairs, strict=True)], jobs)
+        outcomes = run_parallel(
+            lambda pair: self._upload_one(prefix, pair[0], pair[1], stats[pair[0]], known.get(pair[0]), present,
+                                          state, meter),
+            pairs, jobs)
+        entries = [entry for entry, _ in outcomes]
 
         state.phase = "committing"
         meter.tick(force=True)
         manifest = Manifest(name=name, type=type, version=version, files=tuple(entries),
                             uploader=self.uploader or getpass.getuser(), created=_now(),
-                            fingerprint=fingerprint, binds=binds)
+                            fingerprint=content_fingerprint(entries, binds), binds=binds)
         if self.store.stat(prefix + MANIFEST) is None:
             # Written last: from here on the version exists.
             self.store.put_bytes(prefix + MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
@@ -223,7 +231,7 @@ class Dataspace:
         self.store.delete(prefix + PENDING)
         state.phase = "done"
         meter.tick(force=True)
-        sent = [entry for entry, was_sent in zip(entries, uploaded, strict=True) if was_sent]
+        sent = [entry for entry, was_sent in outcomes if was_sent]
         return replace(result, version=version, transferred_files=len(sent),
                        transferred_bytes=sum(entry.size for entry in sent),
                        skipped_files=len(entries) - len(sent),
@@ -240,19 +248,30 @@ class Dataspace:
 
         def describe(pair: tuple[str, Path]) -> FileEntry:
             rel, file = pair
-            before = file.stat()
+            size = file.stat().st_size
             digest = sha256_file(file, on_bytes)
             records = count_records(file) if rel.endswith(".rec") else None
             with meter.lock:
                 state.files_done += 1
-            return FileEntry(path=rel, size=before.st_size, sha256=digest, records=records,
-                             mtime_ns=before.st_mtime_ns)
+            return FileEntry(path=rel, size=size, sha256=digest, records=records)
 
         return run_parallel(describe, pairs, jobs)
 
-    def _upload_one(self, key: str, file: Path, entry: FileEntry, present: dict[str, ObjectInfo],
-                    state: TransferProgress, meter: Meter) -> bool:
-        """Store one file unless an identical copy is there already (a resumed upload); True if sent."""
+    def _upload_one(self, prefix: str, rel: str, file: Path, before: os.stat_result, known: FileEntry | None,
+                    present: set[str], state: TransferProgress, meter: Meter) -> tuple[FileEntry, bool]:
+        """Describe one file and store it unless an identical copy is there already (a resumed upload).
+        Small files are read once: the bytes hashed are the bytes sent."""
+        key = prefix + rel
+        data = file.read_bytes() if before.st_size <= IN_MEMORY_BYTES else None
+        if known is not None:
+            entry = known
+        elif data is not None:
+            entry = FileEntry(path=rel, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                              records=count_records_in(data, file) if rel.endswith(".rec") else None)
+        else:
+            entry = FileEntry(path=rel, size=before.st_size, sha256=sha256_file(file),
+                              records=count_records(file) if rel.endswith(".rec") else None)
+
         stored = self.store.stat(key) if key in present else None  # listings carry no metadata: ask for it
         if stored is not None and stored.size == entry.size and stored.sha256 == entry.sha256:
             with meter.lock:
@@ -261,14 +280,19 @@ class Dataspace:
                 state.bytes_done += entry.size
                 state.bytes_skipped += entry.size
             meter.tick()
-            return False
+            return entry, False
 
         def add_bytes(count: int) -> None:
             state.bytes_done += count
 
         sent_before = state.bytes_done
-        self.store.put_file(key, file, metadata={"sha256": entry.sha256}, progress=meter.bytes_callback(add_bytes))
-        if file.stat().st_mtime_ns != entry.mtime_ns or file.stat().st_size != entry.size:
+        if data is not None:
+            self.store.put_bytes(key, data, metadata={"sha256": entry.sha256})
+        else:
+            self.store.put_file(key, file, metadata={"sha256": entry.sha256},
+                                progress=meter.bytes_callback(add_bytes))
+        after = file.stat()
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             raise IntegrityError(f"{file} changed while it was being uploaded; nothing was committed: upload again "
                                  "once it is complete")
         with meter.lock:
@@ -277,7 +301,7 @@ class Dataspace:
             if state.bytes_done == sent_before:
                 state.bytes_done += entry.size
         meter.tick()
-        return True
+        return entry, True
 
     def _claim_version(self, name: str, type: str, fingerprint: str) -> tuple[str, bool]:
         """The version this upload writes into: an unfinished upload of the same content newer than every
@@ -551,6 +575,18 @@ def content_fingerprint(entries: list[FileEntry], binds: dict[str, Any] | None =
     digest = hashlib.sha256()
     for entry in sorted(entries, key=lambda e: e.path):
         digest.update(f"{entry.path}\t{entry.sha256}\n".encode())
+    if binds:
+        digest.update(json.dumps(binds, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def local_fingerprint(pairs: list[tuple[str, Path]], binds: dict[str, Any] | None = None) -> str:
+    """What identifies an upload before its files are hashed: paths, sizes and modification times (and
+    the binding). An interrupted upload resumes into its pending version when this matches."""
+    digest = hashlib.sha256()
+    for rel, file in sorted(pairs):
+        st = file.stat()
+        digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     if binds:
         digest.update(json.dumps(binds, sort_keys=True).encode())
     return digest.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -55,26 +56,32 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
 def count_records(path: Path) -> int:
     """Records in a dmlc RecordIO file (a record split into several frames counts once).
 
-    Only the 8-byte frame headers are read and payloads are skipped: ``aidi.recordio.RecordReader`` would
-    read every payload, a second full pass over data the upload already reads to hash it.
+    Only the 8-byte frame headers are looked at (through a memory map) and payloads are skipped:
+    ``aidi.recordio.RecordReader`` would read every payload, a second pass over data the upload reads
+    anyway to hash it.
     """
-    count = 0
-    size = path.stat().st_size
-    with open(path, "rb") as src:
-        while (offset := src.tell()) < size:
-            raw = src.read(_FRAME_HEAD.size)
-            if len(raw) != _FRAME_HEAD.size:
-                raise RecordIOError(f"{path}: truncated frame header at byte {offset}; the file is incomplete: "
-                                    "repack it")
-            magic, lrec = _FRAME_HEAD.unpack(raw)
-            if magic != MAGIC:
-                raise RecordIOError(f"{path}: not RecordIO (expected magic 0x{MAGIC:08x} at byte {offset}, got "
-                                    f"0x{magic:08x}); repack it, or rename it if it is not a .rec file")
-            length = lrec & _LENGTH_MASK
-            if offset + _FRAME_HEAD.size + length > size:
-                raise RecordIOError(f"{path}: the record at byte {offset} runs past the end of the file; the file "
-                                    "is incomplete: repack it")
-            if lrec >> 29 in (0, 1):  # a whole record, or the first frame of a split one
-                count += 1
-            src.seek(offset + _FRAME_HEAD.size + ((length + 3) & ~3))
+    if path.stat().st_size == 0:
+        return 0
+    with open(path, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        return count_records_in(buffer, path)
+
+
+def count_records_in(buffer: bytes | mmap.mmap, path: Path) -> int:
+    """Records in the RecordIO bytes ``buffer`` (read from ``path``, named in errors)."""
+    count = offset = 0
+    size = len(buffer)
+    while offset < size:
+        if offset + _FRAME_HEAD.size > size:
+            raise RecordIOError(f"{path}: truncated frame header at byte {offset}; the file is incomplete: repack it")
+        magic, lrec = _FRAME_HEAD.unpack_from(buffer, offset)
+        if magic != MAGIC:
+            raise RecordIOError(f"{path}: not RecordIO (expected magic 0x{MAGIC:08x} at byte {offset}, got "
+                                f"0x{magic:08x}); repack it, or rename it if it is not a .rec file")
+        length = lrec & _LENGTH_MASK
+        if offset + _FRAME_HEAD.size + length > size:
+            raise RecordIOError(f"{path}: the record at byte {offset} runs past the end of the file; the file "
+                                "is incomplete: repack it")
+        if lrec >> 29 in (0, 1):  # a whole record, or the first frame of a split one
+            count += 1
+        offset += _FRAME_HEAD.size + ((length + 3) & ~3)
     return count

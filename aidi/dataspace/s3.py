@@ -176,9 +176,14 @@ class S3Store(ObjectStore):
                  progress: BytesCallback | None = None) -> ObjectInfo:
         check_key(key)
         size = os.path.getsize(path)
-        sha256 = (metadata or {}).get("sha256")
-        if sha256 and size <= self.part_size:
-            return self._put_small_file(key, Path(path), size, sha256, dict(metadata or {}), progress)
+        if (metadata or {}).get("sha256") and size <= self.part_size:
+            data = Path(path).read_bytes()
+            if len(data) != size:
+                raise IntegrityError(f"{path} changed while it was being uploaded; upload again")
+            info = self.put_bytes(key, data, metadata)
+            if progress:
+                progress(size)
+            return info
         tracker = _Progress(progress)
 
         def put() -> None:
@@ -189,24 +194,18 @@ class S3Store(ObjectStore):
         self._call(f"upload {key}", put)
         return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
 
-    def _put_small_file(self, key: str, path: Path, size: int, sha256: str, metadata: dict[str, str],
-                        progress: BytesCallback | None) -> ObjectInfo:
-        """One PUT signed with the file's known sha256 (the server rejects the body if it differs)."""
-        data = path.read_bytes()
-        if len(data) != size:
-            raise IntegrityError(f"{path} changed while it was being uploaded; upload again")
-        headers = {"Content-Type": "application/octet-stream", _KNOWN_SHA256: sha256,
-                   **{META_PREFIX + name: value for name, value in metadata.items()}}
-        self._call(f"upload {key}", lambda: self.client._put_object(self.bucket, key, data, headers=dict(headers)))
-        if progress:
-            progress(size)
-        return ObjectInfo(key=key, size=size, metadata=metadata)
-
     def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """With a ``sha256`` in ``metadata``, the PUT is signed with it instead of hashing ``data`` again."""
         check_key(key)
-        self._call(f"upload {key}", lambda: self.client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), metadata=dict(metadata or {})))
-        return ObjectInfo(key=key, size=len(data), metadata=dict(metadata or {}))
+        metadata = dict(metadata or {})
+        if metadata.get("sha256") and len(data) <= self.part_size:
+            headers = {"Content-Type": "application/octet-stream", _KNOWN_SHA256: metadata["sha256"],
+                       **{META_PREFIX + name: value for name, value in metadata.items()}}
+            self._call(f"upload {key}", lambda: self.client._put_object(self.bucket, key, data, headers=dict(headers)))
+        else:
+            self._call(f"upload {key}", lambda: self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), metadata=metadata))
+        return ObjectInfo(key=key, size=len(data), metadata=metadata)
 
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:

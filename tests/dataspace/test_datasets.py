@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from aidi.dataspace import Dataspace
-from aidi.dataspace.datasets import MANIFEST, PENDING, content_fingerprint
+from aidi.dataspace.datasets import MANIFEST, PENDING, local_fingerprint
+from aidi.dataspace.files import dataset_files
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 from tests.dataspace.conftest import make_tree, same_tree, write_rec
 
@@ -67,15 +68,14 @@ def test_single_file_upload_uses_its_name(ds: Dataspace, folder: Path) -> None:
 
 def test_pending_upload_is_invisible_then_resumes(ds: Dataspace, folder: Path, tmp_path: Path) -> None:
     # Stage what an interrupted upload leaves: the pending marker and some files, no manifest.
-    entries = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        entries.append(type("E", (), {"path": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})())
+    pairs = dataset_files(folder)
     prefix = "datasets/adasmini/trainset/v1/"
     ds.store.put_bytes(prefix + PENDING, json.dumps({"upload_id": "x", "uploader": "tester", "started": "t",
-                                                     "fingerprint": content_fingerprint(entries)}).encode())
-    for entry in entries[:2]:
-        ds.store.put_file(prefix + entry.path, folder / entry.path, metadata={"sha256": entry.sha256})
+                                                     "fingerprint": local_fingerprint(pairs)}).encode())
+    for rel, file in pairs[:2]:
+        ds.store.put_file(prefix + rel, file, metadata={"sha256": hashlib.sha256(file.read_bytes()).hexdigest()})
+    # A third file is there with other content (the upload died before overwriting it, say): it is resent.
+    ds.store.put_bytes(prefix + pairs[2][0], b"stale", metadata={"sha256": hashlib.sha256(b"stale").hexdigest()})
 
     assert ds.list_datasets() == []
     with pytest.raises(NotFoundError, match="no complete version yet"):
