@@ -1,0 +1,177 @@
+"""The spec→manifest builders: what each pod of a job looks like, checked against Kubernetes' own schema."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from aidi import podspec
+from aidi.api import trainjob as tj
+from aidi.api.loader import load_file
+from tests.conftest import REPO
+
+SETTINGS = podspec.PodSettings(job_image="registry.local/aidi/jobimage:1", fetch_image="registry.local/aidi/op:1",
+                               dataspace_endpoint="http://minio.aidi:9000", dataspace_bucket="aidi",
+                               dataspace_secret="aidi-dataspace")
+
+
+def job(**spec: Any) -> tj.TrainJob:
+    body = {"command": ["bash", "-c", "${WORKING_PATH}/run.sh"]} | spec
+    return tj.TrainJob.model_validate({"metadata": {"name": "j", "namespace": "team-a"}, "spec": body})
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"] if c["name"] == name)
+
+
+def env(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+@pytest.mark.parametrize("version", ["1.28", "1.33"])
+def test_every_manifest_of_the_example_validates_against_the_kubernetes_schema(version: str) -> None:
+    example = load_file(REPO / "examples" / "trainjob.yaml").job
+    multi = example.model_copy(deep=True)
+    multi.spec.workers = tj.WorkerRange(min=2, max=3)
+    multi.spec.scheduler_name = "volcano"
+    multi.spec.queue_name = "team-a"
+    multi.spec.tolerations = [tj.Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    multi.spec.image_pull_secrets = [tj.LocalObjectReference(name="regcred")]
+    multi.spec.resources = tj.Resources(requests={"cpu": 8, "memory": "32Gi"}, limits={"memory": "48Gi"})
+    for j in (example, multi):
+        manifests = [*podspec.build_pods(j, SETTINGS, owner_uid="0b5c", deadline_seconds=600),
+                     podspec.build_service(j, "0b5c")]
+        for manifest in filter(None, manifests):
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_single_worker_pod_follows_the_pod_contract() -> None:
+    example = load_file(REPO / "examples" / "trainjob.yaml").job
+    (pod,) = podspec.build_pods(example, SETTINGS, attempt=2, owner_uid="uid-1", deadline_seconds=90)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "adasmini-4pe-worker-0" and meta["namespace"] == "team-a"
+    assert meta["labels"] == {podspec.LABEL_JOB: "adasmini-4pe", podspec.LABEL_ROLE: "worker",
+                              podspec.LABEL_INDEX: "0", podspec.LABEL_ATTEMPT: "2",
+                              podspec.LABEL_PROJECT: "PDT2021005", podspec.LABEL_MANAGED_BY: "aidi-operator"}
+    assert meta["ownerReferences"] == [{"apiVersion": "aidi.io/v1alpha1", "kind": "TrainJob",
+                                        "name": "adasmini-4pe", "uid": "uid-1", "controller": True,
+                                        "blockOwnerDeletion": True}]
+    assert spec["priorityClassName"] == "aidi-priority-5"
+    assert spec["activeDeadlineSeconds"] == 90
+    assert spec["restartPolicy"] == "Never"
+    assert "subdomain" not in spec  # one worker: no parameter servers, no Service
+
+    # The init step fetches the code package and the datasets (docs/architecture.md).
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-code", "fetch-data"]
+    assert container(pod, "fetch-code")["command"] == [
+        "aidi", "fetch-code", example.spec.code_package.uri, "--password-file", "/var/run/aidi/code/password",
+        "--dest", "/job/code"]
+    assert container(pod, "fetch-data")["command"] == [
+        "aidi", "fetch-data", "--dest", "/data_space/input", "adasmini_4pe:trainset:latest"]
+    assert container(pod, "fetch-code")["image"] == SETTINGS.fetch_image
+    password = next(v for v in spec["volumes"] if v["name"] == "code-password")
+    assert password["secret"]["secretName"] == "adasmini-4pe-code"
+    assert password["secret"]["items"] == [{"key": "password", "path": "password"}]
+
+    main = container(pod, "trainer")
+    assert main["image"] == "aidi/jobimage:0.1.0"  # the job's image wins over the default
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    e = env(main)
+    assert e["JOB_NAME"] == "adasmini-4pe" and e["WORKING_PATH"] == "/job/code"
+    assert (e["AIDI_WORKER_INDEX"], e["AIDI_WORKER_COUNT"]) == ("0", "1")
+    assert e["AIDI_DATASPACE_ENDPOINT"] == "http://minio.aidi:9000"
+    assert e["AIDI_DATASPACE_SECRET_KEY"] == {"secretKeyRef": {"name": "aidi-dataspace", "key": "secretKey",
+                                                               "optional": True}}
+    assert not any(k.startswith("DMLC_") for k in e)
+    # The outputs are synced by worker 0 after the trainer exits.
+    sync = container(pod, "sync-output")
+    assert "aidi sync-output --src /data_space/output --name adasmini_4pe_models --type dataset" \
+        in sync["command"][2]
+    assert main["command"][:2] == ["sh", "-c"] and main["command"][4:] == example.spec.command
+
+
+def test_no_secret_value_in_any_manifest() -> None:
+    example = load_file(REPO / "examples" / "trainjob.yaml").job
+    text = str(podspec.build_pods(example, SETTINGS))
+    assert "change-me" not in text  # the example password; only the Secret's name appears
+    assert "password" not in str(container(podspec.build_pods(example, SETTINGS)[0], "trainer"))
+
+
+def test_multi_worker_job_gets_mxnet_parameter_servers_like_kubeflow_mxjob() -> None:
+    j = job(workers={"min": 3, "max": 3}, parameterServers=2, gpusPerWorker=2)
+    pods = {p["metadata"]["name"]: p for p in podspec.build_pods(j, SETTINGS)}
+    assert list(pods) == ["j-scheduler", "j-server-0", "j-server-1", "j-worker-0", "j-worker-1", "j-worker-2"]
+    for name, pod in pods.items():
+        e = env(container(pod, "trainer"))
+        assert e["DMLC_PS_ROOT_URI"] == "j-scheduler.j"
+        assert (e["DMLC_PS_ROOT_PORT"], e["DMLC_NUM_SERVER"], e["DMLC_NUM_WORKER"]) == ("9091", "2", "3")
+        assert e["DMLC_ROLE"] == pod["metadata"]["labels"][podspec.LABEL_ROLE]
+        assert pod["spec"]["hostname"] == name and pod["spec"]["subdomain"] == "j"
+    assert env(container(pods["j-worker-2"], "trainer"))["AIDI_WORKER_INDEX"] == "2"
+    assert "resources" not in container(pods["j-server-0"], "trainer")
+    assert container(pods["j-worker-0"], "trainer")["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    service = podspec.build_service(j, "u")
+    assert service["metadata"]["name"] == "j" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert podspec.build_service(job(), "u") is None
+
+
+def test_gang_scheduling_and_kueue() -> None:
+    j = job(workers={"min": 2, "max": 2}, schedulerName="volcano", minAvailable=3, queueName="team-a-gpu")
+    group = podspec.build_podgroup(j, "u")
+    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
+    assert group["spec"]["minMember"] == 3
+    pod = podspec.build_pods(j, SETTINGS)[0]
+    assert pod["spec"]["schedulerName"] == "volcano"
+    assert pod["metadata"]["annotations"][podspec.VOLCANO_GROUP_ANNOTATION] == "j"
+    assert pod["metadata"]["labels"][podspec.KUEUE_QUEUE_LABEL] == "team-a-gpu"
+    assert pod["metadata"]["annotations"][podspec.KUEUE_GROUP_TOTAL] == "5"  # 2 workers, 2 servers, 1 scheduler
+    assert podspec.build_podgroup(job(), "u") is None
+    assert podspec.build_podgroup(job(workers={"min": 1, "max": 4}, schedulerName="volcano"))["spec"][
+        "minMember"] == 9
+
+
+def test_pod_options_are_copied() -> None:
+    j = job(nodeSelector={"gpu": "a100"}, tolerations=[{"key": "gpu", "operator": "Exists"}],
+            imagePullSecrets=[{"name": "regcred"}], env=[{"name": "EPOCHS", "value": "3"}],
+            resources={"requests": {"cpu": 4}, "limits": {"memory": "16Gi"}}, gpusPerWorker=0)
+    pod = podspec.build_pods(j, SETTINGS)[0]
+    assert pod["spec"]["nodeSelector"] == {"gpu": "a100"}
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    main = container(pod, "trainer")
+    assert main["image"] == SETTINGS.job_image
+    assert env(main)["EPOCHS"] == "3"
+    assert main["resources"] == {"requests": {"cpu": "4"}, "limits": {"memory": "16Gi"}}  # no GPU asked
+    assert "initContainers" not in pod["spec"]  # no code package, no inputs: nothing to fetch
+    assert "ownerReferences" not in pod["metadata"]  # the local runner has no owner
+
+
+def test_trainer_wrapper_forwards_exit_code_and_the_sync_step_waits_for_it(tmp_path) -> None:
+    """Run the two shell programs for real: the wrapper writes the exit code, the sync step reads it."""
+    j = job(dataSpace={"output": {"name": "models"}})
+    pod = podspec.build_pods(j, SETTINGS)[0]
+    done = tmp_path / "done"
+    done.mkdir()
+    wrapper = container(pod, "trainer")["command"][2].replace(podspec.DONE_DIR, str(done))
+    result = subprocess.run(["sh", "-c", wrapper, "aidi-trainer", "sh", "-c", "echo training; exit 3"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 3 and "training" in result.stdout
+    assert (done / "exit-code").read_text().strip() == "3"
+    sync = container(pod, "sync-output")["command"][2].replace(podspec.DONE_DIR, str(done))
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0 and "exited with code 3; outputs not synced" in result.stdout
+
+    # After a success the sync step runs the sync command (here: a stand-in `aidi` on PATH).
+    (done / "exit-code").write_text("0\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aidi").write_text('#!/bin/sh\necho "aidi $*"\n')
+    (bin_dir / "aidi").chmod(0o755)
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0
+    assert result.stdout.strip() == "aidi sync-output --src /data_space/output --name models --type dataset"
