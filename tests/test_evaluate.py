@@ -154,7 +154,7 @@ def test_report_is_self_contained_with_four_colours_and_controls(tmp_path):
     gt.images[0].image = picture
     outcome = evaluate.evaluate(gt, pr, score_threshold=0.75, out_dir=tmp_path / "report")
     html = outcome.report_path.read_text()
-    for colour in ('gt: "#1e6bff"', 'hit: "#16a34a"', 'fp: "#e11d48"', 'miss: "#f59e0b"'):
+    for colour in ('gt: "#22d3ee"', 'hit: "#16a34a"', 'fp: "#e11d48"', 'miss: "#f59e0b"'):
         assert colour in html
     for control in ('"fp count"', '"fn count"', '"max fp score"', 'id="bad"', 'id="thr"'):
         assert control in html

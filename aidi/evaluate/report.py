@@ -97,7 +97,8 @@ def write_report(out_dir: Path, results: dict[str, Any], gt: GroundTruth, pr: Pr
     else:
         images = parsing_images(gt, pr, results["images"], out_dir)
         threshold = 0.5
-        meta = f"parsing · {len(images)} images · mIoU {results['summary']['miou']}"
+        miou = results["summary"]["miou"]
+        meta = f"parsing · {len(images)} images · mIoU " + ("–" if miou is None else f"{miou:.4f}")
     meta += f" · ground truth {gt.source} · predictions {pr.source}" + (f" · model {pr.model}" if pr.model else "")
     data = {"task": results["task"], "meta": meta, "threshold": threshold, "classNames": gt.classes,
             "summary": results["summary"], "classes": results["classes"], "images": images}
