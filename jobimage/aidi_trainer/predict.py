@@ -140,7 +140,8 @@ def predict(model: str | Path, rec: str | Path, out: str | Path, config_path: st
     masks_dir = out.parent / f"{out.stem}_masks"
     images: list[dict[str, Any]] = []
     started = time.monotonic()
-    total = sum(1 for _ in iter_rec(rec))
+    idx = rec.with_suffix(".idx")
+    total = len(recordio.read_index(idx)) if idx.is_file() else None
     with Progress(total, f"predict {branch.scene}", unit="img") as bar:
         for batch in _batches(rec, batch_size):
             pictures = [decode_image(_image_of(record), f"{rec} record {key}") for key, record in batch]
