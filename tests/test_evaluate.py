@@ -237,3 +237,26 @@ def test_detection_status_is_threshold_independent():
                    for g in gt.images]
         assert [m.counts(thr) for m in matches] == rematched
         assert full.results["summary"]["tp"] >= sum(r["tp"] for r in rematched)
+
+
+def test_predictions_on_a_rec_score_against_the_scenes_coco_annotations(tmp_path):
+    """Predictions keyed by record key find their COCO image through source_id, resized boxes are scaled
+    back, and only the predicted images (one split of the annotations) are scored."""
+    coco = tmp_path / "annotations.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 200, "height": 100},
+                   {"id": 9, "file_name": "b.jpg", "width": 200, "height": 100}],   # in the train split
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [20, 10, 40, 30]},
+                        {"id": 2, "image_id": 9, "category_id": 1, "bbox": [0, 0, 10, 10]}],
+        "categories": [{"id": 1, "name": "car"}]}))
+    pr = tmp_path / "val_pr.json"
+    pr.write_text(json.dumps({"format": "aidi-pr/1", "task": "detection", "classes": ["car"], "images": [
+        {"id": "0", "source_id": "7", "width": 100, "height": 50,        # packed at half size
+         "detections": [{"class": "car", "box": [10, 5, 30, 20], "score": 0.9}]}]}))
+    results = evaluate.evaluate_files(coco, pr).results
+    assert results["images"] == [{"id": "7", "tp": 1, "fp": 0, "fn": 0, "max_fp_score": None}]
+    assert results["classes"][0]["ap_all_point"] == pytest.approx(1.0)
+    pr.write_text(json.dumps({"format": "aidi-pr/1", "task": "detection", "classes": ["car"], "images": [
+        {"id": "0", "detections": []}]}))
+    with pytest.raises(evaluate.FormatError, match="no source_id"):
+        evaluate.evaluate_files(coco, pr)

@@ -94,6 +94,11 @@ def test_predict_and_evaluate_detection(trained: Path):
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert summary["map_all_point"] >= MIN_VEHICLE_AP, summary
+    # The scene's COCO annotations, as `aidi pack` read them, give the same figures as the packed rec.
+    code, out, err = aidi("eval", "--gt", str(trained / "am/vehicle/annotations.json"), "--pr",
+                          str(trained / "pr/vehicle.json"), "--json", "--no-report")
+    assert code == 0, err
+    assert json.loads(out)["summary"] == summary
     # The integer-inference model predicts the same boxes (its outputs equal step 2's within 1e-5).
     assert aidi("predict", "--model", str(trained / "out/int-inference-export-last"), "--config",
                 str(trained / "tiny.py"), "--rec", str(trained / "rec/vehicle/val.rec"), "--out",

@@ -14,6 +14,7 @@ from aidi.evaluate.formats import (
     FormatError,
     GroundTruth,
     Predictions,
+    align_to_coco,
     gt_from_coco,
     gt_from_rec,
     load_ground_truth,
@@ -23,7 +24,7 @@ from aidi.evaluate.formats import (
 
 __all__ = [
     "GT_FORMAT", "PR_FORMAT", "RESULTS_FORMAT", "EvalOutcome", "FormatError", "GroundTruth", "Predictions",
-    "check_pair", "evaluate", "evaluate_files", "gt_from_coco", "gt_from_rec", "load_ground_truth",
+    "align_to_coco", "check_pair", "evaluate", "evaluate_files", "gt_from_coco", "gt_from_rec", "load_ground_truth",
     "load_predictions",
 ]
 
@@ -66,6 +67,8 @@ def evaluate(gt: GroundTruth, pr: Predictions, iou_threshold: float = 0.5, score
         raise UsageError(f"--iou: expected a threshold in (0, 1], got {iou_threshold}")
     if not 0 <= score_threshold <= 1:
         raise UsageError(f"--score-thr: expected a threshold in [0, 1], got {score_threshold}")
+    if gt.coco and gt.task == pr.task == "detection":
+        gt, pr = align_to_coco(gt, pr)
     check_pair(gt, pr)
     matches = None
     if gt.task == "detection":

@@ -55,6 +55,7 @@ class GroundTruth:
     images: list[GtImage]
     source: Path | None = None
     ignore_label: int = IGNORE_LABEL
+    coco: bool = False          # ids are COCO image ids (see align_to_coco)
 
 
 @dataclass
@@ -69,6 +70,8 @@ class PrImage:
     id: str
     detections: list[Detection] = field(default_factory=list)
     mask: Path | None = None
+    source_id: str | None = None        # the packed image's source id (a detection rec's id2: its COCO id)
+    size: tuple[int, int] | None = None  # (width, height) of the image predicted on
 
 
 @dataclass
@@ -201,7 +204,9 @@ def load_predictions(path: str | Path) -> Predictions:
         image_id = str(_require(at, item, "id", (str, int)))
         if image_id in images:
             raise FormatError(f"{at}.id: image id {image_id!r} appears twice; ids must be unique")
-        pr = PrImage(image_id)
+        pr = PrImage(image_id, source_id=str(item["source_id"]) if item.get("source_id") is not None else None)
+        if isinstance(item.get("width"), int) and isinstance(item.get("height"), int):
+            pr.size = (item["width"], item["height"])
         if task == "detection":
             for j, det in enumerate(item.get("detections", [])):
                 dt = f"{at}.detections[{j}]"
@@ -243,6 +248,10 @@ def predictions_to_json(pr: Predictions, base: Path) -> dict[str, Any]:
     images = []
     for img in pr.images.values():
         item: dict[str, Any] = {"id": img.id}
+        if img.source_id is not None:
+            item["source_id"] = img.source_id
+        if img.size:
+            item["width"], item["height"] = img.size
         if pr.task == "detection":
             item["detections"] = [{"class": pr.classes[d.cls], "box": [round(v, 2) for v in d.box],
                                    "score": round(d.score, 5)} for d in img.detections]
@@ -306,7 +315,40 @@ def gt_from_coco(data: dict[str, Any], path: Path | None = None, image_root: Pat
         x, y, w, h = (float(v) for v in bbox)
         image.objects.append(GtObject(cat_index[ann["category_id"]], _box(f"{at}.bbox", [x, y, x + w, y + h]),
                                       bool(ann.get("iscrowd", 0) or ann.get("ignore", 0))))
-    return GroundTruth("detection", classes, list(images.values()), path)
+    return GroundTruth("detection", classes, list(images.values()), path, coco=True)
+
+
+def align_to_coco(gt: GroundTruth, pr: Predictions) -> tuple[GroundTruth, Predictions]:
+    """Score predictions made on a packed rec against the scene's COCO annotations.
+
+    `aidi predict` names images by record key and also writes each one's ``source_id`` (the COCO id the
+    packer keeps in the record's ``id2``) and the size it predicted on. Here predictions are re-keyed by
+    COCO id, boxes scaled back when the packer resized, and the ground truth narrowed to the predicted
+    images (the annotations cover train and val; the predictions one split).
+    """
+    gt_by_id = {image.id: image for image in gt.images}
+    if not set(pr.images) & set(gt_by_id) or all(p.source_id for p in pr.images.values()):
+        if not all(p.source_id for p in pr.images.values()):
+            raise FormatError(f"{pr.source}: its image ids match none of {gt.source}'s COCO ids and it has no "
+                              "source_id per image; predict with `aidi predict` (which writes them) or use the "
+                              ".rec as ground truth")
+        rekeyed: dict[str, PrImage] = {}
+        for image in pr.images.values():
+            target = gt_by_id.get(str(image.source_id))
+            if target is None:
+                raise FormatError(f"{pr.source}: image {image.id} has source_id {image.source_id}, which is not an "
+                                  f"image id of {gt.source}; were they packed from other annotations?")
+            if image.size and image.size != (target.width, target.height):
+                sx, sy = target.width / image.size[0], target.height / image.size[1]
+                image.detections = [Detection(d.cls, (d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy),
+                                              d.score) for d in image.detections]
+            rekeyed[target.id] = PrImage(target.id, image.detections, image.mask, image.source_id, image.size)
+        pr = Predictions(pr.task, pr.classes, rekeyed, pr.source, pr.model)
+    kept = [image for image in gt.images if image.id in pr.images]
+    if len(kept) < len(gt.images):
+        log.info("%s: evaluating the %d images that %s predicted, of the %d annotated", gt.source, len(kept),
+                 pr.source, len(gt.images))
+    return GroundTruth(gt.task, gt.classes, kept, gt.source, gt.ignore_label, coco=True), pr
 
 
 def read_scene_classes(rec_path: Path) -> list[str] | None:

@@ -152,15 +152,16 @@ def predict(model: str | Path, rec: str | Path, out: str | Path, config_path: st
             output = outputs[branch.index] if isinstance(outputs, list | tuple) else outputs
             if kind == DET:
                 decoded = decode_detections(output, stride, top_k=top_k, score_threshold=score_min)
-                for (key, _), picture, dets in zip(batch, pictures, decoded, strict=True):
-                    images.append({"id": str(key), "detections": _scene_detections(dets, branch, picture.shape,
-                                                                                   config.input_size)})
+                for (key, record), picture, dets in zip(batch, pictures, decoded, strict=True):
+                    images.append({**_image_fields(key, record, picture),
+                                   "detections": _scene_detections(dets, branch, picture.shape, config.input_size)})
             else:
                 logits = output.asnumpy()
-                for (key, _), picture, logit in zip(batch, pictures, logits, strict=True):
+                for (key, record), picture, logit in zip(batch, pictures, logits, strict=True):
                     mask_path = masks_dir / f"{key}.png"
                     _write_mask(mask_path, logit, picture.shape[:2])
-                    images.append({"id": str(key), "mask": mask_path.relative_to(out.parent).as_posix()})
+                    images.append({**_image_fields(key, record, picture),
+                                   "mask": mask_path.relative_to(out.parent).as_posix()})
             bar.update(len(batch))
     doc = {"format": PR_FORMAT, "task": "detection" if kind == DET else "parsing", "classes": branch.classes,
            "model": str(model), "branch": branch.task.name, "scene": branch.scene, "images": images}
@@ -170,6 +171,13 @@ def predict(model: str | Path, rec: str | Path, out: str | Path, config_path: st
     return {"out": str(out), "images": len(images), "detections": count if kind == DET else None,
             "branch": branch.task.name, "scene": branch.scene, "seconds": seconds,
             "images_per_second": len(images) / seconds if seconds else None}
+
+
+def _image_fields(key: int, record: bytes, picture: np.ndarray) -> dict[str, Any]:
+    """The image's id (its record key), its source id (the packer's id2: a detection image's COCO id) and the
+    size predicted on, so predictions can also be scored against the scene's COCO annotations."""
+    return {"id": str(key), "source_id": str(recordio.unpack(record)[0].id2), "width": int(picture.shape[1]),
+            "height": int(picture.shape[0])}
 
 
 def _scene_detections(dets: np.ndarray, branch: Branch, shape: tuple[int, ...],
