@@ -48,7 +48,8 @@ def package_key(namespace: str, job: str, sha256: str) -> str:
     return f"codepkgs/{namespace}/{job}/{sha256}.tar.gz.enc"
 
 
-def _local_runner(job_file: JobFile, resolved: ResolvedCluster) -> Any:
+def _local_runner(job_file: JobFile, resolved: ResolvedCluster) -> SubmitResult:
+    """Hand the job to the embedded runner: ``aidi.local.submit(job_file, resolved) -> SubmitResult``."""
     if importlib.util.find_spec(LOCAL_RUNNER_MODULE) is None:
         raise UsageError(f"cluster {resolved.name!r} in {resolved.path} is `type: local`, the embedded single-machine "
                          "runner, which this version of aidi does not include yet; point current-cluster at a "
