@@ -1,0 +1,15 @@
+"""The platform's web console: datasets, models, training jobs and the personal centre (docs/console.md).
+
+    from aidi.console import ConsoleSettings, create_app
+    app = create_app(ConsoleSettings.local())          # what `aidi console` serves on 127.0.0.1
+
+Every Kubernetes read is made with the logged-in user's own credential; the console's own
+ServiceAccount is used only to issue and revoke APP KEYs (``appkeys``).
+"""
+
+from __future__ import annotations
+
+from aidi.console.server import create_app
+from aidi.console.settings import ConsoleSettings
+
+__all__ = ["ConsoleSettings", "create_app"]

@@ -1,0 +1,245 @@
+"""What the pages show, as plain data (also the JSON API): datasets and their versions, models, jobs by tab,
+and a job's detail. Blocking calls (the kubernetes client, the dataspace); the server runs them in threads.
+
+Job states and failure reasons come from ``aidi.cluster.explain`` — the same words `traincli status` prints.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aidi.cluster import explain, jobs
+from aidi.cluster.kube import JobClient, api_errors
+from aidi.console.identity import Identity
+from aidi.dataspace import Dataspace, Manifest, open_dataspace
+from aidi.errors import AidiError, NotFoundError
+
+TABS = ("running", "finished", "failed")
+
+
+# ------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class VersionRow:
+    version: str
+    files: int
+    size: int
+    records: int | None
+    uploader: str
+    created: str
+
+
+@dataclass
+class DatasetRow:
+    name: str
+    type: str
+    versions: list[VersionRow]
+
+    @property
+    def latest(self) -> VersionRow:
+        return self.versions[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "latest": self.latest.version,
+                "versions": [asdict(v) for v in self.versions]}
+
+
+def _open(identity: Identity) -> Dataspace:
+    if identity.dataspace is None:
+        raise NotFoundError(identity.dataspace_problem or "no dataspace is configured")
+    return open_dataspace(identity.dataspace, jobs=4, uploader=identity.uploader)
+
+
+def _visible(identity: Identity, manifest: Manifest) -> bool:
+    """Datasets belong to the dataspace account that uploaded them: the team's (docs/console.md)."""
+    return identity.uploader is None or manifest.uploader == identity.uploader
+
+
+def _version_row(manifest: Manifest) -> VersionRow:
+    return VersionRow(version=manifest.version, files=len(manifest.files), size=manifest.total_size,
+                      records=manifest.records, uploader=manifest.uploader, created=manifest.created)
+
+
+def list_datasets(identity: Identity) -> list[DatasetRow]:
+    ds = _open(identity)
+    try:
+        rows = []
+        for summary in ds.list_datasets():
+            manifests = [ds.resolve(summary.name, summary.type, v) for v in summary.versions]
+            mine = [_version_row(m) for m in manifests if _visible(identity, m)]
+            if mine:
+                rows.append(DatasetRow(summary.name, summary.type, mine))
+        return rows
+    finally:
+        ds.close()
+
+
+def dataset_detail(identity: Identity, name: str, type_: str, version: str | None) -> tuple[DatasetRow, Manifest]:
+    """The dataset's versions (this team's) and one version's manifest (default: the latest)."""
+    ds = _open(identity)
+    try:
+        manifests = [ds.resolve(name, type_, v) for v in ds.versions(name, type_)]
+        mine = [m for m in manifests if _visible(identity, m)]
+        if not mine:
+            raise NotFoundError(f"no dataset {name}/{type_} in your team's dataspace")
+        chosen = next((m for m in mine if m.version == version), None) if version else mine[-1]
+        if chosen is None:
+            raise NotFoundError(f"dataset {name}/{type_} has no version {version}")
+        return DatasetRow(name, type_, [_version_row(m) for m in mine]), chosen
+    finally:
+        ds.close()
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def list_models(identity: Identity) -> list[dict[str, Any]]:
+    from aidi.models import ModelRegistry
+
+    ds = _open(identity)
+    try:
+        registry = ModelRegistry(ds.store, uploader=identity.uploader)
+        out = []
+        for record in registry.list():
+            if identity.uploader is None or record.uploader == identity.uploader:
+                data = record.to_json()
+                data["size"] = sum(f.size for f in record.files)
+                out.append(data)
+        return out
+    finally:
+        ds.close()
+
+
+# ----------------------------------------------------------------------------------------------- jobs
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def duration_seconds(start: str | None, end: str | None, now: datetime.datetime | None = None) -> int | None:
+    began = _parse_time(start)
+    if began is None:
+        return None
+    ended = _parse_time(end) or now or datetime.datetime.now(datetime.UTC)
+    return max(0, int((ended - began).total_seconds()))
+
+
+def tab_of(job: dict[str, Any]) -> str:
+    """running (Pending, Running, Suspended, Restarting), finished (Succeeded), failed (Failed, cancelled)."""
+    phase = jobs.phase_of(job)
+    if phase == "Succeeded":
+        return "finished"
+    if phase == "Failed" or jobs.is_cancelled(job):
+        return "failed"
+    return "running"
+
+
+@dataclass
+class JobRow:
+    name: str
+    phase: str
+    tab: str
+    reason: str | None
+    gpus_per_worker: int
+    workers: str
+    priority: int
+    start: str | None
+    duration: int | None
+    project: str | None
+
+
+def job_row(job: dict[str, Any]) -> JobRow:
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    workers = status.get("workers") or {}
+    return JobRow(
+        name=job["metadata"]["name"], phase="Cancelled" if jobs.is_cancelled(job) else jobs.phase_of(job),
+        tab=tab_of(job), reason=status.get("reason"), gpus_per_worker=int(spec.get("gpusPerWorker", 1)),
+        workers=f"{workers.get('active', 0)}/{(spec.get('workers') or {}).get('max', 1)}",
+        priority=int(spec.get("priority", 3)), start=status.get("startTime"),
+        duration=duration_seconds(status.get("startTime"), status.get("completionTime")),
+        project=spec.get("projectId"),
+    )
+
+
+def list_jobs(identity: Identity) -> list[JobRow]:
+    rows = [job_row(j) for j in identity.jobs().list_jobs()]
+    # Newest first, the way people look for the job they just submitted; unstarted jobs on top.
+    return sorted(rows, key=lambda r: r.start or "9999", reverse=True)
+
+
+@dataclass
+class JobDetail:
+    row: JobRow
+    report: explain.JobReport
+    inputs: list[dict[str, Any]]
+    output: dict[str, Any] | None
+    outputs: dict[str, Any]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    log_pod: str | None = None
+    log_tail: str | None = None
+    log_note: str | None = None
+    image: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["report"] = self.report.to_json()
+        return data
+
+
+def job_detail(identity: Identity, name: str, tail_lines: int) -> JobDetail:
+    client = identity.jobs()
+    job = client.get_job(name)
+    pods = client.job_pods(name)
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    data_space = spec.get("dataSpace") or {}
+    detail = JobDetail(row=job_row(job), report=explain.report(job, pods), inputs=list(data_space.get("inputs") or []),
+                       output=data_space.get("output"), outputs=dict(status.get("outputs") or {}),
+                       events=_events(client, name, {p["metadata"]["name"] for p in pods}), image=spec.get("image"))
+    _log_tail(client, job, pods, tail_lines, detail)
+    return detail
+
+
+def _events(client: JobClient, job: str, pods: set[str]) -> list[dict[str, Any]]:
+    """The job's and its pods' events, newest last (filtered here: test servers ignore field selectors)."""
+    try:
+        with api_errors(f"list events in {client.namespace}"):
+            found = client.core.list_namespaced_event(client.namespace)
+    except AidiError:
+        return []   # events are a help, not the page: a Role without them still shows the job
+    wanted = pods | {job}
+    out = []
+    for event in found.items:
+        obj = event.involved_object
+        if obj is None or obj.name not in wanted:
+            continue
+        when = event.last_timestamp or event.event_time or event.first_timestamp
+        out.append({"object": f"{(obj.kind or '').lower()}/{obj.name}", "type": event.type, "reason": event.reason,
+                    "message": event.message, "count": event.count or 1, "time": when.isoformat() if when else None})
+    return sorted(out, key=lambda e: e["time"] or "")
+
+
+def _log_tail(client: JobClient, job: dict[str, Any], pods: list[dict[str, Any]], tail: int,
+              detail: JobDetail) -> None:
+    name = job["metadata"]["name"]
+    try:
+        pod = jobs.pick_pod(pods, name, 0)
+    except (NotFoundError, AidiError):
+        kept = jobs.kept_log_tail(job, name, 0)
+        if kept is not None:
+            detail.log_pod, detail.log_tail = f"{name}-worker-0", kept
+            detail.log_note = "kept"
+        return
+    detail.log_pod = pod["metadata"]["name"]
+    try:
+        detail.log_tail = client.pod_log(detail.log_pod, jobs.default_container(pod), tail=tail)
+    except AidiError as exc:
+        detail.log_note = str(exc)

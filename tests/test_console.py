@@ -1,0 +1,327 @@
+"""The console over HTTP (no browser): login and 401s, team isolation, job details, APP KEYs and their
+revocation, CSRF, languages, and `aidi console` itself. The Kubernetes API is kmock taught to check
+tokens (tests/support/console.py); datasets live on the SeaweedFS test server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from aidi.cli import traincli
+from aidi.console import appkeys
+from aidi.console.settings import ConsoleSettings
+from aidi.dataspace import DataspaceConfig, open_dataspace
+from aidi.recordio import IndexedRecordWriter
+from tests.support.console import TokenCheck, cluster_settings, serving
+from tests.support.operator import Cluster, kmock_api
+from tests.test_jobsteps import use_s3_dataspace
+
+NS, OTHER = "team-a", "team-b"
+
+
+def write_rec(folder: Path, records: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with IndexedRecordWriter(folder / "train.rec", folder / "train.idx") as writer:
+        for i in range(records):
+            writer.write(i, b"record-%d" % i)
+    return folder
+
+
+async def put_team_secret(api: Any, namespace: str, config: DataspaceConfig) -> None:
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in
+            (("accessKey", config.access_key), ("secretKey", config.secret_key))}
+    assert await api.create(f"/api/v1/namespaces/{namespace}/secrets",
+                            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                             "metadata": {"name": "aidi-dataspace", "namespace": namespace}, "data": data})
+
+
+@pytest.fixture()
+def dataspace(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
+    return use_s3_dataspace(s3_server, monkeypatch)
+
+
+@pytest.fixture()
+async def rig(kube_api, dataspace: DataspaceConfig, tmp_path: Path):
+    """Two teams with a job each, a dataset of team-a and one of another account, and the console."""
+    check = TokenCheck(kube_api)
+    api = kmock_api(str(kube_api.url))
+    for namespace in (NS, OTHER):
+        await put_team_secret(api, namespace, dataspace)
+    await Cluster(api, NS).create_job("vehicle-a", priority=5, dataSpace={
+        "inputs": [{"name": "adasmini_4pe", "type": "trainset", "version": "v1"}], "output": {"name": "models-a"}})
+    await Cluster(api, OTHER).create_job("secret-b")
+    ds = open_dataspace(dataspace)
+    await asyncio.to_thread(ds.upload_dataset, "adasmini_4pe", "trainset", write_rec(tmp_path / "rec", 7))
+    other = open_dataspace(dataspace, uploader="team-b-account")
+    await asyncio.to_thread(other.upload_dataset, "hidden_b", "trainset", write_rec(tmp_path / "rec-b", 3))
+    settings = cluster_settings(kube_api, check, tmp_path, DataspaceConfig(endpoint=dataspace.endpoint,
+                                                                          bucket=dataspace.bucket))
+    async with serving(settings) as url:
+        yield {"url": url, "check": check, "api": api, "team_a": f"{NS}:{check.team_token(NS)}",
+               "team_b": f"{OTHER}:{check.team_token(OTHER)}", "kube_api": kube_api, "settings": settings}
+    await api.close()
+
+
+async def login(url: str, token: str) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with session.post(f"{url}/login", data={"token": token, "next": "/jobs"}, allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+    return session
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+# ------------------------------------------------------------------------------------------ login
+
+
+PROTECTED = ["/", "/jobs", "/jobs?tab=finished", "/jobs/vehicle-a", "/datasets", "/datasets/adasmini_4pe/trainset",
+             "/models", "/personal", "/personal/ca.crt", "/api/v1/jobs", "/api/v1/datasets", "/api/v1/appkeys",
+             "/api/v1/whoami"]
+
+
+async def test_unauthenticated_requests_get_401_and_nothing_else(rig) -> None:
+    url = rig["url"]
+    async with aiohttp.ClientSession() as anonymous:
+        for path in PROTECTED:
+            async with anonymous.get(url + path, allow_redirects=False) as r:
+                body = re.sub(r'href="/login\?next=[^"]*"', "", await r.text())   # the path it was asked for
+                assert r.status == 401, path
+                assert "vehicle-a" not in body and "adasmini" not in body, path
+        async with anonymous.get(f"{url}/api/v1/jobs", headers={"Authorization": "Bearer team-a:forged"}) as r:
+            assert r.status == 401 and "refused" in (await r.json())["error"]
+        async with anonymous.post(f"{url}/personal/appkeys", data={"queue": ""}) as r:
+            assert r.status == 401
+        async with anonymous.post(f"{url}/login", data={"token": "team-a:forged"}) as r:
+            assert r.status == 401 and "refused this token" in await r.text()
+        async with anonymous.post(f"{url}/login", data={"token": "no-colon"}) as r:
+            assert r.status == 401 and "APPID:APPKEY" in await r.text()
+        async with anonymous.get(f"{url}/login") as r:
+            assert r.status == 200 and 'name="token"' in await r.text()
+        async with anonymous.get(f"{url}/healthz") as r:
+            assert r.status == 200
+
+
+async def test_a_team_sees_its_own_jobs_and_datasets_only(rig) -> None:
+    url = rig["url"]
+    session = await login(url, rig["team_a"])
+    async with session:
+        async with session.get(f"{url}/jobs") as r:
+            page = await r.text()
+            assert "vehicle-a" in page and "secret-b" not in page
+        async with session.get(f"{url}/jobs/secret-b") as r:
+            assert r.status == 404 and "secret-b" in await r.text()   # named in the error, nothing read
+        async with session.get(f"{url}/datasets") as r:
+            page = await r.text()
+            assert "adasmini_4pe" in page and "hidden_b" not in page
+        async with session.get(f"{url}/datasets/hidden_b/trainset") as r:
+            assert r.status == 404
+        async with session.get(f"{url}/api/v1/datasets") as r:
+            rows = await r.json()
+        assert [(d["name"], d["latest"], d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", "v1", 7)]
+    # The other team, by bearer token, sees its own job and not team-a's.
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {rig['team_b']}"}) as b:
+        async with b.get(f"{url}/api/v1/jobs") as r:
+            assert [j["name"] for j in await r.json()] == ["secret-b"]
+        async with b.get(f"{url}/api/v1/jobs/vehicle-a") as r:
+            assert r.status == 404
+
+
+async def test_job_detail_explains_state_pods_events_and_log(rig) -> None:
+    url, api, kube_api = rig["url"], rig["api"], rig["kube_api"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": "vehicle-a-worker-0", "namespace": NS, "labels": {"aidi.io/job": "vehicle-a"}},
+        "spec": {"containers": [{"name": "trainer", "image": "aidi/jobimage"}]}}
+    assert await api.create(f"/api/v1/namespaces/{NS}/pods", pod)
+    await api.patch(f"/api/v1/namespaces/{NS}/pods/vehicle-a-worker-0/status", {"status": {
+        "phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                            "message": "0/3 nodes have enough nvidia.com/gpu"}]}})
+    await api.patch(f"/apis/aidi.io/v1alpha1/namespaces/{NS}/trainjobs/vehicle-a/status", {"status": {
+        "phase": "Pending", "reason": "Unschedulable", "message": "0/1 workers scheduled",
+        "conditions": [{"type": "Created", "status": "True", "reason": "PodsCreated", "message": "1 pod created"}]}})
+    assert await api.create(f"/api/v1/namespaces/{NS}/events", {
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": "e1", "namespace": NS}, "type": "Warning",
+        "reason": "FailedScheduling", "message": "0/3 nodes are available",
+        "involvedObject": {"kind": "Pod", "name": "vehicle-a-worker-0", "namespace": NS}})
+    log_url = f"/api/v1/namespaces/{NS}/pods/vehicle-a-worker-0/log"
+    kube_api[f"get {log_url}"] << {"Content-Type": "text/plain"} << b"step 10/100 loss 0.52\n"
+    session = await login(url, rig["team_a"])
+    async with session:
+        async with session.get(f"{url}/jobs/vehicle-a") as r:
+            page = await r.text()
+        for expected in ("Unschedulable", "no node can take this pod now", "PodsCreated", "FailedScheduling",
+                         "step 10/100 loss 0.52", 'href="/datasets/adasmini_4pe/trainset?version=v1"',
+                         "models-a", 'id="live"'):
+            assert expected in page, expected
+        async with session.get(f"{url}/jobs/vehicle-a", headers={"X-Console-Fragment": "live"}) as r:
+            fragment = await r.text()
+        assert "Unschedulable" in fragment and "<html" not in fragment
+        async with session.get(f"{url}/jobs?tab=running") as r:
+            assert 'id="tab-running"' in (page := await r.text()) and "vehicle-a" in page
+        async with session.get(f"{url}/jobs?tab=finished") as r:
+            assert "vehicle-a" not in await r.text()
+
+
+async def test_appkeys_are_issued_listed_and_revoked_with_least_privilege(rig, tmp_path: Path) -> None:
+    url, check = rig["url"], rig["check"]
+    session = await login(url, rig["team_a"])
+    async with session:
+        async with session.get(f"{url}/personal") as r:
+            page = await r.text()
+        # The dataspace token is the team Secret's, read with the user's token.
+        assert f"{rig['settings'].dataspace.endpoint}" in page and "hitc init -t -" in page
+        async with session.post(f"{url}/personal/appkeys", data={"queue": "gpu-a100", "description": "ci"}) as r:
+            assert r.status == 403        # no CSRF token: refused
+        async with session.post(f"{url}/personal/appkeys",
+                                data={"queue": "Bad_Queue", "csrf": csrf_of(page)}) as r:
+            assert r.status == 400 and "not a Kueue LocalQueue name" in await r.text()
+        async with session.post(f"{url}/api/v1/appkeys", json={"queue": "gpu-a100", "description": "ci"},
+                                headers={"X-CSRF-Token": csrf_of(page)}) as r:
+            assert r.status == 201
+            issued = await r.json()
+        assert issued["appid"] == f"{NS}/gpu-a100"
+        config = yaml.safe_load(issued["gpucluster_yaml"])
+        entry = config["clusters"][config["current-cluster"]]
+        assert entry == {"appid": f"{NS}/gpu-a100", "appkey": issued["appkey"], "server": str(rig["kube_api"].url)
+                         .rstrip("/")}
+        # What was made: a labelled ServiceAccount bound to the team Role, nothing else.
+        kube = rig["kube_api"]
+        account = kube.objects["v1/serviceaccounts", NS, f"appkey-{issued['id']}"]
+        assert account["metadata"]["labels"][appkeys.LABEL] == "true"
+        assert account["metadata"]["annotations"][appkeys.ANNOTATION_CREATOR] == f"{NS}/traincli"
+        binding = kube.objects["rbac.authorization.k8s.io/v1/rolebindings", NS, f"appkey-{issued['id']}"]
+        assert binding["roleRef"]["name"] == "aidi-team"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"appkey-{issued['id']}", "namespace": NS}]
+        # The key works for traincli ...
+        path = tmp_path / "gpucluster.yaml"
+        path.write_text(issued["gpucluster_yaml"])
+        assert await asyncio.to_thread(traincli.main, ["list", "-c", str(path), "--json"]) == 0
+        assert issued["appkey"] in check.seen
+        # ... is listed, and after revocation it is refused at once.
+        async with session.get(f"{url}/api/v1/appkeys") as r:
+            assert [k["id"] for k in await r.json()] == [issued["id"]]
+        async with session.post(f"{url}/personal/appkeys/{issued['id']}/revoke", data={"csrf": csrf_of(page)},
+                                allow_redirects=True) as r:
+            assert r.status == 200 and "revoked" in await r.text()
+        assert await asyncio.to_thread(traincli.main, ["list", "-c", str(path), "--json"]) == 4
+        async with session.post(f"{url}/personal/appkeys/00000000/revoke", data={"csrf": csrf_of(page)}) as r:
+            assert r.status == 404
+    # The team's own token cannot make accounts itself (it lacks the rights): the console's issuer did.
+    writes = _tokens_of(kube, "serviceaccounts") + _tokens_of(kube, "rolebindings")
+    assert len(writes) >= 4 and set(writes) == {check.issuer}   # create, token, patch, delete ...
+
+
+def _tokens_of(kube_api: Any, plural: str) -> list[str]:
+    tokens = []
+    for request in list(kube_api):
+        if request.resource is not None and request.resource.plural == plural and request.method.value != "GET":
+            tokens.append(request.headers.get("Authorization", "").removeprefix("Bearer "))
+    return tokens
+
+
+async def test_language_follows_the_choice_and_sticks(rig) -> None:
+    session = await login(rig["url"], rig["team_a"])
+    async with session:
+        async with session.get(f"{rig['url']}/jobs?lang=zh") as r:
+            assert "训练任务" in (page := await r.text()) and "运行中" in page and 'lang="zh-CN"' in page
+        async with session.get(f"{rig['url']}/datasets") as r:
+            assert "训练数据集" in await r.text()
+        async with session.get(f"{rig['url']}/datasets?lang=en") as r:
+            assert "Training datasets" in await r.text()
+
+
+async def test_logout_ends_the_session(rig) -> None:
+    session = await login(rig["url"], rig["team_a"])
+    async with session:
+        async with session.get(f"{rig['url']}/jobs") as r:
+            page = await r.text()
+        async with session.post(f"{rig['url']}/logout", data={"csrf": csrf_of(page)}) as r:
+            assert r.status == 200   # followed to the login page
+        async with session.get(f"{rig['url']}/jobs", allow_redirects=False) as r:
+            assert r.status == 401
+
+
+# ------------------------------------------------------------------------------------- aidi console
+
+
+async def test_aidi_console_serves_the_local_defaults(kube_api, tmp_path: Path) -> None:
+    """`aidi console` as a user runs it: the local-folder dataspace and the gpucluster.yaml cluster."""
+    home = tmp_path / "home"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIDI_")}, "HOME": str(home)}
+    ds = open_dataspace(DataspaceConfig.local(home / ".olympus" / "dataspace"))
+    await asyncio.to_thread(ds.upload_dataset, "vehicle_rec", "trainset", write_rec(tmp_path / "rec", 4))
+    config = home / ".hobot" / "gpucluster.yaml"
+    assert traincli.main(["init", "-t", f"{NS}:local-token", "--server", str(kube_api.url), "-c", str(config)]) == 0
+    await Cluster(kmock_api(str(kube_api.url)), NS).create_job("local-job")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aidi.cli.aidi_main", "console", "--port", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        second = (await asyncio.wait_for(proc.stdout.readline(), 5)).decode()
+        url = re.search(r"on (http://\S+)", first).group(1)
+        token = re.search(r"#token=(\S+)", second).group(1)
+        session = await login(url, token)
+        async with session:
+            async with session.get(f"{url}/api/v1/whoami") as r:
+                assert (await r.json())["namespace"] == NS
+            async with session.get(f"{url}/datasets") as r:
+                assert "vehicle_rec" in await r.text()
+            async with session.get(f"{url}/api/v1/jobs") as r:
+                assert [j["name"] for j in await r.json()] == ["local-job"]
+        async with aiohttp.ClientSession() as anonymous, anonymous.post(f"{url}/login", data={"token": "x"}) as r:
+            assert r.status == 401
+    finally:
+        proc.terminate()
+        await proc.wait()
+        _, err = await proc.communicate()
+    assert token not in err.decode()   # the access log shows paths only
+
+
+def test_console_settings_from_a_real_argument_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidi.cli import aidi_main, console_cmd
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("AIDI_DATASPACE_ENDPOINT", raising=False)
+    monkeypatch.delenv("AIDI_GPUCLUSTER_CONFIG", raising=False)
+    parser = aidi_main.build_parser()
+    local = console_cmd.settings_from_args(parser.parse_args(["console", "--refresh", "2"]))
+    assert local.mode == "local" and local.local_cluster is None and "no cluster" in local.local_cluster_problem
+    assert local.dataspace.is_local and local.refresh_seconds == 2 and len(local.login_token) >= 24
+    args = parser.parse_args(["console", "--mode", "cluster", "--kube-server", "https://k8s:6443", "--dataspace-endpoint",
+                              "http://minio:9000", "--public-server", "https://k8s.example.com:6443",
+                              "--appkey-ttl", "86400", "--no-appkeys"])
+    cluster = console_cmd.settings_from_args(args)
+    assert (cluster.kube_server, cluster.public_server, cluster.appkey_ttl_seconds, cluster.appkeys_enabled) == \
+        ("https://k8s:6443", "https://k8s.example.com:6443", 86400, False)
+    assert cluster.dataspace.endpoint == "http://minio:9000" and cluster.login_token is None
+    assert aidi_main.main(["console", "--mode", "cluster", "--kube-server", "https://k8s:6443"]) == 2
+
+
+def test_the_help_names_the_pages_and_the_doc() -> None:
+    result = subprocess.run([sys.executable, "-m", "aidi.cli.aidi_main", "console", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "Personal centre" in result.stdout and "docs/console.md" in result.stdout
+
+
+def test_settings_refuse_a_cluster_console_without_a_server() -> None:
+    from aidi.errors import UsageError
+
+    with pytest.raises(UsageError, match="--kube-server"):
+        ConsoleSettings(mode="cluster")
