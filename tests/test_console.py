@@ -304,8 +304,8 @@ def test_console_settings_from_a_real_argument_list(tmp_path: Path, monkeypatch:
     local = console_cmd.settings_from_args(parser.parse_args(["console", "--refresh", "2"]))
     assert local.mode == "local" and local.local_cluster is None and "no cluster" in local.local_cluster_problem
     assert local.dataspace.is_local and local.refresh_seconds == 2 and len(local.login_token) >= 24
-    args = parser.parse_args(["console", "--mode", "cluster", "--kube-server", "https://k8s:6443", "--dataspace-endpoint",
-                              "http://minio:9000", "--public-server", "https://k8s.example.com:6443",
+    args = parser.parse_args(["console", "--mode", "cluster", "--kube-server", "https://k8s:6443",
+                              "--dataspace-endpoint", "http://minio:9000", "--public-server", "https://k8s.example.com:6443",
                               "--appkey-ttl", "86400", "--no-appkeys"])
     cluster = console_cmd.settings_from_args(args)
     assert (cluster.kube_server, cluster.public_server, cluster.appkey_ttl_seconds, cluster.appkeys_enabled) == \

@@ -17,7 +17,7 @@ with `traincli`.
 """
 
 # Command families, one module each under aidi/cli/; each module has `add_commands(subparsers)`.
-COMMAND_MODULES: list[str] = ["evaluate", "pack_cmd", "jobsteps", "predict"]
+COMMAND_MODULES: list[str] = ["evaluate", "pack_cmd", "jobsteps", "predict", "console_cmd"]
 
 
 def run_crd(args: argparse.Namespace) -> int:
