@@ -53,7 +53,10 @@ MB = 1024 * 1024
 
 def run_init(args: argparse.Namespace) -> int:
     path = config_path(args.config)
-    previous = DataspaceConfig.load(path) if path.exists() else None
+    try:
+        previous = DataspaceConfig.load(path) if path.exists() else None
+    except UsageError:
+        previous = None  # a broken file is what init is for: replace it
     endpoint = args.endpoint or (previous.endpoint if previous else None)
     if not endpoint:
         raise UsageError("pass --endpoint http(s)://HOST[:PORT] (the dataspace's S3 address) or file:///PATH "

@@ -4,7 +4,10 @@ user sees (one line per error, exit codes, summaries, --json)."""
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ import yaml
 from aidi.cli import hitc
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from tests.dataspace.conftest import make_tree, same_tree
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +128,35 @@ def test_bind_gt_with_dash_d(config_file: Path, tmp_path: Path, capsys) -> None:
     assert code == 0 and json.loads(out)["version"] == "v1"
     manifest = open_dataspace(DataspaceConfig.load(config_file)).resolve("imgs", "gt")
     assert manifest.binds == {"dataset": "imgs", "versions": {"valset": "v1"}}
+
+
+def test_the_secret_stays_out_of_verbose_logs_and_tracebacks(s3_server, tmp_path: Path) -> None:
+    bucket = DataspaceConfig(s3_server.endpoint, "hitc-verbose", s3_server.access_key, s3_server.secret_key)
+    open_dataspace(bucket).store.check(create=True)
+    make_tree(tmp_path / "d", {"x.txt": b"x"})
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
+    good = bucket.save(tmp_path / "good.yaml")
+    ok = subprocess.run([sys.executable, "-m", "aidi.cli.hitc", "dataspace", "upload", "-v", "-n", "d", "-t",
+                         "dataset", "-f", str(tmp_path / "d"), "-C", str(good)],
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert ok.returncode == 0 and "DEBUG" in ok.stderr  # urllib3's request logs are there...
+    assert s3_server.secret_key not in ok.stdout + ok.stderr  # ...without the key
+    wrong_secret = "wrong-secret-" + "9" * 20
+    bad = DataspaceConfig(s3_server.endpoint, "hitc-verbose", s3_server.access_key, wrong_secret)
+    failed = subprocess.run([sys.executable, "-m", "aidi.cli.hitc", "dataspace", "list", "-v", "-C",
+                             str(bad.save(tmp_path / "bad.yaml"))],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert failed.returncode == 4 and "Traceback" in failed.stderr
+    assert wrong_secret not in failed.stdout + failed.stderr
+
+
+def test_init_replaces_a_broken_config(tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "c.yaml"
+    broken.write_text("dataspace: [unclosed")
+    code, _, err = run(capsys, "dataspace", "list", "-C", str(broken))
+    assert code == 2 and "not valid YAML" in err and "hitc init" in err
+    code, _, _ = run(capsys, "init", "--endpoint", f"file://{tmp_path / 'ds'}", "-C", str(broken))
+    assert code == 0 and DataspaceConfig.load(broken).is_local
 
 
 def test_token_from_stdin_keeps_it_off_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
