@@ -3,7 +3,9 @@ images it shows, copied into ``images/`` (and colourised masks into ``masks/`` f
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 from importlib import resources
@@ -34,15 +36,22 @@ def palette() -> np.ndarray:
 
 
 def _safe_name(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", image_id) or "_"
+    # A hash suffix keeps ids apart that differ only in characters a file name cannot hold ("a/b", "a_b").
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", image_id) or "_"
+    return safe if safe == image_id else f"{safe}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
 
 
 def _copy_image(src: Path | None, images_dir: Path, image_id: str) -> str | None:
+    """Put the picture beside the report (a hard link when the file system allows, else a copy)."""
     if src is None or not src.is_file():
         return None
     images_dir.mkdir(parents=True, exist_ok=True)
     target = images_dir / f"{_safe_name(image_id)}{src.suffix.lower() or '.jpg'}"
-    shutil.copyfile(src, target)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(src, target)
+    except OSError:
+        shutil.copyfile(src, target)
     return f"{images_dir.name}/{target.name}"
 
 
