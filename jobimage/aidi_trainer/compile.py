@@ -28,6 +28,9 @@ from typing import Any
 
 import mxnet as mx
 import numpy as np
+import onnx  # the [compile] extra; imported here so `aidi compile` says what to install when it is missing
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from aidi.errors import NotFoundError, UsageError
 
@@ -133,9 +136,6 @@ def _first(text: str) -> int:
 
 def build_qdq(graph: IntGraph, input_size: tuple[int, int], output_names: list[str]) -> Any:
     """The ONNX QDQ model of ``graph`` (module docstring)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     width, height = input_size
     inits: list[Any] = []
     nodes: list[Any] = []
@@ -273,8 +273,6 @@ def compile_model(model: str | Path, target: str, out: Path, rec: list[str] | No
                   dataspace_config: str | None = None) -> dict[str, Any]:
     """Compile, check, write ``model.onnx`` + ``compile.log`` + ``compile.json``; optionally store them with a
     released model version."""
-    import onnxruntime as ort
-
     from aidi_trainer.config import load_config
     from aidi_trainer.predict import load_model
 
