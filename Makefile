@@ -15,7 +15,7 @@ CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHART_CRD := charts/aidi/crds/trainjobs.aidi.io.yaml
 
-.PHONY: install tools test lint demo crd clean
+.PHONY: install tools browser test lint demo crd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (MXNet 1.9.1); set PYTHON=/path/to/python3.11"'
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
 
 $(HELM): | $(STAMP)
 	bash tools/install-helm.sh $(BIN)
@@ -33,7 +33,18 @@ $(CHECKOV): | $(STAMP)
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==3.3.30'
 
-tools: $(HELM) $(CHECKOV)
+# Headless Chromium for the console's browser tests (tests/test_console_browser.py): Debian's packages
+# (and a CJK font for the Chinese pages' screenshots), installed only when missing, and only as root
+# with apt; elsewhere those tests skip and say why (docs/console.md, "Tests").
+BROWSER_PACKAGES := chromium chromium-driver fonts-wqy-microhei
+
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES); \
+	else echo "chromium/chromedriver are missing and apt-get cannot run here (not root): the console's browser tests will skip"; fi
+
+tools: $(HELM) $(CHECKOV) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
