@@ -229,6 +229,8 @@ class Dataspace:
         else:
             manifest = self._read_manifest(name, type, version)  # a concurrent identical upload finished first
         self.store.delete(prefix + PENDING)
+        if resumed:
+            self.store.abort_uploads(prefix)  # parts of big files from the interrupted attempt
         state.phase = "done"
         meter.tick(force=True)
         sent = [entry for entry, was_sent in outcomes if was_sent]
@@ -474,6 +476,7 @@ class Dataspace:
             if key != prefix + MANIFEST:
                 self.store.delete(key)
                 removed += 1
+        self.store.abort_uploads(prefix)
         return removed
 
     def version_prefix(self, name: str, type: str, version: str) -> str:

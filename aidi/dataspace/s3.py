@@ -282,6 +282,21 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.client.remove_object(self.bucket, key))
 
+    def abort_uploads(self, prefix: str) -> int:
+        def abort_all() -> int:
+            aborted = 0
+            key_marker = upload_marker = None
+            while True:
+                page = self.client._list_multipart_uploads(self.bucket, prefix=prefix, key_marker=key_marker,
+                                                           upload_id_marker=upload_marker)
+                for upload in page.uploads:
+                    self.client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id)
+                    aborted += 1
+                if not page.is_truncated:
+                    return aborted
+                key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+        return self._call(f"abort unfinished uploads under {prefix}", abort_all)
+
     def close(self) -> None:
         self.client._http.clear()
 

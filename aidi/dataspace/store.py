@@ -85,6 +85,11 @@ class ObjectStore(ABC):
             count += 1
         return count
 
+    def abort_uploads(self, prefix: str) -> int:
+        """Discard unfinished multipart uploads under ``prefix`` (left by a killed upload; invisible, but they
+        hold space on the server); returns how many. Stores without multipart uploads have none."""
+        return 0
+
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -96,3 +97,24 @@ def test_big_files_go_up_in_parallel_parts(s3_server, tmp_path: Path) -> None:
     assert store.stat("big.bin").sha256 == digest
     store.get_file("big.bin", tmp_path / "back.bin", sha256=digest)
     assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_a_resumed_upload_discards_the_parts_its_killed_attempt_left(s3_server, tmp_path: Path) -> None:
+    from aidi.dataspace.datasets import PENDING, local_fingerprint
+    from aidi.dataspace.files import dataset_files
+
+    config = _config(s3_server)
+    ds = open_dataspace(config)
+    ds.store.check(create=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.bin").write_bytes(b"a" * 1000)
+    prefix = "datasets/n/dataset/v1/"
+    ds.store.put_bytes(prefix + PENDING, json.dumps({"fingerprint": local_fingerprint(
+        dataset_files(tmp_path / "d"))}).encode())
+    client = ds.store.client
+    upload_id = client._create_multipart_upload(config.bucket, prefix + "big.bin", {})
+    client._upload_part(config.bucket, prefix + "big.bin", b"x" * (5 << 20), None, upload_id, 1)
+    assert len(client._list_multipart_uploads(config.bucket, prefix=prefix).uploads) == 1
+
+    assert ds.upload_dataset("n", "dataset", tmp_path / "d").version == "v1"
+    assert client._list_multipart_uploads(config.bucket, prefix=prefix).uploads == []
