@@ -291,3 +291,21 @@ def test_an_image_without_objects_packs_and_iterates(workdir, tmp_path):
     rows = next(iter(it)).label[0].asnumpy()
     assert list(rows[0][4:9]) == [4, 5, 192, 128, -1] and (rows[0][9:] == -1).all()
     assert rows[1][8] == 0  # the next image's first object: class 0
+
+
+def test_palette_masks_are_stored_as_grey_class_ids(workdir, tmp_path):
+    source = shutil.copytree(workdir / "data" / "adas_mini" / "lane_parsing", tmp_path / "lane")
+    mask_path = sorted((source / "masks").iterdir())[0]
+    values = np.asarray(Image.open(mask_path))
+    palette = Image.fromarray(values, "L").convert("P")
+    palette.putpalette([255 - i for i in range(256) for _ in range(3)])  # colours unrelated to the ids
+    palette.save(mask_path)
+    assert np.array_equal(np.asarray(Image.open(mask_path)), values)
+    config = load_config(config_file("lane_parsing"), source=str(source), output=str(tmp_path / "rec"),
+                         val_fraction=0.0)
+    pack_scene(config, jobs=1)
+    record = recordio.unpack_parsing(recordio.IndexedRecordReader(tmp_path / "rec/train.rec",
+                                                                  tmp_path / "rec/train.idx").read_idx(0))
+    stored = Image.open(io.BytesIO(record.mask))
+    assert stored.mode == "L" and np.array_equal(np.asarray(stored), values)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(record.mask, np.uint8), cv2.IMREAD_GRAYSCALE), values)
