@@ -154,6 +154,15 @@ def test_compile_to_onnx_qdq_checked_and_stored(trained: Path, tmp_path: Path, m
     int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert len(int8) == 9                                         # every conv's weight is stored as int8
     assert "max_abs_diff" in (tmp_path / "compiled/compile.log").read_text()
+    assert "QLinearConv" not in report["onnxruntime_ops"]        # exact form: float convs between Q/DQ pairs
+
+    # --fuse-relu: uint8 activations that onnxruntime runs as integer kernels; whether the check passes
+    # depends on how often the model's activations exceed their calibrated range (module docstring).
+    code, out, err = aidi("compile", "--model", str(trained / "out/int-inference-export-last"), "--config",
+                          str(trained / "tiny.py"), "--out", str(tmp_path / "fused"), "--fuse-relu", "--json")
+    assert code in (0, 1), err
+    fused = json.loads(out)
+    assert fused["onnxruntime_ops"].get("QLinearConv", 0) >= 5 and fused["fuse_relu"] is True
 
     out_buf = io.StringIO()
     with contextlib.redirect_stdout(out_buf):

@@ -62,7 +62,8 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_compile(args: argparse.Namespace) -> int:
     report = trainer_module("compile").compile_model(
         args.model, args.target, Path(args.out), rec=args.rec, config_path=args.config, samples=args.samples,
-        model_name=args.model_name, model_version=args.model_version, dataspace_config=args.dataspace_config)
+        model_name=args.model_name, model_version=args.model_version, dataspace_config=args.dataspace_config,
+        fuse_relu=args.fuse_relu)
     if args.json:
         common.print_json(report)
     else:
@@ -96,6 +97,9 @@ def add_commands(sub: Any) -> None:
                     help="sample images for the check (repeatable; default: random images)")
     co.add_argument("--samples", type=int, default=16, help="images checked per rec (default: 16)")
     co.add_argument("--config", default="configs/4pe_resize/multitask.py", help=from_config)
+    co.add_argument("--fuse-relu", action="store_true",
+                    help="quantize ReLU outputs to uint8 (zero point 0) instead of Relu + int8: onnxruntime then "
+                         "runs integer QLinearConv kernels; saturates at 255 steps instead of the trainer's 127")
     co.add_argument("--model-name", help="also store the artefact and log with this released model (hitc model)")
     co.add_argument("--model-version", default="latest", help="its version (default: latest)")
     co.add_argument("--dataspace-config", metavar="CONFIG",
