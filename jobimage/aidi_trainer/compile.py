@@ -7,10 +7,12 @@ layer stores), so it carries the very integers MXNet runs:
     int8 weight ─DequantizeLinear(s_w, axis 0)──┼─ Conv ─[Relu]─QuantizeLinear(s_out)─DequantizeLinear─▶
     int32 bias ─DequantizeLinear(s_in·s_w)──────┘   (a head's last conv: Conv → the float output)
 
-This is the standard QDQ form that onnxruntime (and TensorRT, and most NPU toolchains) fuse into integer
-kernels (``QLinearConv``). It equals the MXNet integer model up to two rounding conventions, both measured
-by the check rather than assumed away: ONNX ``QuantizeLinear`` rounds half to even and saturates to
-[-128, 127], MXNet's ``round`` rounds half away from zero and the trainer clips to [-127, 127].
+This is the standard QDQ form deployment toolchains read as an int8 model. It equals the MXNet integer
+model up to two rounding conventions, both measured by the check rather than assumed away: ONNX
+``QuantizeLinear`` rounds half to even and saturates to [-128, 127], MXNet's ``round`` rounds half away
+from zero and the trainer clips to [-127, 127]. Because ReLU outputs are clipped at 127 (not 255),
+onnxruntime keeps Relu + int8 QDQ as float convolutions; ``fuse_relu`` trades that exactness for the
+uint8 form it runs as integer ``QLinearConv`` kernels (``build_qdq``).
 
 The check runs both models on sample images and reports, per output, the max abs difference (and
 relative to the output's range), the detection agreement (the trainer's own decoding and NMS on both,
