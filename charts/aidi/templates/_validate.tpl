@@ -44,6 +44,10 @@ templates/validate.yaml, so `helm template`, `helm install` and GitOps renders a
 {{- $errors = append $errors "operator.serviceAccount.create=false needs the name of an existing ServiceAccount: --set operator.serviceAccount.name=NAME (or --set operator.serviceAccount.create=true)" -}}
 {{- end -}}
 
+{{- if and $v.console.enabled $v.console.ingress.enabled (not $v.console.ingress.host) -}}
+{{- $errors = append $errors "console.ingress.enabled=true needs the host name users open: --set console.ingress.host=console.example.com (or --set console.ingress.enabled=false)" -}}
+{{- end -}}
+
 {{- $seen := dict -}}
 {{- range $i, $team := $v.teams -}}
 {{- if eq $team.namespace $.Release.Namespace -}}
