@@ -38,7 +38,8 @@ def test_the_console_reads_the_settings_the_chart_gives_it(console_docs: list[di
     args = aidi_main.build_parser().parse_args(container["command"][1:] + container["args"])
     settings = console_cmd.settings_from_args(args)
     assert settings.mode == "cluster" and settings.kube_server == "https://10.0.0.1:443"
-    assert (settings.dataspace.endpoint, settings.dataspace.bucket) == ("http://aidi-minio.aidi-system.svc:9000", "aidi")
+    assert settings.dataspace.endpoint == "http://aidi-minio.aidi-system.svc:9000"
+    assert settings.dataspace.bucket == "aidi"
     assert settings.public_server == "https://k8s.example.com:6443" and settings.secure_cookies
     assert settings.appkeys_enabled and settings.team_role == "aidi-team"
     # The files it reads are the volumes the pod mounts.
