@@ -22,6 +22,7 @@ from aidi.cli import traincli
 from aidi.console import appkeys
 from aidi.console.settings import ConsoleSettings
 from aidi.dataspace import DataspaceConfig, open_dataspace
+from aidi.models import ModelRegistry
 from aidi.recordio import IndexedRecordWriter
 from tests.support.console import TokenCheck, cluster_settings, serving
 from tests.support.operator import Cluster, kmock_api
@@ -63,6 +64,12 @@ async def rig(kube_api, dataspace: DataspaceConfig, tmp_path: Path):
     await Cluster(api, OTHER).create_job("secret-b")
     ds = open_dataspace(dataspace)
     await asyncio.to_thread(ds.upload_dataset, "adasmini_4pe", "trainset", write_rec(tmp_path / "rec", 7))
+    model = tmp_path / "model" / "int-inference-export-last-symbol.json"
+    model.parent.mkdir()
+    model.write_text("{}")
+    registry = ModelRegistry(ds.store, uploader=dataspace.access_key)
+    await asyncio.to_thread(lambda: registry.append("adasmini_multitask", [(model.name, model)],
+                                                    source_job="vehicle-a", metrics={"mAP": 0.61}))
     other = open_dataspace(dataspace, uploader="team-b-account")
     await asyncio.to_thread(other.upload_dataset, "hidden_b", "trainset", write_rec(tmp_path / "rec-b", 3))
     settings = cluster_settings(kube_api, check, tmp_path, DataspaceConfig(endpoint=dataspace.endpoint,
@@ -130,6 +137,9 @@ async def test_a_team_sees_its_own_jobs_and_datasets_only(rig) -> None:
             assert "adasmini_4pe" in page and "hidden_b" not in page
         async with session.get(f"{url}/datasets/hidden_b/trainset") as r:
             assert r.status == 404
+        async with session.get(f"{url}/models") as r:
+            page = await r.text()
+            assert "adasmini_multitask" in page and "mAP=0.61" in page and "vehicle-a" in page
         async with session.get(f"{url}/api/v1/datasets") as r:
             rows = await r.json()
         assert [(d["name"], d["latest"], d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", "v1", 7)]
@@ -325,3 +335,18 @@ def test_settings_refuse_a_cluster_console_without_a_server() -> None:
 
     with pytest.raises(UsageError, match="--kube-server"):
         ConsoleSettings(mode="cluster")
+
+
+async def test_a_refused_issuer_fails_the_key_not_the_session(rig) -> None:
+    url = rig["url"]
+    Path(rig["settings"].issuer_token_file).write_text("no-longer-valid")   # re-read for every call
+    session = await login(url, rig["team_a"])
+    async with session:
+        async with session.get(f"{url}/personal") as r:
+            page = await r.text()
+        assert "the console&#x27;s ServiceAccount may not manage APP KEYs" in page
+        async with session.post(f"{url}/personal/appkeys", data={"csrf": csrf_of(page)}) as r:
+            assert r.status == 502 and "may not manage APP KEYs" in await r.text()
+        async with session.get(f"{url}/jobs", allow_redirects=False) as r:
+            assert r.status == 200
+    assert rig["check"].issued == {}   # no token was handed out

@@ -222,13 +222,14 @@ def job_fragment(page: Page, d: JobDetail) -> str:
         log = notice(d.log_note, "info")
     return (f'<dl class="summary" id="summary">{dl}</dl>'
             f'<h2>{page.t("conditions")}</h2>'
-            + table([page.t(k) for k in ("type", "status", "reason", "message")] + [""], conditions, "-",
+            + table([page.t(k) for k in ("type", "status", "reason", "message", "since")], conditions, "-",
                     "conditions")
             + f'<h2>{page.t("pods")}</h2>'
             + table([page.t(k) for k in ("name", "role", "phase", "ready", "restarts", "node", "reason", "why")],
                     pods, "-", "pods")
             + f'<h2>{page.t("events")}</h2>'
-            + table(["", page.t("type"), "", page.t("reason"), page.t("message"), "#"], events, "-", "events")
+            + table([page.t("time"), page.t("type"), page.t("object"), page.t("reason"), page.t("message"), "#"],
+                    events, "-", "events")
             + f'<h2>{page.t("log_tail")}{" — " + h(d.log_pod) if d.log_pod else ""}</h2>{log}')
 
 

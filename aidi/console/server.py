@@ -392,6 +392,11 @@ def _with_issuer(request: web.Request, work: Callable[[AppKeyIssuer], Any]) -> A
     issuer, owned = _issuer(request)
     try:
         return work(issuer)
+    except AuthError as exc:
+        # The issuer's refusal is not the user's: their session stays (the middleware ends it on AuthError).
+        whose = "your cluster credential" if not owned else "the console's ServiceAccount"
+        raise AidiError(f"{whose} may not manage APP KEYs in this namespace ({exc}); see docs/console.md, "
+                        "\"RBAC\"") from None
     finally:
         if owned:
             issuer.close()
@@ -417,8 +422,6 @@ def _personal_view(request: web.Request, **extra: Any) -> pages.PersonalView:
     if settings.appkeys_enabled:
         try:
             keys = _with_issuer(request, lambda issuer: issuer.list(identity.namespace))
-        except AuthError as exc:
-            problem = f"the console's own credential was refused: {exc}"
         except AidiError as exc:
             problem = str(exc)
     endpoint = settings.dataspace_public_endpoint or (ds.endpoint if ds else None)
