@@ -31,7 +31,7 @@ class EvalTask:
     gt: str
     pr: str
     iou: float = 0.5
-    score_threshold: float = 0.5
+    score_threshold: float = 0.3
     classes: list[str] = field(default_factory=list)
     output: str = ""
     image: str | None = None

@@ -95,8 +95,9 @@ def add_commands(sub: Any) -> None:
     ev.add_argument("--pr", required=True,
                     help="predictions: aidi-pr/1 JSON (from `aidi predict`), or dataspace://NAME/pr/VERSION[/PATH]")
     ev.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to hit a box (default: 0.5)")
-    ev.add_argument("--score-thr", type=float, default=0.5,
-                    help="score at which tp/fp/fn, recall and precision are counted (default: 0.5; AP uses all)")
+    ev.add_argument("--score-thr", type=float, default=0.3,
+                    help="score at which tp/fp/fn, recall and precision are counted (default: 0.3, as the "
+                         "trainer's validation; AP uses all)")
     ev.add_argument("--out", help="folder for results.json and report.html (default: print only)")
     ev.add_argument("--classes", help="class names, comma-separated, when GT is a .rec without a manifest beside it")
     ev.add_argument("--no-report", action="store_true", help="write results.json only")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aidi.evaluate.detection import DEFAULT_SCORE_THRESHOLD
 from aidi.evaluate.formats import (
     GT_FORMAT,
     PR_FORMAT,
@@ -58,8 +59,9 @@ def check_pair(gt: GroundTruth, pr: Predictions) -> None:
                     pr.source, missing)
 
 
-def evaluate(gt: GroundTruth, pr: Predictions, iou_threshold: float = 0.5, score_threshold: float = 0.5,
-             out_dir: Path | None = None, report: bool = True) -> EvalOutcome:
+def evaluate(gt: GroundTruth, pr: Predictions, iou_threshold: float = 0.5,
+             score_threshold: float = DEFAULT_SCORE_THRESHOLD, out_dir: Path | None = None,
+             report: bool = True) -> EvalOutcome:
     """Score ``pr`` against ``gt``; with ``out_dir``, write ``results.json`` and ``report.html`` there."""
     from aidi.errors import UsageError
 
@@ -94,7 +96,7 @@ def evaluate(gt: GroundTruth, pr: Predictions, iou_threshold: float = 0.5, score
 
 
 def evaluate_files(gt_path: str | Path, pr_path: str | Path, iou_threshold: float = 0.5,
-                   score_threshold: float = 0.5, out_dir: str | Path | None = None,
+                   score_threshold: float = DEFAULT_SCORE_THRESHOLD, out_dir: str | Path | None = None,
                    report: bool = True) -> EvalOutcome:
     return evaluate(load_ground_truth(gt_path), load_predictions(pr_path), iou_threshold, score_threshold,
                     Path(out_dir) if out_dir is not None else None, report)

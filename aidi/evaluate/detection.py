@@ -22,6 +22,9 @@ from aidi.evaluate.formats import Box, GroundTruth, Predictions
 
 AP_METHODS = ("voc11", "all_point", "coco101")
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+# Where tp/fp/fn are counted by default: the trainer's validation counts at the same score
+# (aidi_trainer.evaluate.SCORE_THRESHOLD), so `aidi eval` and metrics.json agree.
+DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 @dataclass
@@ -152,7 +155,7 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def evaluate_detection(gt: GroundTruth, pr: Predictions, iou_threshold: float = 0.5,
-                       score_threshold: float = 0.5) -> dict[str, Any]:
+                       score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> dict[str, Any]:
     """Every metric of ``docs/phase2.md``'s detection results, plus the per-image matches for the report."""
     class_map = [gt.classes.index(name) for name in pr.classes]
     matches: list[ImageMatches] = []
