@@ -198,6 +198,7 @@ async def test_a_user_walks_through_the_console(kube_api, s3_server, monkeypatch
         await b.open("/jobs?tab=finished&lang=zh")
         await b.wait_text("header", "数据管理", "训练数据集", "任务管理", "训练任务", "个人中心")
         await b.wait_text(".tabs", "运行中", "已完成", "失败")
+        assert "已完成" in await b.text("#jobs")     # the phase, in words
         await b.shot("08-jobs-zh")
     await api.close()
     shots = sorted(p.name for p in screenshots.glob("*.png"))

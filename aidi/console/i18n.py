@@ -43,6 +43,12 @@ _TEXT: dict[str, tuple[str, str]] = {
     "finished": ("Finished", "已完成"),
     "failed": ("Failed", "失败"),
     "phase": ("Phase", "状态"),
+    "phase.Pending": ("Pending", "等待中"),
+    "phase.Running": ("Running", "运行中"),
+    "phase.Succeeded": ("Succeeded", "已完成"),
+    "phase.Failed": ("Failed", "失败"),
+    "phase.Suspended": ("Suspended", "已暂停"),
+    "phase.Cancelled": ("Cancelled", "已取消"),
     "gpus": ("GPUs per worker", "每节点GPU"),
     "workers": ("Workers", "节点数"),
     "start": ("Started", "开始时间"),
@@ -108,6 +114,8 @@ def pick_language(query: str | None, cookie: str | None, accept: str | None) -> 
 
 
 def text(key: str, lang: str, **values: object) -> str:
+    if key not in _TEXT and key.startswith("phase."):
+        return key[len("phase."):]   # a phase we have no words for (e.g. a newer operator's): as it is
     english, chinese = _TEXT[key]
     words = chinese if lang == "zh" else english
     return words.format(**values) if values else words

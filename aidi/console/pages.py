@@ -160,8 +160,8 @@ def models(page: Page, rows: list[dict[str, Any]], problem: str | None) -> str:
 # ----------------------------------------------------------------------------------------------- jobs
 
 
-def phase_badge(phase: str) -> str:
-    return f'<span class="phase {h(phase.lower())}">{h(phase)}</span>'
+def phase_badge(page: Page, phase: str) -> str:
+    return f'<span class="phase {h(phase.lower())}">{h(page.t("phase." + phase))}</span>'
 
 
 def live(page: Page, inner: str) -> str:
@@ -173,7 +173,7 @@ def jobs_fragment(page: Page, rows: list[JobRow], tab: str, problem: str | None)
     counts = {t: sum(1 for r in rows if r.tab == t) for t in TABS}
     tabs = "".join(f'<a href="/jobs?tab={t}" id="tab-{t}" class="tab{" current" if t == tab else ""}">'
                    f'{page.t(t)} <span class="count">{counts[t]}</span></a>' for t in TABS)
-    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(r.phase), h(r.gpus_per_worker),
+    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(page, r.phase), h(r.gpus_per_worker),
               h(r.workers), when(r.start), h(duration(r.duration)), h(r.priority), h(r.project),
               h(r.reason)] for r in rows if r.tab == tab]
     headers = [page.t(k) for k in ("name", "phase", "gpus", "workers", "start", "duration", "priority", "project",
@@ -197,7 +197,7 @@ def _dataset_link(ref: dict[str, Any], default_type: str) -> str:
 def job_fragment(page: Page, d: JobDetail) -> str:
     rep, row = d.report, d.row
     summary = [
-        (page.t("phase"), phase_badge(row.phase) + (f" — {h(rep.reason)}" if rep.reason else "")),
+        (page.t("phase"), phase_badge(page, row.phase) + (f" — {h(rep.reason)}" if rep.reason else "")),
         (page.t("message"), h(rep.message)), (page.t("why"), h(rep.explanation)),
         (page.t("gpus"), h(row.gpus_per_worker)), (page.t("workers"), h(row.workers)),
         (page.t("priority"), h(row.priority)), (page.t("start"), when(row.start)),
@@ -210,7 +210,7 @@ def job_fragment(page: Page, d: JobDetail) -> str:
     dl = "".join(f"<dt>{k}</dt><dd>{v or '-'}</dd>" for k, v in summary)
     conditions = [[h(c.get("type")), h(c.get("status")), h(c.get("reason")), h(c.get("message")),
                    when(c.get("lastTransitionTime"))] for c in rep.conditions]
-    pods = [[h(p.name), h(p.role), phase_badge(p.phase), h(p.ready), h(p.restarts), h(p.node),
+    pods = [[h(p.name), h(p.role), phase_badge(page, p.phase), h(p.ready), h(p.restarts), h(p.node),
              h(" ".join(x for x in (p.reason, p.message) if x)), h(p.explanation)] for p in rep.pods]
     events = [[when(e["time"]), h(e["type"]), h(e["object"]), h(e["reason"]), h(e["message"]), h(e["count"])]
               for e in d.events]
