@@ -22,6 +22,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from aidi.cluster.config import Cluster, ResolvedCluster
+from aidi.cluster.kube import api_client
 from aidi.console import pages, views
 from aidi.console.appkeys import AppKeyIssuer, gpucluster_snippet
 from aidi.console.i18n import pick_language
@@ -375,17 +377,10 @@ def _issuer(request: web.Request) -> tuple[AppKeyIssuer, bool]:
     if not token:
         raise UsageError(f"the console has no ServiceAccount token at {settings.issuer_token_file}; APP KEYs "
                          "need it (chart: console.appKeys.enabled=true)")
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = settings.kube_server.rstrip("/") if settings.kube_server else ""
-    configuration.api_key = {"authorization": token}
-    configuration.api_key_prefix = {"authorization": "Bearer"}
-    configuration.verify_ssl = not settings.kube_insecure
-    if settings.kube_ca:
-        configuration.ssl_ca_cert = settings.kube_ca
-    configuration.retries = 0
-    return AppKeyIssuer(client.ApiClient(configuration), settings.team_role, settings.appkey_ttl_seconds), True
+    console = Cluster(appkey=token, server=settings.kube_server, certificate_authority=settings.kube_ca,
+                      insecure=settings.kube_insecure)
+    api, _ = api_client(ResolvedCluster("console", console, Path("console ServiceAccount")))
+    return AppKeyIssuer(api, settings.team_role, settings.appkey_ttl_seconds), True
 
 
 def _with_issuer(request: web.Request, work: Callable[[AppKeyIssuer], Any]) -> Any:
