@@ -18,7 +18,7 @@ from aidi.cluster import config as cluster_config
 from aidi.cluster import explain, jobs
 from aidi.cluster.kube import JobClient
 from aidi.cluster.submit import submit
-from aidi.errors import NotFoundError, UsageError
+from aidi.errors import NotFoundError
 
 log = logging.getLogger("traincli")
 
@@ -75,8 +75,9 @@ def run_init(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> JobClient:
     resolved = cluster_config.resolve(args.config, args.current_cluster)
     if resolved.cluster.type == "local":
-        raise UsageError(f"cluster {resolved.name!r} is `type: local`; this command needs a Kubernetes cluster "
-                         "(pass --current-cluster NAME)")
+        from aidi import local  # the embedded runner: same interface, jobs kept in a work folder (docs/local.md)
+
+        return local.client(resolved, getattr(args, "namespace", None))  # type: ignore[return-value]
     return JobClient.for_cluster(resolved, getattr(args, "namespace", None))
 
 

@@ -7,7 +7,7 @@
         appkey: eyJhbGciOi...    # a bearer token; leave out to use kubeconfig (in-cluster or ~/.kube/config)
         server: https://k8s.example.com:6443
         certificate-authority: /etc/aidi/ca.crt    # or: insecure: true
-        type: kubernetes         # or: local (the embedded single-machine runner)
+        type: kubernetes         # or: local (the embedded single-machine runner, docs/local.md)
 
 Written 0600 (it holds a credential). Reference: docs/traincli.md.
 """
@@ -47,6 +47,9 @@ class Cluster(BaseModel):
     certificate_authority: str | None = Field(default=None, alias="certificate-authority")
     insecure: bool = False
     type: Literal["kubernetes", "local"] = "kubernetes"
+    # `type: local` only (docs/local.md): where the embedded runner keeps jobs, and environment it adds.
+    workdir: str | None = Field(default=None, description="local: the runner's work folder")
+    env: dict[str, str] = Field(default_factory=dict, description="local: extra environment of every container")
 
     @field_validator("appid")
     @classmethod

@@ -48,13 +48,14 @@ def package_key(namespace: str, job: str, sha256: str) -> str:
     return f"codepkgs/{namespace}/{job}/{sha256}.tar.gz.enc"
 
 
-def _local_runner(job_file: JobFile, resolved: ResolvedCluster) -> SubmitResult:
-    """Hand the job to the embedded runner: ``aidi.local.submit(job_file, resolved) -> SubmitResult``."""
+def _local_runner(job_file: JobFile, resolved: ResolvedCluster, **options: Any) -> SubmitResult:
+    """Hand the job to the embedded runner: ``aidi.local.submit(job_file, resolved, **options) -> SubmitResult``
+    (``options``: ``open_dataspace``, ``max_bytes``, ``password``, as :func:`submit` takes them)."""
     if importlib.util.find_spec(LOCAL_RUNNER_MODULE) is None:
         raise UsageError(f"cluster {resolved.name!r} in {resolved.path} is `type: local`, the embedded single-machine "
                          "runner, which this version of aidi does not include yet; point current-cluster at a "
                          "Kubernetes cluster (`traincli init -t APPID:APPKEY --server URL`)")
-    return importlib.import_module(LOCAL_RUNNER_MODULE).submit(job_file, resolved)
+    return importlib.import_module(LOCAL_RUNNER_MODULE).submit(job_file, resolved, **options)
 
 
 def submit(job_file: JobFile, resolved: ResolvedCluster, *, open_dataspace: Callable[[], Any],
@@ -65,8 +66,10 @@ def submit(job_file: JobFile, resolved: ResolvedCluster, *, open_dataspace: Call
     ``password`` is for a CR whose code folder is named by the ``aidi.io/upload-dir`` annotation; the AIDI form
     carries its own (JOB_PASSWD).
     """
-    if resolved.cluster.type == "local":
-        return _local_runner(job_file, resolved)
+    if resolved.cluster.type == "local" and client is None:
+        # The local runner calls back here with its own client (the same steps, on this machine).
+        return _local_runner(job_file, resolved, open_dataspace=open_dataspace, max_bytes=max_bytes,
+                             password=password)
     job = job_file.job.model_copy(deep=True)
     client = client or JobClient.for_cluster(resolved, job.metadata.namespace)
     name, namespace = job.metadata.name, client.namespace
