@@ -254,6 +254,17 @@ async def test_language_follows_the_choice_and_sticks(rig) -> None:
             assert "Training datasets" in await r.text()
 
 
+async def test_login_redirects_only_within_the_console(rig) -> None:
+    async with aiohttp.ClientSession() as client:
+        for target, expected in (("/datasets?lang=zh", "/datasets?lang=zh"), ("//evil.example/x", "/jobs"),
+                                 ("/\\evil.example", "/jobs"), ("https://evil.example", "/jobs")):
+            async with client.post(f"{rig['url']}/login", data={"token": rig["team_a"], "next": target},
+                                   allow_redirects=False) as r:
+                assert (r.status, r.headers["Location"]) == (303, expected)
+                cookie = r.cookies["aidi_console"]
+                assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
 async def test_logout_ends_the_session(rig) -> None:
     session = await login(rig["url"], rig["team_a"])
     async with session:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from aidi.cli import traincli
+from aidi.console import ConsoleSettings
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from tests.support.console import TokenCheck, cluster_settings, serving
 from tests.support.operator import Cluster, kmock_api, operator_settings, running_operator
@@ -200,6 +201,15 @@ async def test_a_user_walks_through_the_console(kube_api, s3_server, monkeypatch
         await b.wait_text(".tabs", "运行中", "已完成", "失败")
         assert "已完成" in await b.text("#jobs")     # the phase, in words
         await b.shot("08-jobs-zh")
+
+    # `aidi console`'s printed link logs in by itself (the token rides in the #fragment, never sent).
+    local = ConsoleSettings.local(None, DataspaceConfig.local(tmp_path / "local-dataspace"), "no cluster here")
+    async with serving(local) as console:
+        b = Browser(chromium, console, screenshots)
+        await b.open(f"/login#token={local.login_token}")
+        await b.wait_text("#who-team", "-")
+        await b.wait_text("#live", "no cluster here")
+        assert "token" not in b.path
     await api.close()
     shots = sorted(p.name for p in screenshots.glob("*.png"))
     assert len(shots) >= 8

@@ -86,8 +86,11 @@ class Sessions:
         return found[1] if found and time.monotonic() - found[0] < BEARER_CACHE_SECONDS else None
 
     def remember_bearer(self, token: str, identity: Identity) -> Session:
+        now = time.monotonic()
+        # Drop stale entries (their clients close when collected; one may still be serving a request).
+        self._bearer = {k: v for k, v in self._bearer.items() if now - v[0] < BEARER_CACHE_SECONDS}
         session = Session(id="", identity=identity, via_cookie=False)
-        self._bearer[hashlib.sha256(token.encode()).hexdigest()] = (time.monotonic(), session)
+        self._bearer[hashlib.sha256(token.encode()).hexdigest()] = (now, session)
         return session
 
     def forget_bearer(self, session: Session) -> None:
@@ -258,7 +261,9 @@ async def _static(request: web.Request) -> web.Response:
 
 def _safe_next(value: str | None) -> str:
     # Only paths on this site: an open redirect would hand a phishing page our login.
-    return value if value and value.startswith("/") and not value.startswith("//") else "/jobs"
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/jobs"
+    return value
 
 
 async def _login_form(request: web.Request) -> web.Response:
