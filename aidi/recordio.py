@@ -17,6 +17,7 @@ The record layouts (docs/architecture.md, "RecordIO records"):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -88,19 +89,31 @@ def frame(record: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
 
 
 class RecordWriter:
-    """Append records to a ``.rec`` file; ``write`` returns the record's byte offset (for the ``.idx``)."""
+    """Append records to a ``.rec`` file; ``write`` returns the record's byte offset (for the ``.idx``).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    With ``sha256=True`` the file's digest is computed as it is written (``hexdigest()``), which spares
+    reading a large file back.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], sha256: bool = False) -> None:
         self.path = Path(path)
         self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by close()/__exit__
         self._offset = 0
+        self._digest = hashlib.sha256() if sha256 else None
 
     def write(self, record: bytes | bytearray | memoryview) -> int:
         offset = self._offset
         for chunk in frame(record):
             self._file.write(chunk)
+            if self._digest:
+                self._digest.update(chunk)
             self._offset += len(chunk)
         return offset
+
+    def hexdigest(self) -> str:
+        if self._digest is None:
+            raise ValueError("this writer was opened without sha256=True")
+        return self._digest.hexdigest()
 
     def tell(self) -> int:
         return self._offset
@@ -119,16 +132,27 @@ class RecordWriter:
 class IndexedRecordWriter:
     """A ``.rec`` and its ``.idx`` (lines ``key\\toffset``), written side by side as ``mx.recordio`` does."""
 
-    def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str]) -> None:
-        self.records = RecordWriter(rec_path)
-        self._idx = open(idx_path, "w", encoding="ascii")  # noqa: SIM115 - closed by close()/__exit__
+    def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str],
+                 sha256: bool = False) -> None:
+        self.records = RecordWriter(rec_path, sha256)
+        self._idx = open(idx_path, "wb")  # noqa: SIM115 - closed by close()/__exit__
+        self._idx_digest = hashlib.sha256() if sha256 else None
         self.count = 0
 
     def write(self, key: int, record: bytes | bytearray | memoryview) -> int:
         offset = self.records.write(record)
-        self._idx.write(f"{key}\t{offset}\n")
+        line = f"{key}\t{offset}\n".encode()
+        self._idx.write(line)
+        if self._idx_digest:
+            self._idx_digest.update(line)
         self.count += 1
         return offset
+
+    def hexdigests(self) -> tuple[str, str]:
+        """sha256 of the ``.rec`` and of the ``.idx`` (opened with ``sha256=True``)."""
+        if self._idx_digest is None:
+            raise ValueError("this writer was opened without sha256=True")
+        return self.records.hexdigest(), self._idx_digest.hexdigest()
 
     def close(self) -> None:
         self.records.close()

@@ -62,8 +62,9 @@ def encode_detection(item: Item, config: PackConfig) -> Encoded:
                             (box.y + box.h) / height))
     if problems:
         return Encoded(item.index, None, problems=tuple(problems))
-    record = recordio.pack_detection(payload, packed[0], packed[1], objects, 0, item.index)
-    return Encoded(item.index, bytearray(record), len(objects))
+    record = bytearray(recordio.pack_detection(b"", packed[0], packed[1], objects, 0, item.index))
+    record += payload  # one copy of the JPEG, not two
+    return Encoded(item.index, record, len(objects))
 
 
 def _mask(item: Item, size: tuple[int, int], packed: tuple[int, int], config: PackConfig) -> bytes:

@@ -8,7 +8,6 @@ looks complete, and never damages the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -123,14 +122,6 @@ def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
             yield from zip(done_batch, future.result(), strict=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(output: str | os.PathLike[str]) -> dict | None:
     try:
         return json.loads((Path(output) / MANIFEST).read_text())
@@ -169,7 +160,8 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
             for split in SPLITS for ext in ("rec", "idx")}
     complete = False
     try:
-        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"]) for split in SPLITS}
+        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True)
+                   for split in SPLITS}
         try:
             done = 0
             for item, encoded in _encoded(config, jobs or os.cpu_count() or 1):
@@ -193,7 +185,10 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
                 writer.close()
         if result.problems and not skip_bad:
             raise PackFailed(config.scene, result.problems)
-        result.rejects_file = _finish(config, output, temp, result, source_fingerprint, config_path, rejects)
+        digests = {f"{split}.{ext}": digest for split, writer in writers.items()
+                   for ext, digest in zip(("rec", "idx"), writer.hexdigests(), strict=True)}
+        result.rejects_file = _finish(config, output, temp, digests, result, source_fingerprint, config_path,
+                                      rejects)
         complete = True
     finally:
         if not complete:
@@ -203,10 +198,10 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
     return result
 
 
-def _finish(config: PackConfig, output: Path, temp: dict[str, Path], result: PackResult, source_fingerprint: str,
-            config_path: str | None, rejects: str | os.PathLike[str] | None) -> Path | None:
+def _finish(config: PackConfig, output: Path, temp: dict[str, Path], digests: dict[str, str], result: PackResult,
+            source_fingerprint: str, config_path: str | None, rejects: str | os.PathLike[str] | None) -> Path | None:
     """Rename the finished files into place, manifest last; write or clear the rejects file."""
-    files = {name: {"bytes": path.stat().st_size, "sha256": _sha256(path),
+    files = {name: {"bytes": path.stat().st_size, "sha256": digests[name],
                     "records": result.counts[name.split(".")[0]]}
              for name, path in temp.items()}
     (output / MANIFEST).unlink(missing_ok=True)

@@ -63,12 +63,14 @@ def _box(ann: dict, index: dict[object, str], classes: dict[str, int]) -> tuple[
         return None, (f"annotation {ann_id}: unknown class {name!r}; the config's classes are "
                       f"{', '.join(classes)} — add it to `classes` or drop the annotation")
     bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+    try:
+        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
         return None, f"annotation {ann_id}: expected bbox [x, y, width, height], got {bbox!r}"
-    return Box(classes[name], *map(float, bbox), ann_id), None
+    return Box(classes[name], x, y, w, h, ann_id), None
 
 
-def detection_items(config: PackConfig) -> Iterator[Item]:
+def _load_coco(config: PackConfig) -> tuple[str, dict]:
     root = source_dir(config)
     path = root / config.annotations
     try:
@@ -81,6 +83,11 @@ def detection_items(config: PackConfig) -> Iterator[Item]:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(coco.get(k), list)]
     if missing:
         raise UsageError(f"{path}: expected COCO lists {', '.join(missing)} (see docs/packing.md)")
+    return str(root), coco
+
+
+def detection_items(config: PackConfig) -> Iterator[Item]:
+    root, coco = _load_coco(config)
     index = {c.get("id"): c.get("name") for c in coco["categories"]}
     classes = {name: i for i, name in enumerate(config.classes)}
     by_image: dict[object, list[dict]] = {}
@@ -89,61 +96,70 @@ def detection_items(config: PackConfig) -> Iterator[Item]:
     del coco["annotations"]
     known = set()
     for position, entry in enumerate(coco["images"]):
-        known.add(entry.get("id"))
+        image_id = entry.get("id")
+        known.add(image_id)
         name = str(entry.get("file_name", ""))
         boxes, problems = [], []
-        for ann in by_image.get(entry.get("id"), ()):
+        for ann in by_image.get(image_id, ()):
             box, problem = _box(ann, index, classes)
             if box:
                 boxes.append(box)
             if problem:
                 problems.append(problem)
-        image_id = entry.get("id")
-        yield Item(image_id if isinstance(image_id, int) and image_id >= 0 else position, name, str(root / name),
-                   width=entry.get("width"), height=entry.get("height"), boxes=tuple(boxes),
-                   problems=tuple(problems))
+        yield Item(image_id if isinstance(image_id, int) and image_id >= 0 else position, name,
+                   os.path.join(root, name), width=entry.get("width"), height=entry.get("height"),
+                   boxes=tuple(boxes), problems=tuple(problems))
     orphans = sorted(str(i) for i in by_image if i not in known)
     if orphans:
-        yield Item(-1, config.annotations, str(path),
+        yield Item(-1, config.annotations, os.path.join(root, config.annotations),
                    problems=(f"annotations refer to image ids not in `images`: {', '.join(orphans[:10])}"
                              + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else ""),))
 
 
-def parsing_items(config: PackConfig) -> Iterator[Item]:
-    root = source_dir(config)
-    images, masks = root / config.images, root / config.masks
+def _parsing_names(config: PackConfig) -> list[str]:
+    images = source_dir(config) / config.images
     if not images.is_dir():
         raise NotFoundError(f"image folder {images} not found; a parsing scene needs images/ and masks/ "
                             "(or set `images` / `masks` in the config)")
-    names = sorted(e.name for e in os.scandir(images) if e.name.lower().endswith(IMAGE_SUFFIXES))
-    for position, name in enumerate(names):
-        yield Item(position, f"{config.images}/{name}", str(images / name),
-                   mask=str(masks / (os.path.splitext(name)[0] + ".png")))
+    return sorted(e.name for e in os.scandir(images) if e.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def _mask_name(config: PackConfig, image: str) -> str:
+    return f"{config.masks}/{os.path.splitext(image)[0]}.png"
+
+
+def parsing_items(config: PackConfig) -> Iterator[Item]:
+    root = str(source_dir(config))
+    for position, name in enumerate(_parsing_names(config)):
+        yield Item(position, f"{config.images}/{name}", os.path.join(root, config.images, name),
+                   mask=os.path.join(root, _mask_name(config, name)))
 
 
 def items(config: PackConfig) -> Iterator[Item]:
     return detection_items(config) if config.task == "detection" else parsing_items(config)
 
 
+def input_names(config: PackConfig) -> list[str]:
+    """Every input file of the scene, relative to its source folder (cheaper than building items)."""
+    if config.task == "detection":
+        return [str(entry.get("file_name", "")) for entry in _load_coco(config)[1]["images"]]
+    names = _parsing_names(config)
+    return [f"{config.images}/{n}" for n in names] + [_mask_name(config, n) for n in names]
+
+
 def fingerprint(config: PackConfig) -> tuple[str, int]:
     """A digest of everything the output depends on (settings, annotations, each input's size and mtime),
     and the number of images."""
-    count = 0
+    names = input_names(config)
     digest = hashlib.sha256(config.digest().encode())
     if config.task == "detection":
-        annotations = Path(config.source) / config.annotations
-        if annotations.is_file():
-            digest.update(hashlib.sha256(annotations.read_bytes()).digest())
-    for item in items(config):
-        count += item.index >= 0
-        for path in (item.image, item.mask):
-            if path is None:
-                continue
-            # Relative names: the same data reached by another path (or a moved tree) is still up to date.
-            name = os.path.relpath(path, config.source)
-            try:
-                stat = os.stat(path)
-                digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{name}\0missing\n".encode())
-    return digest.hexdigest(), count
+        digest.update(hashlib.sha256((Path(config.source) / config.annotations).read_bytes()).digest())
+    root = config.source
+    # Relative names: the same data reached by another path (or a moved tree) is still up to date.
+    for name in names:
+        try:
+            stat = os.stat(os.path.join(root, name))
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\0missing\n".encode())
+    return digest.hexdigest(), len(names) if config.task == "detection" else len(names) // 2
