@@ -97,10 +97,12 @@ def main() -> int:
     parser.add_argument("-j", "--jobs", type=int, default=8, help="our parallel transfers (default: 8)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported "
                         "(default: 3)")
-    parser.add_argument("--workdir", help="where to put the files and the server (default: a temporary folder)")
+    parser.add_argument("--workdir", help="folder in which a temporary folder holds the files and the server's "
+                        "data, removed at the end (default: the system's temporary folder; /dev/shm takes the "
+                        "disk out of the measurement)")
     args = parser.parse_args()
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="aidi-bench-dataspace-"))
+    work = Path(tempfile.mkdtemp(prefix="aidi-bench-dataspace-", dir=args.workdir))
     need = args.mb * MB * (3 + 2 * args.rounds)
     if shutil.disk_usage(work).free < need:
         raise SystemExit(f"{work} has less than {need // MB} MiB free; pass --workdir or a smaller --mb")
@@ -127,14 +129,13 @@ def main() -> int:
                       f"({base_down / our_down:.2f}x), load average {load:.1f}", flush=True)
         median = sorted(rounds, key=lambda r: r[0] / r[1])[len(rounds) // 2]
         median_down = sorted(rounds, key=lambda r: r[2] / r[3])[len(rounds) // 2]
-        print(f"\n{args.files} files, {total:.0f} MiB, SeaweedFS on loopback, {os.cpu_count()} CPUs, "
+        print(f"\n{args.files} files, {total:.0f} MiB in {work.parent}, SeaweedFS on loopback, {os.cpu_count()} CPUs, "
               f"our jobs={args.jobs}; every file verified by sha256; median of {len(rounds)} round(s)")
         print(f"{'':10}{'sequential minio':>18}{'aidi.dataspace':>16}{'ratio':>8}")
         for name, base, our in (("upload", median[0], median[1]), ("download", median_down[2], median_down[3])):
             print(f"{name:10}{total / base:>13.1f} MB/s{total / our:>11.1f} MB/s{base / our:>7.2f}x")
     finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
