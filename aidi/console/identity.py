@@ -7,6 +7,7 @@ never decides on its own that a token is good, and never holds more rights than 
 from __future__ import annotations
 
 import base64
+import getpass
 import hmac
 import json
 import logging
@@ -138,7 +139,7 @@ def login_local(settings: ConsoleSettings, token: str) -> Identity:
     if resolved is None and not problem:
         problem = "no cluster configured: run `traincli init` (or set up ~/.kube/config) and restart `aidi console`"
     return Identity(namespace=client.namespace if client else "-",
-                    queue=resolved.cluster.queue if resolved else None, user="local", cluster=resolved,
+                    queue=resolved.cluster.queue if resolved else None, user=getpass.getuser(), cluster=resolved,
                     dataspace=settings.dataspace, cluster_problem=problem, _client=client)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aidi.codepkg import human_bytes
 from aidi.console.appkeys import AppKey
@@ -56,6 +56,9 @@ def when(value: str | None) -> str:
 
 def layout(page: Page, title: str, body: str, nav: str = "") -> str:
     other = "en" if page.lang == "zh" else "zh"
+    path, _, query = page.path.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query) if k != "lang"]
+    switch = f"{path}?{urlencode([*kept, ('lang', other)])}"
     who = ""
     if page.namespace is not None:
         who = (f'<div class="who"><span id="who-team">{h(page.namespace)}</span> · <span>{h(page.user)}</span> '
@@ -76,7 +79,7 @@ def layout(page: Page, title: str, body: str, nav: str = "") -> str:
             f'<title>{h(title)} · {page.t("title")}</title><link rel="stylesheet" href="/static/console.css">'
             f'<script src="/static/console.js" defer></script></head><body>'
             f'<header><a class="brand" href="/jobs">{page.t("title")}</a>{menu}<div class="side">'
-            f'<a id="lang" href="?lang={other}">{page.t("language")}</a>{who}</div></header>'
+            f'<a id="lang" href="{h(switch)}">{page.t("language")}</a>{who}</div></header>'
             f'<main><h1>{h(title)}</h1>{body}</main></body></html>')
 
 

@@ -428,8 +428,10 @@ def _personal_view(request: web.Request, **extra: Any) -> pages.PersonalView:
     return pages.PersonalView(
         namespace=identity.namespace, queue=identity.queue, user=identity.user, dataspace_endpoint=endpoint,
         dataspace_bucket=ds.bucket if ds and not ds.is_local else None,
-        dataspace_token=(ds.token if ds.access_key else "") if ds else None,
-        dataspace_problem=identity.dataspace_problem, appkeys_enabled=settings.appkeys_enabled, keys=keys,
+        dataspace_token=ds.token if ds and ds.access_key else None,
+        dataspace_problem=(f"the dataspace is the local folder {ds.local_root}: hitc needs no token "
+                           f"(hitc init --endpoint {ds.endpoint})" if ds and ds.is_local
+                           else identity.dataspace_problem), appkeys_enabled=settings.appkeys_enabled, keys=keys,
         keys_problem=problem, has_ca=bool(_ca_file(settings)), **extra)
 
 
