@@ -88,6 +88,23 @@ def frame(record: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
     return chunks
 
 
+def frame_record(record: bytes | bytearray | memoryview) -> bytes:
+    """``record`` framed as it goes into a ``.rec`` file (for ``RecordWriter.write_framed``)."""
+    return b"".join(frame(record))
+
+
+# In a framed record, IRHeader.id sits after the frame head (magic, lrec) and the header's flag and label.
+_FRAMED_ID = slice(8 + 8, 8 + 16)
+_ID_WORDS = struct.Struct("<II")
+
+
+def _framed_id(id: int) -> bytes:
+    """``id`` as it goes into a framed record, if setting it cannot change the framing."""
+    if not 0 <= id < 1 << 64 or MAGIC in _ID_WORDS.unpack(struct.pack("<Q", id)):
+        raise RecordIOError(f"id {id} cannot be set in place: it must be below 2^64 and hold no magic word")
+    return struct.pack("<Q", id)
+
+
 class RecordWriter:
     """Append records to a ``.rec`` file; ``write`` returns the record's byte offset (for the ``.idx``).
 
@@ -104,6 +121,29 @@ class RecordWriter:
     def write(self, record: bytes | bytearray | memoryview) -> int:
         offset = self._offset
         for chunk in frame(record):
+            self._file.write(chunk)
+            if self._digest:
+                self._digest.update(chunk)
+            self._offset += len(chunk)
+        return offset
+
+    def write_framed(self, framed: bytes | bytearray | memoryview, id: int | None = None) -> int:
+        """Append a record framed by ``frame_record``; with ``id``, set its IRHeader id on the way.
+
+        Setting the id in place is safe because dmlc splits a record only at magic words: neither the
+        old id nor the new one holds one, so the frames stay the same.
+        """
+        view = memoryview(framed)
+        chunks: tuple[bytes | memoryview, ...] = (view,)
+        if id is not None:
+            magic, lrec = _FRAME_HEAD.unpack_from(view)
+            if magic != MAGIC or lrec >> 29 not in (0, 1) or (lrec & _LENGTH_MASK) < 16:
+                raise RecordIOError("expected a record framed by frame_record whose first frame holds its IRHeader")
+            if MAGIC in _ID_WORDS.unpack(view[_FRAMED_ID]):
+                raise RecordIOError("the framed record's current id holds a magic word; frame it again instead")
+            chunks = (view[:_FRAMED_ID.start], _framed_id(id), view[_FRAMED_ID.stop:])
+        offset = self._offset
+        for chunk in chunks:
             self._file.write(chunk)
             if self._digest:
                 self._digest.update(chunk)
@@ -140,7 +180,13 @@ class IndexedRecordWriter:
         self.count = 0
 
     def write(self, key: int, record: bytes | bytearray | memoryview) -> int:
-        offset = self.records.write(record)
+        return self._index(key, self.records.write(record))
+
+    def write_framed(self, key: int, framed: bytes | bytearray | memoryview, set_id: bool = True) -> int:
+        """Append a record framed by ``frame_record``, setting its IRHeader id to ``key`` (as im2rec does)."""
+        return self._index(key, self.records.write_framed(framed, key if set_id else None))
+
+    def _index(self, key: int, offset: int) -> int:
         line = f"{key}\t{offset}\n".encode()
         self._idx.write(line)
         if self._idx_digest:
@@ -360,13 +406,18 @@ def unpack_detection(record: bytes) -> DetectionRecord:
                            [obj for obj in objects if obj[0] >= 0], bytes(payload))  # type: ignore[misc]
 
 
-def pack_parsing(image: bytes, mask_png: bytes, id: int = 0, id2: int = 0) -> bytes:
-    for what, blob in (("image", image), ("mask", mask_png)):
+def parsing_head(image_nbytes: int, mask_nbytes: int, id: int = 0, id2: int = 0) -> bytes:
+    """The IRHeader and labels of a parsing record; the JPEG and the PNG follow."""
+    for what, size in (("image", image_nbytes), ("mask", mask_nbytes)):
         # The sizes travel as float32 labels, exact only up to 2^24.
-        if len(blob) > FLOAT32_EXACT_INT:
-            raise RecordTooLarge(f"record {id}: the {what} is {len(blob)} bytes; a parsing record holds at most "
-                                 f"{FLOAT32_EXACT_INT} bytes per part (its size is a float32 label); set `resize`")
-    return pack(IRHeader(0, 0.0, id, id2), image + mask_png, [float(len(image)), float(len(mask_png))])
+        if size > FLOAT32_EXACT_INT:
+            raise RecordTooLarge(f"the {what} is {size} bytes; a parsing record holds at most {FLOAT32_EXACT_INT} "
+                                 "bytes per part (its size is a float32 label); set `resize`")
+    return pack(IRHeader(0, 0.0, id, id2), b"", [float(image_nbytes), float(mask_nbytes)])
+
+
+def pack_parsing(image: bytes, mask_png: bytes, id: int = 0, id2: int = 0) -> bytes:
+    return parsing_head(len(image), len(mask_png), id, id2) + image + mask_png
 
 
 def unpack_parsing(record: bytes) -> ParsingRecord:

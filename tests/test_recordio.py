@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 
@@ -102,3 +103,22 @@ def test_reader_refuses_garbage_and_truncation(tmp_path):
     with pytest.raises(recordio.RecordIOError, match="needs 10 bytes, the file has 4"), \
             recordio.RecordReader(good) as reader:
         list(reader)
+
+
+def test_write_framed_sets_the_id_and_matches_mxnet(tmp_path):
+    payloads = [rec for rec in _records() if len(rec) > 8][:20]
+    mx_writer = mx.recordio.MXIndexedRecordIO(str(tmp_path / "mx.idx"), str(tmp_path / "mx.rec"), "w")
+    with recordio.IndexedRecordWriter(tmp_path / "ours.rec", tmp_path / "ours.idx", sha256=True) as ours:
+        for key, payload in enumerate(payloads):
+            id2 = recordio.MAGIC if key % 3 == 0 else key  # a magic word in the header splits the record too
+            mx_writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, 1.5, key, id2), payload))
+            framed = recordio.frame_record(recordio.pack(recordio.IRHeader(0, 1.5, 0, id2), payload))
+            ours.write_framed(key, framed)
+        digests = ours.hexdigests()
+    mx_writer.close()
+    assert (tmp_path / "ours.rec").read_bytes() == (tmp_path / "mx.rec").read_bytes()
+    assert (tmp_path / "ours.idx").read_bytes() == (tmp_path / "mx.idx").read_bytes()
+    assert digests == tuple(hashlib.sha256((tmp_path / f"ours.{e}").read_bytes()).hexdigest() for e in ("rec", "idx"))
+    with pytest.raises(recordio.RecordIOError, match="cannot be set in place"), \
+            recordio.RecordWriter(tmp_path / "x.rec") as writer:
+        writer.write_framed(recordio.frame_record(recordio.pack(recordio.IRHeader(0, 0, 0, 0), b"")), recordio.MAGIC)

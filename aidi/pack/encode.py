@@ -1,4 +1,8 @@
-"""Turning one item into one record (runs in the worker processes): read, check, encode, pack."""
+"""Turning one item into one record (runs in the worker processes): read, check, encode, pack, frame.
+
+Workers hand back records already framed (dmlc frames, IRHeader id 0), so the writer only sets the id
+and appends; the expensive parts (the magic-word scan, JPEG work) run in parallel.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from aidi.pack.sources import Item
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A packed record (its IRHeader id is set by the writer), or the reasons the item was refused."""
+    """A framed record (``recordio.frame_record``, id 0), or the reasons the item was refused (``framed`` None)."""
 
     index: int
-    record: bytearray | None
+    framed: bytes | None
     objects: int = 0
     problems: tuple[str, ...] = ()
 
@@ -42,10 +46,19 @@ def _image(data: bytes, config: PackConfig) -> tuple[bytes, tuple[int, int], tup
     return reencode(data, config.resize, config.jpeg_quality)
 
 
+def _framed(index: int, parts: tuple[bytes, ...], objects: int = 0) -> Encoded:
+    size = sum(map(len, parts))
+    if size > recordio.MAX_RECORD_BYTES:
+        return Encoded(index, None, problems=(
+            f"the record would be {size} bytes, over RecordIO's limit of {recordio.MAX_RECORD_BYTES} (2^29 - 1, "
+            "dmlc-core's, which MXNet reads with); set `resize` in the config",))
+    return Encoded(index, recordio.frame_record(b"".join(parts)), objects)
+
+
 def encode_detection(item: Item, config: PackConfig) -> Encoded:
     problems = list(item.problems)
     try:
-        payload, (width, height), packed = _image(_read(item.image), config)
+        image, (width, height), packed = _image(_read(item.image), config)
     except BadImage as exc:
         return Encoded(item.index, None, problems=(*problems, str(exc)))
     if item.width is not None and item.height is not None and (item.width, item.height) != (width, height):
@@ -62,9 +75,8 @@ def encode_detection(item: Item, config: PackConfig) -> Encoded:
                             (box.y + box.h) / height))
     if problems:
         return Encoded(item.index, None, problems=tuple(problems))
-    record = bytearray(recordio.pack_detection(b"", packed[0], packed[1], objects, 0, item.index))
-    record += payload  # one copy of the JPEG, not two
-    return Encoded(item.index, record, len(objects))
+    head = recordio.pack_detection(b"", packed[0], packed[1], objects, 0, item.index)
+    return _framed(item.index, (head, image), len(objects))
 
 
 def _mask(item: Item, size: tuple[int, int], packed: tuple[int, int], config: PackConfig) -> bytes:
@@ -95,7 +107,7 @@ def _mask(item: Item, size: tuple[int, int], packed: tuple[int, int], config: Pa
 def encode_parsing(item: Item, config: PackConfig) -> Encoded:
     problems = []
     try:
-        payload, size, packed = _image(_read(item.image), config)
+        image, size, packed = _image(_read(item.image), config)
     except BadImage as exc:
         return Encoded(item.index, None, problems=(str(exc),))
     try:
@@ -104,7 +116,11 @@ def encode_parsing(item: Item, config: PackConfig) -> Encoded:
         problems.append(f"mask {item.mask}: {exc}")
     if problems:
         return Encoded(item.index, None, problems=tuple(problems))
-    return Encoded(item.index, bytearray(recordio.pack_parsing(payload, mask, 0, item.index)))
+    try:
+        head = recordio.parsing_head(len(image), len(mask), 0, item.index)
+    except recordio.RecordTooLarge as exc:
+        return Encoded(item.index, None, problems=(str(exc),))
+    return _framed(item.index, (head, image, mask))
 
 
 def encode(item: Item, config: PackConfig) -> Encoded:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,16 +99,10 @@ def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         for item in items(config):
             yield item, encode(item, config)
         return
-    pool: Executor
-    if config.resize is None:
-        # Pass-through is file reads and a marker walk: shipping every JPEG back from another process
-        # costs more than the work, and reads (like Pillow's mask decoding) release the GIL.
-        pool = ThreadPoolExecutor(jobs, initializer=_init_worker, initargs=(config,))
-    else:
-        # Re-encoding is CPU work: one process per core.
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
-                                   initargs=(config,))
-    with pool:
+    # Processes, not threads: checking and encoding is Python and Pillow work that the GIL would serialise.
+    # Pass-through JPEGs are not shipped back (see aidi.pack.encode), so the pipe carries little.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
+                             initargs=(config,)) as pool:
         # A bounded window keeps memory flat however large the dataset is.
         pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
         for batch in _batches(items(config), BATCH):
@@ -165,15 +158,14 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
         try:
             done = 0
             for item, encoded in _encoded(config, jobs or os.cpu_count() or 1):
-                if encoded.record is None:
+                if encoded.framed is None:
                     result.problems.extend((item.image, reason) for reason in encoded.problems)
                     if item.index >= 0:
                         result.skipped += 1
                 else:
                     split = "val" if in_val(item.name, config.val_fraction) else "train"
                     key = writers[split].count
-                    struct.pack_into("<Q", encoded.record, 8, key)  # IRHeader.id = the .idx key, as im2rec does
-                    writers[split].write(key, encoded.record)
+                    writers[split].write_framed(key, encoded.framed)
                     result.counts[split] += 1
                     result.objects[split] += encoded.objects
                 if item.index >= 0:
