@@ -85,7 +85,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     # Folded BatchNorms keep their (unused) parameters so every step's checkpoint loads into one network.
     warnings.filterwarnings("ignore", message=".*is not used by any computation.*")
-    from aidi_trainer.config import load_config, load_datasets
+    from aidi_trainer.config import check_classes, load_config, load_datasets
     from aidi_trainer.pipeline import Pipeline
     from aidi_trainer.runtime import make_runtime, parse_ctx
 
@@ -96,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.check:
         scenes = [scene for task in config.tasks.values() for scene in task.scenes]
         files = {split: load_datasets(config.datasets, scenes, split) for split in ("train", "val")}
+        check_classes(config.tasks, files["train"])
         plan = {"config": str(config.path), "datasets": str(config.datasets), "ctx": [str(c) for c in ctxs],
                 "output": str(output), "pipeline_test": args.pipeline_test,
                 "tasks": {name: task.classes for name, task in config.tasks.items()},

@@ -12,6 +12,7 @@ datasets.yaml, relative to the config).
 
 from __future__ import annotations
 
+import json
 import runpy
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,3 +175,17 @@ def load_datasets(path: Path, scenes: list[str], split: str) -> dict[str, SceneF
                                     f"`bash tools/pipeline.sh --config configs/4pe_{scene}/train.py` or fix the path")
         found[scene] = SceneFiles(scene, rec, idx)
     return found
+
+
+def check_classes(tasks: dict[str, TaskConfig], files: dict[str, SceneFiles]) -> None:
+    """The class list of each scene's ``manifest.json`` (written by ``aidi pack``) must be the config's."""
+    for task in tasks.values():
+        for scene, classes in task.scenes.items():
+            manifest = files[scene].rec.parent / "manifest.json"
+            if not manifest.is_file():
+                continue
+            packed = json.loads(manifest.read_text()).get("classes")
+            if packed is not None and list(packed) != list(classes):
+                raise UsageError(f"tasks[{task.name!r}].scenes[{scene!r}] lists classes {list(classes)} but "
+                                 f"{manifest} was packed with {packed}; make the config's list match the pack "
+                                 "config's `classes` (same order)")

@@ -26,7 +26,7 @@ from mxnet import autograd, gluon
 from aidi.errors import AidiError
 from aidi_trainer.losses import detection_loss, segmentation_loss
 from aidi_trainer.model import DET, MultiTaskNet
-from aidi_trainer.runtime import Runtime
+from aidi_trainer.runtime import SYNC_KEYS, Runtime
 
 log = logging.getLogger("aidi_trainer")
 
@@ -118,6 +118,8 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
                out: Path) -> StepResult:
     """Train ``net`` for ``plan``; resume from the last epoch checkpoint in ``out`` when there is one."""
     params = net.collect_params()
+    if len(params.keys()) > SYNC_KEYS:
+        raise ValueError(f"the network has {len(params.keys())} parameters; the kvstore key plan allows {SYNC_KEYS}")
     total = plan.epochs * plan.iters_per_epoch
     scheduler = mx.lr_scheduler.CosineScheduler(max_update=max(total, 1), base_lr=plan.lr, final_lr=plan.lr * 0.05,
                                                 warmup_steps=min(50, total // 10))

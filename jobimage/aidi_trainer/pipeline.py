@@ -27,7 +27,7 @@ import numpy as np
 
 from aidi.errors import AidiError
 from aidi_trainer import quant
-from aidi_trainer.config import STEP_NAMES, TrainConfig, load_datasets
+from aidi_trainer.config import STEP_NAMES, TrainConfig, check_classes, load_datasets
 from aidi_trainer.data import TaskDataset, forever, make_loader
 from aidi_trainer.engine import StepPlan, atomic_save, iterations_per_epoch, saved_epoch, train_step
 from aidi_trainer.evaluate import evaluate_task
@@ -77,6 +77,7 @@ class Pipeline:
         train_split = "val" if pipeline_test else "train"
         train_files = load_datasets(config.datasets, scenes, train_split)
         val_files = load_datasets(config.datasets, scenes, "val")
+        check_classes(config.tasks, train_files)
         self.train_sets = {name: TaskDataset(task, train_files, config.input_size, self.net.stride, True, config.seed)
                            for name, task in config.tasks.items()}
         self.val_sets = {name: TaskDataset(task, val_files, config.input_size, self.net.stride, False)

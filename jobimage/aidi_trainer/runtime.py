@@ -17,9 +17,10 @@ import mxnet as mx
 from aidi.errors import UsageError
 
 # Each quantization step makes a fresh Trainer; a kvstore key can be initialised only once, so every
-# step gets its own key range (a dist server would treat a second init as a gradient push).
-KEYS_PER_STEP = 1 << 20
-SYNC_KEYS = 1 << 19
+# step gets its own key range (a dist server would treat a second init as a gradient push). Keys stay
+# small: a dist_sync kvstore hung on keys around 2^20 in our tests.
+KEYS_PER_STEP = 10_000
+SYNC_KEYS = 9_000  # first key of the step's range used by Runtime.agree; parameters use the keys below
 
 
 def parse_ctx(text: str) -> list[mx.Context]:
@@ -40,6 +41,23 @@ def parse_ctx(text: str) -> list[mx.Context]:
     return [mx.gpu(i) for i in ids]
 
 
+def broadcast(kv: mx.kvstore.KVStore, key: int, value: Any, out: Any) -> None:
+    """The chief's ``value`` into ``out`` everywhere.
+
+    ``KVStore.broadcast`` is init + pull; on a dist kvstore only rank 0's init sends the value, as an
+    asynchronous push that nothing waits for, so another worker's pull could reach the server first
+    (the server aborts: "init KEY first"). Wait for the push, then for every worker, then pull.
+    """
+    if "dist" in kv.type:
+        # BatchNorm statistics may sit in an MKLDNN layout, which the dist push cannot send.
+        value = mx.nd.array(value.asnumpy(), dtype=value.dtype)
+    kv.init(key, value)
+    if "dist" in kv.type:
+        mx.nd.waitall()
+        kv._barrier()
+    kv.pull(key, out=out)
+
+
 class KeyOffsetStore(mx.kvstore.KVStoreBase):
     """A view of a kvstore whose keys start at ``offset``; gradients only (updates run on the worker)."""
 
@@ -47,7 +65,7 @@ class KeyOffsetStore(mx.kvstore.KVStoreBase):
         self.kv, self.offset = kv, offset
 
     def broadcast(self, key: int, value: Any, out: Any, priority: int = 0) -> None:
-        self.kv.broadcast(key + self.offset, value, out, priority)
+        broadcast(self.kv, key + self.offset, value, out)
 
     def pushpull(self, key: int, value: Any, out: Any = None, priority: int = 0) -> None:
         self.kv.pushpull(key + self.offset, value, out, priority)
@@ -101,7 +119,7 @@ class Runtime:
         if not self.distributed:
             return value
         out = mx.nd.zeros((1,))
-        self.kv.broadcast(step_index * KEYS_PER_STEP + SYNC_KEYS + slot, mx.nd.array([value]), out=out)
+        broadcast(self.kv, step_index * KEYS_PER_STEP + SYNC_KEYS + slot, mx.nd.array([value]), out)
         return float(out.asscalar())
 
 
