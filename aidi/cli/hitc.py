@@ -6,7 +6,7 @@ import argparse
 import getpass
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -90,11 +90,7 @@ def run_upload(args: argparse.Namespace) -> int:
         print("hitc: upload interrupted; no new version is visible. Run the same command again to resume "
               "(files already stored are skipped).", file=sys.stderr)
         raise
-    if args.json:
-        common.print_json(_result_json(result))
-    else:
-        print(upload_summary(result))
-    return 0
+    return _report(args, result, upload_summary)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -102,11 +98,7 @@ def run_download(args: argparse.Namespace) -> int:
     with TransferPrinter("download", enabled=not args.quiet) as printer:
         result = ds.download_dataset(args.name, args.type, args.version, args.output, jobs=args.jobs,
                                      progress=printer.update)
-    if args.json:
-        common.print_json(_result_json(result))
-    else:
-        print(download_summary(result))
-    return 0
+    return _report(args, result, download_summary)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -257,10 +249,14 @@ def _version_json(manifest: Manifest) -> dict[str, Any]:
     return data
 
 
-def _result_json(result: TransferResult) -> dict[str, Any]:
-    data = asdict(result)
-    data.pop("manifest")
-    return data
+def _report(args: argparse.Namespace, result: TransferResult, summary: Callable[[TransferResult], str]) -> int:
+    if args.json:
+        data = asdict(result)
+        data.pop("manifest")
+        common.print_json(data)
+    else:
+        print(summary(result))
+    return 0
 
 
 def _files(count: int) -> str:

@@ -6,7 +6,8 @@
 Versions are ``v1``, ``v2``, ...; ``latest`` is the newest complete version; versions are immutable.
 An upload writes its files straight into the next free version prefix, marked ``_pending.json``; until
 the manifest is written, nothing lists, resolves or downloads that version, and re-running the same
-upload resumes into it (files already stored with the same sha256 are skipped).
+upload (same paths, sizes and modification times) resumes into it, skipping files already stored with
+the same sha256. ``_deleted.json`` marks a removed version, so its number is never reused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aidi.dataspace.files import count_records, count_records_in, dataset_files, sha256_file
-from aidi.dataspace.store import ObjectStore
+from aidi.dataspace.store import BytesCallback, ObjectStore
 from aidi.dataspace.transfer import Meter, run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
@@ -184,7 +185,7 @@ class Dataspace:
                              "(gt/pr JSON goes up with `hitc dataspace upload -d DATASET -t gt|pr -f FILE.json`)")
         started = time.monotonic()
         jobs = jobs or self.jobs
-        pairs = dataset_files(Path(path))
+        pairs = dataset_files(Path(path), reserved=(MANIFEST, PENDING, DELETED))
         stats = {rel: file.stat() for rel, file in pairs}
         state = TransferProgress(files_total=len(pairs), bytes_total=sum(st.st_size for st in stats.values()))
         meter = Meter((lambda: progress(state)) if progress else None)
@@ -243,10 +244,7 @@ class Dataspace:
     def _describe(self, pairs: list[tuple[str, Path]], state: TransferProgress, meter: Meter,
                   jobs: int) -> list[FileEntry]:
         """sha256, size and record count of every local file, in parallel."""
-        def add_bytes(count: int) -> None:
-            state.bytes_done += count
-
-        on_bytes = meter.bytes_callback(add_bytes)
+        on_bytes = _byte_counter(state, meter)
 
         def describe(pair: tuple[str, Path]) -> FileEntry:
             rel, file = pair
@@ -276,23 +274,15 @@ class Dataspace:
 
         stored = self.store.stat(key) if key in present else None  # listings carry no metadata: ask for it
         if stored is not None and stored.size == entry.size and stored.sha256 == entry.sha256:
-            with meter.lock:
-                state.files_done += 1
-                state.files_skipped += 1
-                state.bytes_done += entry.size
-                state.bytes_skipped += entry.size
-            meter.tick()
+            _count_skipped(state, meter, entry.size)
             return entry, False
-
-        def add_bytes(count: int) -> None:
-            state.bytes_done += count
 
         sent_before = state.bytes_done
         if data is not None:
             self.store.put_bytes(key, data, metadata={"sha256": entry.sha256})
         else:
             self.store.put_file(key, file, metadata={"sha256": entry.sha256},
-                                progress=meter.bytes_callback(add_bytes))
+                                progress=_byte_counter(state, meter))
         after = file.stat()
         if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             raise IntegrityError(f"{file} changed while it was being uploaded; nothing was committed: upload again "
@@ -418,20 +408,12 @@ class Dataspace:
         state = TransferProgress(files_total=len(targets), bytes_total=manifest.total_size, phase="downloading")
         meter = Meter((lambda: progress(state)) if progress else None)
 
-        def add_bytes(count: int) -> None:
-            state.bytes_done += count
-
-        on_bytes = meter.bytes_callback(add_bytes)
+        on_bytes = _byte_counter(state, meter)
 
         def fetch(item: tuple[FileEntry, Path]) -> bool:
             entry, target = item
             if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
-                with meter.lock:
-                    state.files_done += 1
-                    state.files_skipped += 1
-                    state.bytes_done += entry.size
-                    state.bytes_skipped += entry.size
-                meter.tick()
+                _count_skipped(state, meter, entry.size)
                 return False
             self.store.get_file(prefix + entry.path, target, progress=on_bytes, sha256=entry.sha256)
             with meter.lock:
@@ -552,6 +534,21 @@ class Dataspace:
             return NotFoundError(f"{name}/{type} {version} was deleted by {deleted.get('deleted_by', '?')} on "
                                  f"{deleted.get('deleted', '?')} ({available})")
         return NotFoundError(f"{name}/{type} has no version {version} ({available})")
+
+
+def _count_skipped(state: TransferProgress, meter: Meter, size: int) -> None:
+    with meter.lock:
+        state.files_done += 1
+        state.files_skipped += 1
+        state.bytes_done += size
+        state.bytes_skipped += size
+    meter.tick()
+
+
+def _byte_counter(state: TransferProgress, meter: Meter) -> BytesCallback:
+    def add(count: int) -> None:
+        state.bytes_done += count
+    return meter.bytes_callback(add)
 
 
 def check_name(name: str) -> str:

@@ -13,14 +13,13 @@ from aidi.errors import NotFoundError, UsageError
 from aidi.recordio import MAGIC, RecordIOError
 
 _CHUNK = 1 << 20
-RESERVED_NAMES = ("_manifest.json", "_pending.json", "_deleted.json")
 _FRAME_HEAD = struct.Struct("<II")  # magic, lrec (2-bit continuation flag | 29-bit length)
 _LENGTH_MASK = (1 << 29) - 1
 
 
-def dataset_files(path: Path) -> list[tuple[str, Path]]:
+def dataset_files(path: Path, reserved: tuple[str, ...] = ()) -> list[tuple[str, Path]]:
     """The (relative path, file) pairs an upload of ``path`` sends: the file itself, or every file below
-    the folder (symlinks followed), sorted by relative path."""
+    the folder (symlinks followed), sorted by relative path. Top-level names in ``reserved`` are refused."""
     if not path.exists():
         raise NotFoundError(f"{path} does not exist; give a file or a folder of files to upload with -f")
     if path.is_file():
@@ -37,7 +36,7 @@ def dataset_files(path: Path) -> list[tuple[str, Path]]:
             raise UsageError(f"{path} holds no files; nothing to upload")
     pairs.sort(key=lambda pair: pair[0])
     for rel, _ in pairs:
-        if rel in RESERVED_NAMES:
+        if rel in reserved:
             raise UsageError(f"{path / rel}: the name {rel} is reserved for the dataspace's own bookkeeping; "
                              "rename the file")
     return pairs
