@@ -86,6 +86,9 @@ class IntConv(nn.HybridBlock):
 class IntNet(nn.HybridBlock):
     """The integer model: same layout and outputs as :class:`~aidi_trainer.model.AllHeads`."""
 
+    # Every operator its exported graph uses (docs/trainer.md); an exporter needs no others.
+    OPS = ("Cast", "Convolution", "Reshape", "broadcast_div", "broadcast_mul", "clip", "round")
+
     def __init__(self, net: MultiTaskNet, **kwargs: Any) -> None:
         super().__init__(prefix="", **kwargs)
         backbone = net.backbone
