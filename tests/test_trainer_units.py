@@ -1,0 +1,191 @@
+"""The trainer's parts with random tensors: BN folding, fake quantization and the integer model, target
+encoding and decoding, augmentation geometry, losses, the device and config errors users meet."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+from aidi_trainer import quant
+from aidi_trainer.config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
+from aidi_trainer.data import Crop, det_targets
+from aidi_trainer.engine import StepPlan, TrainingDiverged, train_step
+from aidi_trainer.evaluate import decode_detections, iou
+from aidi_trainer.intmodel import IntNet
+from aidi_trainer.losses import segmentation_loss
+from aidi_trainer.model import AllHeads, HeadSpec, MultiTaskNet
+from aidi_trainer.runtime import Runtime, parse_ctx
+
+from aidi.errors import NotFoundError, UsageError
+
+HEADS = [HeadSpec("det_a", "det", 3), HeadSpec("seg_b", "seg", 4)]
+LAYERS = [(8, 2), (16, 1), (16, 2), (24, 2)]
+
+
+def small_net() -> MultiTaskNet:
+    mx.random.seed(1)
+    net = MultiTaskNet(LAYERS, HEADS, head_channels=16)
+    net.initialize(mx.init.Xavier(magnitude=2.0))
+    # Non-trivial BatchNorm statistics, as after training, so folding has something to fold.
+    rng = np.random.default_rng(0)
+    for name, param in net.collect_params().items():
+        if name.endswith(("running_mean", "beta")):
+            param.set_data(mx.nd.array(rng.normal(0, 0.3, param.shape)))
+        elif name.endswith(("running_var", "gamma")):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    return net
+
+
+def quantized_net() -> tuple[MultiTaskNet, mx.nd.NDArray]:
+    net = small_net()
+    x = mx.nd.random.uniform(-1, 1, (4, 3, 32, 48))
+    quant.fold_and_quantize(net)
+    for unit in quant.units(net):
+        unit.calibrating = True
+    for task in net.specs:
+        net(x, task)
+    for unit in quant.units(net):
+        unit.finish_calibration()
+    net.link_scales()
+    return net, x
+
+
+def test_folding_batchnorm_keeps_the_float_outputs():
+    net = small_net()
+    x = mx.nd.random.uniform(-1, 1, (2, 3, 32, 48))
+    before = [net(x, task).asnumpy() for task in net.specs]
+    quant.fold_and_quantize(net)
+    for unit in quant.units(net):
+        unit.mode = quant.FLOAT  # folded weights, no quantization: must equal conv → BN
+    after = [net(x, task).asnumpy() for task in net.specs]
+    for b, a in zip(before, after, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fake_quantization_stays_within_a_few_int8_steps_of_float():
+    net, x = quantized_net()
+    quantized = net(x, "seg_b").asnumpy()
+    for unit in quant.units(net):
+        unit.mode = quant.FLOAT
+    floating = net(x, "seg_b").asnumpy()
+    error = np.abs(quantized - floating).max() / np.abs(floating).max()
+    assert 0 < error < 0.15
+
+
+def test_the_integer_model_reproduces_fake_quantization_bit_for_bit():
+    net, x = quantized_net()
+    reference = AllHeads(net)
+    reference.hybridize()
+    integer = IntNet(net)
+    integer.hybridize()
+    for ref, got in zip(reference(x), integer(x), strict=True):
+        assert float(ref.abs().max().asscalar()) > 0
+        np.testing.assert_array_equal(got.asnumpy(), ref.asnumpy())
+    # Between layers the integer model carries int8 values.
+    feature = integer.body(integer.input(x)).asnumpy()
+    assert np.array_equal(feature, np.round(feature)) and feature.min() >= 0 and feature.max() <= 127
+
+
+def test_the_integer_model_exports_int8_weights_int32_biases_and_only_the_documented_ops(tmp_path):
+    net, x = quantized_net()
+    integer = IntNet(net)
+    integer.hybridize()
+    expected = integer(x)
+    integer.export(str(tmp_path / "int"))
+    params = mx.nd.load(str(tmp_path / "int-0000.params"))
+    weights = {k: v for k, v in params.items() if k.endswith("_weight")}
+    assert weights and all(v.dtype == np.int8 for v in weights.values())
+    assert all(v.dtype == np.int32 for k, v in params.items() if k.endswith("_bias"))
+    assert params["arg:backbone_conv0_weight_scale"].shape == (8,)  # per output channel
+    assert params["arg:backbone_conv0_input_scale"].shape == (1,)  # per tensor
+    ops = {node["op"] for node in json.loads((tmp_path / "int-symbol.json").read_text())["nodes"]}
+    assert ops - {"null"} == set(IntNet.OPS)
+    loaded = mx.gluon.SymbolBlock.imports(str(tmp_path / "int-symbol.json"), ["data"],
+                                          str(tmp_path / "int-0000.params"))
+    for got, ref in zip(loaded(x), expected, strict=True):
+        np.testing.assert_array_equal(got.asnumpy(), ref.asnumpy())
+
+
+def test_encoded_boxes_decode_back():
+    boxes = np.array([[10, 8, 40, 30], [50, 20, 90, 60]], np.float32)
+    heatmap, box, mask = det_targets(boxes, np.array([0, 2]), 3, (12, 8), 8)
+    assert mask.sum() == 2 and heatmap.max() == 1.0
+    logits = np.where(heatmap == 1.0, 8.0, -8.0).astype(np.float32)
+    output = mx.nd.array(np.concatenate([logits, box])[None])
+    dets = decode_detections(output, stride=8)[0]
+    assert sorted(dets[:, 0].tolist()) == [0.0, 2.0]
+    for row in dets:
+        truth = boxes[0] if row[0] == 0 else boxes[1]
+        assert iou(truth, row[None, 2:])[0] > 0.99
+
+
+def test_a_flipped_random_crop_moves_the_box_with_the_pixels():
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[16:40, 20:50] = 255
+    box = np.array([[20 / 96, 16 / 64, 50 / 96, 40 / 64]], np.float32)
+    crop = Crop(8.0, 4.0, 88.0, 60.0, flip=True)
+    out = crop.apply(image, (96, 64), cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = crop.boxes(box, 96, 64, (96, 64))[0]
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    assert abs(xs.min() - x0) <= 1 and abs(xs.max() + 1 - x1) <= 1
+    assert abs(ys.min() - y0) <= 1 and abs(ys.max() + 1 - y1) <= 1
+
+
+def test_segmentation_loss_ignores_255():
+    output = mx.nd.random.normal(shape=(1, 4, 2, 2))
+    label = mx.nd.array([[[1, 255], [255, 255]]])
+    expected = -mx.nd.log_softmax(output, axis=1)[0, 1, 0, 0].asscalar()
+    assert segmentation_loss(output, label)["ce"].asscalar() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_non_finite_loss_stops_the_run_with_the_loss_breakdown(tmp_path):
+    net = small_net()
+    net.backbone.body[0].weight.set_data(mx.nd.full(net.backbone.body[0].weight.shape, np.nan))
+    batch = (mx.nd.zeros((2, 3, 32, 48)), mx.nd.zeros((2, 3, 4, 6)), mx.nd.zeros((2, 4, 4, 6)),
+             mx.nd.zeros((2, 1, 4, 6)))
+    seg_batch = (mx.nd.zeros((2, 3, 32, 48)), mx.nd.zeros((2, 4, 6)))
+    batches = {"det_a": iter([batch]), "seg_b": iter([seg_batch])}
+    plan = StepPlan("with-bn", 0, 1, 1, 1e-3, 0.0, {"det_a": 1.0, "seg_b": 1.0}, 1)
+    with pytest.raises(TrainingDiverged, match=r"det_a\.hm = nan.*seg_b\.ce = nan.*lr"):
+        train_step(net, plan, Runtime([mx.cpu()], None), batches, tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing is checkpointed from a diverged iteration"
+
+
+def test_asking_for_gpus_on_a_machine_without_them_names_ctx_cpu():
+    with pytest.raises(UsageError, match="--ctx cpu"):
+        parse_ctx("0,1,2,3")
+    with pytest.raises(UsageError, match="expected `cpu` or GPU ids"):
+        parse_ctx("gpu0")
+    assert parse_ctx("cpu") == [mx.cpu()]
+
+
+def test_config_mistakes_name_the_file_and_field(tmp_path):
+    config = tmp_path / "multitask.py"
+    config.write_text("input_size = (96, 64)\nbackbone = [(8, 2)]\nsteps = {}\n")
+    with pytest.raises(UsageError, match=r"multitask\.py: `tasks` is missing"):
+        load_config(config)
+    config.write_text("tasks = {'det_x': {'kind': 'box', 'scenes': {'a': ['a']}}}\n")
+    with pytest.raises(UsageError, match=r"tasks\['det_x'\]: `kind` must be"):
+        load_config(config)
+    with pytest.raises(NotFoundError, match="pass --config"):
+        load_config(tmp_path / "nope.py")
+
+
+def test_datasets_yaml_problems_say_what_to_pack(tmp_path):
+    datasets = tmp_path / "datasets.yaml"
+    datasets.write_text("root: rec\nscenes:\n  vehicle: {train: vehicle/train.rec, val: vehicle/val.rec}\n")
+    with pytest.raises(NotFoundError, match=r"scenes\.vehicle\.train .*pipeline\.sh --config configs/4pe_vehicle"):
+        load_datasets(datasets, ["vehicle"], "train")
+    with pytest.raises(UsageError, match=r"scenes\.pedestrian\.train is missing"):
+        load_datasets(datasets, ["pedestrian"], "train")
+
+
+def test_classes_that_differ_from_the_packed_manifest_are_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["vehicle_rear", "vehicle_front"]}))
+    files = {"vehicle_rear": SceneFiles("vehicle_rear", tmp_path / "train.rec", tmp_path / "train.idx")}
+    task = TaskConfig("det_rear", "det", {"vehicle_rear": ("vehicle_front", "vehicle_rear")})
+    with pytest.raises(UsageError, match="packed with"):
+        check_classes({"det_rear": task}, files)
