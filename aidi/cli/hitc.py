@@ -297,7 +297,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-C", "--config", metavar="CONFIG",
-                        help="config file (default: ~/.olympus/config.yaml; AIDI_DATASPACE_* variables win when set)")
+                        help="config file (default: the AIDI_DATASPACE_* variables when set, else "
+                             "~/.olympus/config.yaml, else the local folder ~/.olympus/dataspace)")
 
 
 def _transfer_flags(parser: argparse.ArgumentParser) -> None:
