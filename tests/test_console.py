@@ -363,3 +363,28 @@ async def test_a_refused_issuer_fails_the_key_not_the_session(rig) -> None:
         async with session.get(f"{url}/jobs", allow_redirects=False) as r:
             assert r.status == 200
     assert rig["check"].issued == {}   # no token was handed out
+
+
+def test_the_local_runner_s_jobs_show_too(tmp_path: Path) -> None:
+    """`aidi console` on a `type: local` cluster (the embedded runner) shows its jobs like a cluster's."""
+    from aidi.cluster import config as cluster_config
+    from aidi.console import views
+    from aidi.console.identity import login
+    from aidi.local.store import Namespace, write_json
+
+    workdir = tmp_path / "local-cluster"
+    path = tmp_path / "gpucluster.yaml"
+    path.write_text(yaml.safe_dump({"current-cluster": "laptop", "clusters": {
+        "laptop": {"appid": NS, "type": "local", "workdir": str(workdir)}}}))
+    job = {"apiVersion": "aidi.io/v1alpha1", "kind": "TrainJob", "metadata": {"name": "laptop-job", "namespace": NS},
+           "spec": {"gpusPerWorker": 0, "workers": {"min": 1, "max": 1}, "priority": 2},
+           "status": {"phase": "Succeeded", "reason": "AllWorkersSucceeded", "startTime": "2026-11-26T01:00:00Z",
+                      "completionTime": "2026-11-26T01:02:03Z"}}
+    write_json(Namespace(workdir, NS).job_file("laptop-job"), job)
+    settings = ConsoleSettings.local(cluster_config.resolve(path), DataspaceConfig.local(tmp_path / "ds"))
+    identity = login(settings, settings.login_token)
+    assert identity.namespace == NS and identity.cluster_problem is None
+    rows = views.list_jobs(identity)
+    assert [(r.name, r.tab, r.duration, r.priority) for r in rows] == [("laptop-job", "finished", 123, 2)]
+    detail = views.job_detail(identity, "laptop-job", 10)
+    assert detail.report.phase == "Succeeded" and detail.events == []

@@ -41,10 +41,7 @@ def _local_cluster(args: argparse.Namespace) -> tuple[cluster_config.ResolvedClu
         if any(Path(p).exists() for p in kubeconfig.split(os.pathsep)) or os.environ.get("KUBERNETES_SERVICE_HOST"):
             return cluster_config.ResolvedCluster("kubeconfig", cluster_config.Cluster(), Path(kubeconfig)), None
         return None, f"no cluster: {exc}"
-    if resolved.cluster.type == "local":
-        return None, (f"cluster {resolved.name!r} is `type: local` (the embedded runner): the console shows jobs of "
-                      "a Kubernetes cluster; pass --current-cluster NAME")
-    return resolved, None
+    return resolved, None   # a `type: local` cluster is the embedded runner: its jobs show just the same
 
 
 def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:

@@ -47,13 +47,22 @@ class Identity:
         if self._client is None:
             if self.cluster is None:
                 raise UsageError(self.cluster_problem or "no Kubernetes cluster is configured")
-            self._client = JobClient.for_cluster(self.cluster, self.namespace)
+            self._client = job_client(self.cluster, self.namespace)
         return self._client
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def job_client(resolved: ResolvedCluster, namespace: str | None = None) -> JobClient:
+    """A Kubernetes JobClient, or the local runner's client (same methods) for a ``type: local`` cluster."""
+    if resolved.cluster.type == "local":
+        from aidi import local  # the embedded single-machine runner (docs/local.md)
+
+        return local.client(resolved, namespace)  # type: ignore[return-value]
+    return JobClient.for_cluster(resolved, namespace)
 
 
 def token_subject(token: str) -> str | None:
@@ -133,7 +142,7 @@ def login_local(settings: ConsoleSettings, token: str) -> Identity:
     client, problem = None, settings.local_cluster_problem
     if resolved is not None:
         try:
-            client = JobClient.for_cluster(resolved)   # the namespace may come from the kubeconfig
+            client = job_client(resolved)   # the namespace may come from the kubeconfig
         except AidiError as exc:
             resolved, problem = None, str(exc)
     if resolved is None and not problem:

@@ -377,6 +377,8 @@ def _issuer(request: web.Request) -> tuple[AppKeyIssuer, bool]:
     if not settings.appkeys_enabled:
         raise UsageError("APP KEYs are not enabled on this console")
     if settings.mode == "local":
+        if identity.cluster is not None and identity.cluster.cluster.type == "local":
+            raise UsageError("APP KEYs are credentials for a Kubernetes cluster; the local runner needs none")
         return AppKeyIssuer(identity.jobs().api, settings.team_role, settings.appkey_ttl_seconds), False
     token = settings.issuer_token()
     if not token:

@@ -210,9 +210,12 @@ def job_detail(identity: Identity, name: str, tail_lines: int) -> JobDetail:
 
 def _events(client: JobClient, job: str, pods: set[str]) -> list[dict[str, Any]]:
     """The job's and its pods' events, newest last (filtered here: test servers ignore field selectors)."""
+    core = getattr(client, "core", None)
+    if core is None:
+        return []   # the local runner has no events
     try:
         with api_errors(f"list events in {client.namespace}"):
-            found = client.core.list_namespaced_event(client.namespace)
+            found = core.list_namespaced_event(client.namespace)
     except AidiError:
         return []   # events are a help, not the page: a Role without them still shows the job
     wanted = pods | {job}
