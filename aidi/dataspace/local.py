@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_k
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
 _HIDDEN = (".tmp", ".meta")
+STALE_TEMP_SECONDS = 3600
 _CHUNK = 1 << 20
 
 
@@ -178,6 +180,18 @@ class LocalStore(ObjectStore):
                 except OSError:
                     break
                 folder = folder.parent
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Remove temporary files of writes that were killed (untouched for an hour). Their names do not
+        say which key they were for, so this looks past ``prefix``."""
+        removed = 0
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for temp in (self.root / ".tmp").glob("put-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+        return removed
 
     def delete_prefix(self, prefix: str) -> int:
         count = super().delete_prefix(prefix)

@@ -74,3 +74,21 @@ def test_uri_names_the_backend(ds: Dataspace, ds_config) -> None:
 def test_keys_that_could_escape_are_refused(ds: Dataspace, key: str) -> None:
     with pytest.raises(ValueError, match="invalid object key"):
         ds.store.put_bytes(key, b"x")
+
+
+def test_local_store_clears_temporary_files_of_killed_writes(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from aidi.dataspace.local import STALE_TEMP_SECONDS, LocalStore
+
+    store = LocalStore(tmp_path / "ds")
+    store.put_bytes("a", b"x")
+    stale, fresh = tmp_path / "ds" / ".tmp" / "put-old", tmp_path / "ds" / ".tmp" / "put-new"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"in flight")
+    old = time.time() - STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    assert store.abort_uploads("datasets/") == 1
+    assert not stale.exists() and fresh.exists()
+    assert [info.key for info in store.list()] == ["a"]  # temporary files were never listed
