@@ -13,41 +13,19 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-import yaml
 from aidi_operator.kube import ApiRefused, KubeApi
 from aidi_operator.startup import connection_info
 
-from tests.conftest import REPO
 from tests.support import operator_scenarios as scenarios
-from tests.support.operator import FAST, Cluster, eventually, running_operator
+from tests.support.operator import FAST, Cluster, install_crd, running_operator
 
 pytestmark = pytest.mark.e2e
-
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-
-
-async def _install(api: KubeApi) -> None:
-    crd = yaml.safe_load((REPO / "crds" / "trainjobs.aidi.io.yaml").read_text())
-    await api.create(CRD_PATH, crd)
-
-    async def established() -> bool:
-        got = await api.get(f"{CRD_PATH}/{crd['metadata']['name']}")
-        conditions = ((got or {}).get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    await eventually(established, timeout=30, what="the TrainJob CRD to be established")
-    for n in range(1, 6):  # the chart installs these; a bare cluster needs them for pods to be admitted
-        await api.create("/apis/scheduling.k8s.io/v1/priorityclasses", {
-            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-            "metadata": {"name": f"aidi-priority-{n}"}, "value": 1000 * n,
-            "description": f"AIDI job priority {n} (installed by the e2e tests)"})
-
 
 @pytest.fixture()
 async def e2e() -> AsyncIterator[tuple[Cluster, object]]:
     settings = replace(FAST, resync_seconds=0.5)
     api = KubeApi(lambda: connection_info(settings))
-    await _install(api)
+    await install_crd(api)
     namespace = f"aidi-e2e-{uuid.uuid4().hex[:8]}"
     await api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                             "metadata": {"name": namespace}})

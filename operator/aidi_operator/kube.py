@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -153,6 +153,16 @@ class KubeApi:
             return False
         self._check("DELETE", path, status, payload)
         return True
+
+    async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """Watch events (``{"type": ..., "object": ...}``) at ``path`` until the server ends the stream."""
+        session = self._connect()
+        no_timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with session.get(path.lstrip("/"), params={"watch": "true"}, timeout=no_timeout) as resp:
+            self._check("WATCH", path, resp.status, await resp.text() if resp.status >= 400 else None)
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
 
     async def text(self, path: str, params: dict[str, str] | None = None) -> str | None:
         status, payload = await self._request("GET", path, params=params, text=True)

@@ -225,7 +225,7 @@ def _after_finish(spec: tj.TrainJobSpec, pods: list[PodState]) -> list[str]:
     return [p.name for p in pods if not p.deleting and (spec.clean_pod_policy == "All" or not p.finished)]
 
 
-def _pending_message(pods: list[PodState], expected: int, created: int) -> tuple[str, str]:
+def _pending_message(pods: list[PodState], expected: int) -> tuple[str, str]:
     for p in pods:
         if p.waiting is not None:
             container, reason, detail = p.waiting
@@ -234,9 +234,8 @@ def _pending_message(pods: list[PodState], expected: int, created: int) -> tuple
     for p in pods:
         if p.unschedulable:
             return "Unschedulable", f"{p.short} cannot be scheduled: {p.unschedulable}"
+    # The same words whether the pods were made just now or seen on a later pass: one status write.
     started = sum(1 for p in pods if p.running)
-    if created:
-        return "PodsCreated", f"created {created} pod{'s' if created != 1 else ''}; waiting for them to start"
     return "WaitingForPods", f"{started}/{expected} pods running; waiting for the rest to start"
 
 
@@ -338,7 +337,7 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
         set_condition(st, "Restarting", False, "Running", message, now)
         return plan
 
-    reason, message = _pending_message(current, len(expected), len(plan.create))
+    reason, message = _pending_message(current, len(expected))
     if attempt > 0:
         message = f"restart {attempt} of {spec.backoff_limit}: {message}"
     _set_phase(st, "Pending", reason, message)

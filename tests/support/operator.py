@@ -13,9 +13,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
+import yaml
 from aidi_operator.kube import KubeApi, core_path, trainjob_path
 from aidi_operator.main import operate
 from aidi_operator.startup import OperatorSettings
@@ -183,3 +185,25 @@ def _container_status(state: dict[str, Any], ready: bool = False) -> dict[str, A
     """A container status as complete as a real API server's validation wants it."""
     return {"name": podspec.MAIN_CONTAINER, "image": "aidi/jobimage:0.1.0", "imageID": "", "ready": ready,
             "restartCount": 0, "state": state}
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "trainjobs.aidi.io.yaml"
+
+
+async def install_crd(api: KubeApi) -> None:
+    """On a real cluster: the TrainJob CRD and the PriorityClasses the chart would install, if missing."""
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    await api.create(CRD_PATH, crd)
+
+    async def established() -> bool:
+        got = await api.get(f"{CRD_PATH}/{crd['metadata']['name']}")
+        conditions = ((got or {}).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    await eventually(established, timeout=30, what="the TrainJob CRD to be established")
+    for n in range(1, 6):
+        await api.create("/apis/scheduling.k8s.io/v1/priorityclasses", {
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": f"aidi-priority-{n}"}, "value": 1000 * n,
+            "description": f"AIDI job priority {n} (installed by the AIDI tests)"})
