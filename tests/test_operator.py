@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
+import aiohttp
 import kmock
 import pytest
 
@@ -136,3 +138,19 @@ async def test_output_sync_runs_only_on_worker_zero(cluster) -> None:
     assert containers["out-worker-1"] == [podspec.MAIN_CONTAINER]
     inits = [c["name"] for c in pods["out-server-0"]["spec"].get("initContainers", [])]
     assert podspec.FETCH_DATA_CONTAINER not in inits  # servers need no datasets
+
+
+async def test_liveness_endpoint_answers(kube_api) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with running_operator(operator_settings(str(kube_api.url), liveness_port=port, liveness_host="127.0.0.1")):
+        async def healthy() -> dict | None:
+            try:
+                async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    return await r.json() if r.status == 200 else None
+            except aiohttp.ClientError:
+                return None
+
+        report = await eventually(healthy, what="GET /healthz")
+    assert report == {"trainjobs": 0, "resync": True}

@@ -89,7 +89,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 
 
 def _operator_kwargs(settings: OperatorSettings) -> dict[str, Any]:
-    liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+    liveness = f"http://{settings.liveness_host}:{settings.liveness_port}/healthz" if settings.liveness_port else None
     return {
         "registry": kopf.get_default_registry(),
         "settings": kopf_settings(settings),

@@ -27,6 +27,7 @@ class OperatorSettings:
     pods: PodSettings = field(default_factory=PodSettings)
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     liveness_port: int = 8080  # 0: no liveness endpoint
+    liveness_host: str = "0.0.0.0"  # the kubelet probes the pod IP
     resync_seconds: float = 10.0  # how often every job is reconciled even without events (deadlines, TTL)
     log_tail_lines: int = 50
     server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
