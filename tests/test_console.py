@@ -388,3 +388,23 @@ def test_the_local_runner_s_jobs_show_too(tmp_path: Path) -> None:
     assert [(r.name, r.tab, r.duration, r.priority) for r in rows] == [("laptop-job", "finished", 123, 2)]
     detail = views.job_detail(identity, "laptop-job", 10)
     assert detail.report.phase == "Succeeded" and detail.events == []
+
+
+def test_sessions_expire_when_idle_and_bearer_checks_are_brief(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidi.console import server
+    from aidi.console.identity import Identity
+
+    clock = [1000.0]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    sessions = server.Sessions(idle_seconds=60)
+    session = sessions.new(Identity(namespace=NS, queue=None, user="u", cluster=None))
+    clock[0] += 59
+    assert sessions.get(session.id) is session          # use renews it
+    clock[0] += 59
+    assert sessions.get(session.id) is session
+    clock[0] += 61
+    assert sessions.get(session.id) is None and sessions.get(session.id) is None
+    cached = sessions.remember_bearer("team-a:tok", Identity(namespace=NS, queue=None, user="u", cluster=None))
+    assert sessions.bearer("team-a:tok") is cached and sessions.bearer("team-a:other") is None
+    clock[0] += server.BEARER_CACHE_SECONDS
+    assert sessions.bearer("team-a:tok") is None         # asked the API server again after a while
