@@ -1,7 +1,7 @@
-"""Turning one item into one record (runs in the worker processes): read, check, encode, pack, frame.
+"""Turning one item into one record (runs in the workers): read, check, encode, pack, frame.
 
-Workers hand back records already framed (dmlc frames, IRHeader id 0), so the writer only sets the id
-and appends; the expensive parts (the magic-word scan, JPEG work) run in parallel.
+Workers hand back records already framed (dmlc frames, IRHeader id 0), so the single writer only sets
+the id and appends; the magic-word scan and the JPEG work run in the workers.
 """
 
 from __future__ import annotations
