@@ -40,7 +40,7 @@ PART_SIZE = 16 * 1024 * 1024
 PARALLEL_PARTS = 4
 _CHUNK = 1 << 20
 ATTEMPTS = 5
-_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                "AuthorizationHeaderMalformed"}
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
                     "OperationAborted", "XMinioServerNotInitialized"}
@@ -54,8 +54,9 @@ class _Minio(Minio):
 
     Over plain HTTP the stock client hashes every body again to sign it (and over HTTPS computes an MD5
     instead); the dataspace has just hashed the file for its manifest, and that hash is exactly the
-    payload hash of a single-part PUT. Reusing it halves the CPU an upload needs, and the server still
-    checks the body against it. This overrides a private method of minio 7.2 (pinned <8 in pyproject).
+    payload hash of a single-part PUT. Reusing it saves a full pass over the data, and servers that
+    verify payload hashes (MinIO, AWS S3) still check the body against it. This overrides a private
+    method of minio 7.2 (pinned <8 in pyproject.toml; every S3 test goes through it).
     """
 
     def _build_headers(self, host: str, headers: dict | None = None, body: bytes | None = None,
@@ -104,6 +105,10 @@ class S3Store(ObjectStore):
         """The user-facing error for ``exc``, or None when it is transient (worth a retry)."""
         where = f"the dataspace at {self.endpoint}"
         if isinstance(exc, S3Error):
+            if exc.code == "AccessDenied":
+                return AuthError(f"{where} denied access key {self.config.access_key!r} the right to {what} in "
+                                 f"bucket {self.bucket!r}; check the token (`hitc init -t ACCESS_KEY:SECRET_KEY`) "
+                                 "or ask your platform admin for access to the bucket")
             if exc.code in _AUTH_CODES:
                 return AuthError(f"{where} refused the credentials of access key {self.config.access_key!r} "
                                  f"({exc.code}) while trying to {what}; run `hitc init -t ACCESS_KEY:SECRET_KEY` "
