@@ -28,6 +28,11 @@ from typing import BinaryIO, NamedTuple
 
 from aidi.errors import AidiError
 
+try:  # optional: a faster scan for the magic word; the format needs only the standard library
+    import numpy as _np
+except ImportError:  # pragma: no cover - numpy comes with every extra that packs
+    _np = None
+
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 MAX_RECORD_BYTES = (1 << 29) - 1
@@ -57,6 +62,22 @@ class RecordTooLarge(RecordIOError):
 # --------------------------------------------------------------------------------------- framing
 
 
+def _aligned_magic(record: bytes | bytearray) -> list[int]:
+    """Offsets of the magic word at 4-byte-aligned positions, where dmlc splits a record."""
+    if _np is not None and len(record) >= 256:
+        # Comparing aligned words is several times faster than bytes.find, which stops at every 0x0a.
+        words = _np.frombuffer(record, dtype="<u4", count=len(record) // 4)
+        return [4 * int(i) for i in _np.flatnonzero(words == MAGIC)]
+    found, cursor = [], record.find(MAGIC_BYTES)
+    while cursor != -1 and cursor + 4 <= len(record):
+        if cursor % 4 == 0:
+            found.append(cursor)
+            cursor = record.find(MAGIC_BYTES, cursor + 4)
+        else:
+            cursor = record.find(MAGIC_BYTES, cursor + 1)
+    return found
+
+
 def frame(record: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
     """The frames dmlc's ``RecordIOWriter::WriteRecord`` writes for ``record``, as byte chunks."""
     size = len(record)
@@ -70,16 +91,11 @@ def frame(record: bytes | bytearray | memoryview) -> list[bytes | memoryview]:
     view = memoryview(record)
     chunks: list[bytes | memoryview] = []
     start = 0
-    cursor = record.find(MAGIC_BYTES) if size >= 4 else -1
-    while cursor != -1:
-        if cursor % 4 == 0:
-            flag = 1 if start == 0 else 2
-            chunks.append(_FRAME_HEAD.pack(MAGIC, (flag << 29) | (cursor - start)))
-            chunks.append(view[start:cursor])
-            start = cursor + 4
-            cursor = record.find(MAGIC_BYTES, start)
-        else:
-            cursor = record.find(MAGIC_BYTES, cursor + 1)
+    for cursor in _aligned_magic(record):
+        flag = 1 if start == 0 else 2
+        chunks.append(_FRAME_HEAD.pack(MAGIC, (flag << 29) | (cursor - start)))
+        chunks.append(view[start:cursor])
+        start = cursor + 4
     length = size - start
     chunks.append(_FRAME_HEAD.pack(MAGIC, ((3 if start else 0) << 29) | length))
     chunks.append(view[start:])

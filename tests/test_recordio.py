@@ -26,6 +26,11 @@ def _records() -> list[bytes]:
                 at = rng.randrange(0, size - 3)
                 data[at:at + 4] = recordio.MAGIC_BYTES
         records.append(bytes(data))
+    for _ in range(6):  # long enough for the numpy scan
+        data = bytearray(rng.randbytes(rng.randrange(256, 2000)))
+        for at in (0, 4 * rng.randrange(1, 60), 4 * rng.randrange(1, 60) + 1, len(data) - 4):
+            data[at:at + 4] = recordio.MAGIC_BYTES
+        records.append(bytes(data))
     return records
 
 
@@ -122,3 +127,10 @@ def test_write_framed_sets_the_id_and_matches_mxnet(tmp_path):
     with pytest.raises(recordio.RecordIOError, match="cannot be set in place"), \
             recordio.RecordWriter(tmp_path / "x.rec") as writer:
         writer.write_framed(recordio.frame_record(recordio.pack(recordio.IRHeader(0, 0, 0, 0), b"")), recordio.MAGIC)
+
+
+def test_framing_with_and_without_numpy_agree(monkeypatch):
+    records = [*_records(), recordio.MAGIC_BYTES * 100 + b"tail", b"x" * 300 + recordio.MAGIC_BYTES + b"y" * 301]
+    fast = [b"".join(bytes(c) for c in recordio.frame(r)) for r in records]
+    monkeypatch.setattr(recordio, "_np", None)
+    assert [b"".join(bytes(c) for c in recordio.frame(r)) for r in records] == fast

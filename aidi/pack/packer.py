@@ -204,7 +204,9 @@ def _finish(config: PackConfig, output: Path, temp: dict[str, Path], digests: di
              for name, path in temp.items()}
     (output / MANIFEST).unlink(missing_ok=True)
     for name, path in temp.items():
-        os.replace(path, output / name)
+        # Unlink first: ext4 flushes the new file to disk when a rename replaces an existing one.
+        (output / name).unlink(missing_ok=True)
+        os.rename(path, output / name)
     rejects_file = Path(rejects) if rejects else output / REJECTS
     if result.problems:
         rejects_file.write_text("".join(f"{file}\t{reason}\n" for file, reason in result.problems))
