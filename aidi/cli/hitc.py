@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from aidi.dataspace import (
     open_dataspace,
     open_store,
 )
-from aidi.dataspace.config import DEFAULT_BUCKET, config_path
+from aidi.dataspace.config import DEFAULT_BUCKET, ENV_ENDPOINT, config_path
 from aidi.errors import NotFoundError, UsageError
 
 DESCRIPTION = """\
@@ -75,6 +76,9 @@ def run_init(args: argparse.Namespace) -> int:
     who = f", access key {config.access_key}" if config.access_key else ""
     checked = "" if args.no_check else "; connection checked"
     print(f"wrote {written} (mode 0600): dataspace {config.endpoint}, bucket {config.bucket}{who}{checked}")
+    if os.environ.get(ENV_ENDPOINT) and args.config is None:
+        print(f"note: {ENV_ENDPOINT} is set in this shell and wins over {written} until you unset it",
+              file=sys.stderr)
     return 0
 
 
