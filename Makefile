@@ -54,8 +54,12 @@ lint: $(STAMP)
 test: lint tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The whole workflow on this machine (docs/local.md): sample → pack → upload → traincli submit to a local
+# cluster → 4-step pipeline-test training → predict → eval → model append → compile. Everything it writes
+# is under work/demo/ (dataspace, cluster, configs); ~/.olympus and ~/.hobot are left alone.
+DEMO_DIR ?= work/demo
 demo: $(STAMP)
-	$(BIN)/traincli validate -f examples/train_job.yaml -o yaml
+	$(BIN)/python -m aidi.local.demo --workdir $(DEMO_DIR)
 
 crd: $(STAMP)
 	$(BIN)/python -m aidi.api.crd -o crds/trainjobs.aidi.io.yaml
