@@ -140,9 +140,11 @@ def main() -> None:
                           "--pack-label", "--num-thread", str(args.jobs),
                           *(["--pass-through"] if resize is None else ["--resize", str(resize), "--quality", "95"])]
             ours, theirs = [], []
-            for _ in range(args.rounds):
+            for number in range(1, args.rounds + 1):
                 ours.append(timed(ours_cmd, root))
                 theirs.append(timed(theirs_cmd, root))
+                print(f"  {mode} round {number}: aidi pack {args.images / ours[-1][0]:.0f} img/s, im2rec "
+                      f"{args.images / theirs[-1][0]:.0f} img/s (load average {os.getloadavg()[0]:.1f})", flush=True)
             packed = json.loads(ours[0][3])["packed"]
             assert packed == args.images, f"we packed {packed} of {args.images}"
             # im2rec reports unreadable images on stdout and carries on: count what it really wrote.

@@ -113,7 +113,7 @@ def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
         for batch in _batches(items(config), BATCH):
             pending.append((batch, pool.submit(_encode_batch, batch)))
-            if len(pending) >= 3 * jobs:
+            if len(pending) >= 8 * jobs:  # enough queued work that workers rarely wait for the writer
                 done_batch, future = pending.popleft()
                 yield from zip(done_batch, future.result(), strict=True)
         while pending:
