@@ -23,4 +23,6 @@ def pod_index(namespace: str, body: kopf.Body, labels: kopf.Labels, **_: Any) ->
 
 @kopf.on.event("pods", labels=OURS)
 async def on_pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    await trainjobs.reconcile(state_of(memo), (namespace, labels[podspec.LABEL_JOB]))
+    state = state_of(memo)
+    state.indexed = True
+    await trainjobs.reconcile(state, (namespace, labels[podspec.LABEL_JOB]))

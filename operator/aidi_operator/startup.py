@@ -42,8 +42,10 @@ class OperatorState:
     jobs: Any = None  # kopf.Index: (namespace, name) → TrainJob body
     pods: Any = None  # kopf.Index: (namespace, job) → PodState of each pod of the job
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
-    statuses: dict[JobKey, dict[str, Any]] = field(default_factory=dict)  # the status we last wrote
+    statuses: dict[JobKey, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)  # (uid, last written)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # kopf calls resource handlers only once every index is filled; the resync waits for the first one.
+    indexed: bool = False
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())

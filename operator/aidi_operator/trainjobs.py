@@ -34,7 +34,9 @@ def trainjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 async def on_trainjob(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await reconcile(state_of(memo), (namespace, name), copy.deepcopy(dict(body)))
+    state = state_of(memo)
+    state.indexed = True
+    await reconcile(state, (namespace, name), copy.deepcopy(dict(body)))
 
 
 @kopf.on.event(*RESOURCE)
@@ -62,6 +64,8 @@ async def resync(state: OperatorState) -> None:
     """
     while True:
         await asyncio.sleep(state.settings.resync_seconds)
+        if not state.indexed:
+            continue  # before kopf has indexed every pod, a job's pods could look missing
         for key in list(state.jobs or {}):
             try:
                 await reconcile(state, key)
@@ -90,7 +94,9 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     namespace, name = key
     meta = body.get("metadata", {})
     now = dt.datetime.now(dt.UTC)
-    old_wire = state.statuses.get(key, body.get("status") or {})
+    cached_uid, cached = state.statuses.get(key, (None, None))
+    # Our last write is fresher than the indexed body, unless the job is another one of the same name.
+    old_wire = cached if cached is not None and cached_uid == meta.get("uid") else body.get("status") or {}
     try:
         status = tj.TrainJobStatus.model_validate(old_wire)
     except ValidationError:
@@ -200,7 +206,7 @@ async def _write_status(state: OperatorState, key: JobKey, body: dict[str, Any],
     patch: dict[str, Any] = {k: None for k in old if k not in new} | new
     written = await _api(state).patch(trainjob_path(*key, sub="status"), {"status": patch})
     if written is not None:
-        state.statuses[key] = new
+        state.statuses[key] = (body.get("metadata", {}).get("uid"), new)
 
 
 async def delete_children(state: OperatorState, namespace: str, name: str) -> None:
