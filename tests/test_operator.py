@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import kmock
 import pytest
+import yaml
 
 from aidi import podspec
 from tests.support import operator_scenarios as scenarios
@@ -154,3 +155,22 @@ async def test_liveness_endpoint_answers(kube_api) -> None:
 
         report = await eventually(healthy, what="GET /healthz")
     assert report == {"trainjobs": 0, "resync": True}
+
+
+async def test_runs_against_the_current_kubeconfig(kube_api, tmp_path, monkeypatch) -> None:
+    """No --server: the operator logs in the way `aidi-operator` on a workstation does."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+        "clusters": [{"name": "dev", "cluster": {"server": str(kube_api.url).rstrip("/")}}],
+        "users": [{"name": "me", "user": {"token": "dev-token"}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "me"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    c = KmockCluster(kube_api)
+    async with running_operator(operator_settings(None)):
+        await c.create_job("kc")
+        await c.wait_pods("kc", ["kc-worker-0"])
+    await c.api.close()
+    pod_posts = [r for r in list(kube_api) if r.method == kmock.method.POST and r.resource is not None
+                 and r.resource.plural == "pods"]
+    assert pod_posts[0].headers["Authorization"] == "Bearer dev-token"

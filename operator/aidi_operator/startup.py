@@ -80,8 +80,16 @@ def connection_info(settings: OperatorSettings) -> kopf.ConnectionInfo:
     if settings.server:
         return kopf.ConnectionInfo(server=settings.server, insecure=True, default_namespace="default")
     kwargs: dict[str, Any] = {"logger": log, "settings": kopf.OperatorSettings()}
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_via_client(**kwargs) \
-        or kopf.login_with_kubeconfig(**kwargs)
+    # The kubernetes client understands every kubeconfig (exec plugins too); kopf's own reader is the
+    # fallback when the client refuses (it reads $KUBECONFIG when called, the client when imported).
+    info = None
+    for login_with in (kopf.login_with_service_account, kopf.login_via_client, kopf.login_with_kubeconfig):
+        try:
+            info = login_with(**kwargs)
+        except kopf.LoginError as exc:
+            log.debug(f"{login_with.__name__}: {exc}")
+        if info is not None:
+            break
     if info is None:
         raise kopf.PermanentError(
             "no Kubernetes credentials: run inside a cluster, set KUBECONFIG (or ~/.kube/config), "
