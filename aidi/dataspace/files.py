@@ -26,7 +26,14 @@ def dataset_files(path: Path, reserved: tuple[str, ...] = ()) -> list[tuple[str,
         pairs = [(path.name, path)]
     else:
         pairs = []
+        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            # A symlink back up the tree would make the walk endless: visit each real folder once.
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
             dirnames.sort()
             for filename in filenames:
                 file = Path(dirpath) / filename

@@ -183,3 +183,11 @@ def test_reserved_file_names_are_refused(ds: Dataspace, tmp_path: Path) -> None:
     root = make_tree(tmp_path / "d", {"_manifest.json": b"{}"})
     with pytest.raises(UsageError, match="reserved"):
         ds.upload_dataset("x", "dataset", root)
+
+
+def test_symlinked_files_are_followed_and_loops_are_not(ds: Dataspace, tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "d", {"real/a.txt": b"a"})
+    (root / "link.txt").symlink_to(root / "real" / "a.txt")
+    (root / "real" / "loop").symlink_to(root)
+    result = ds.upload_dataset("links", "dataset", root)
+    assert [entry.path for entry in result.manifest.files] == ["link.txt", "real/a.txt"]
