@@ -48,8 +48,13 @@ async def test_multi_worker_mxnet_env_and_service(cluster) -> None:
 async def test_gang_restart_up_to_backoff_limit(cluster) -> None:
     await scenarios.gang_restart(cluster)
     status = await cluster.status("gang")
-    # The failed pod's last log lines outlive the pod.
+    # The failed pod's last log lines outlive the pod: in the status and in an Event on the job.
     assert status["lastFailure"]["logTail"].endswith("CUDA error: out of memory")
+    events = [r.data for r in list(cluster.server) if r.method == kmock.method.POST and r.resource is not None
+              and r.resource.plural == "events"]
+    failed = [e for e in events if e["reason"] == "PodFailed"]
+    assert failed and failed[0]["involvedObject"]["name"] == "gang"
+    assert failed[0]["message"].endswith("last log lines of trainer:\nepoch 3 loss 0.41\nCUDA error: out of memory")
 
 
 async def test_deadline_exceeded(cluster) -> None:

@@ -124,7 +124,7 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     if plan.delete_job:
         await delete_children(state, namespace, name)
         await api.delete(trainjob_path(namespace, name))
-        kopf.info(body, reason="Deleted", message="ttlSecondsAfterFinished passed; the job was deleted")
+        log.info(f"{namespace}/{name}: deleted, {job.spec.ttl_seconds_after_finished} s after it finished")
     if refused:
         raise kopf.TemporaryError(refused, delay=CREATE_RETRY_DELAY)
 
