@@ -182,3 +182,16 @@ def test_help_is_complete() -> None:
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["dataspace", "upload", "-t", "trainset", "-f", "x"])
     assert exit_info.value.code == 2  # one of -n / -d is required
+
+
+def test_progress_lines_count_files_and_bytes(ds, tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    printer = hitc.TransferPrinter("upload", stream=stream)
+    printer.interval = 0  # a log gets a line every 5 s; here, every update
+    data = make_tree(tmp_path / "d", {f"f{i}": bytes(1024 * 1024) for i in range(3)})
+    ds.upload_dataset("p", "dataset", data, jobs=1, progress=printer.update)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("uploading: 0/3 files, 0.0/3.0 MB")
+    assert any(line.startswith("committing: 3/3 files, 3.0/3.0 MB") for line in lines)
