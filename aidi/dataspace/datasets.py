@@ -50,13 +50,14 @@ _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 @dataclass
 class TransferProgress:
     """Counts of a running upload or download, passed to the ``progress`` callback (at most a few times a
-    second, from any thread)."""
+    second, from any thread). ``files_done`` / ``bytes_done`` include the skipped files, which are also
+    counted in ``files_skipped`` / ``bytes_skipped``."""
 
     files_total: int = 0
     bytes_total: int = 0
     files_done: int = 0
     bytes_done: int = 0
-    files_skipped: int = 0  # already present with the same sha256
+    files_skipped: int = 0  # already present with the same sha256 (part of files_done)
     bytes_skipped: int = 0
     phase: str = "hashing"   # "hashing" | "uploading" | "downloading" | "committing" | "done"
 
