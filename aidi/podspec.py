@@ -283,8 +283,9 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     init: list[dict[str, Any]] = []
     if spec.code_package is not None:
         secret = password_secret(job)
+        # Readable by any user: the fetch image runs as non-root, and only fetch-code mounts this volume.
         volumes.append({"name": "code-password", "secret": {
-            "secretName": secret.name, "items": [{"key": secret.key, "path": "password"}], "defaultMode": 0o400}})
+            "secretName": secret.name, "items": [{"key": secret.key, "path": "password"}], "defaultMode": 0o444}})
         init.append({"name": FETCH_CODE_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_code_command(spec.code_package.uri), "env": env,
                      "volumeMounts": [_mount("code", WORKING_PATH), _mount("code-password", PASSWORD_DIR, True)]})

@@ -93,11 +93,14 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert main["command"][:2] == ["sh", "-c"] and main["command"][4:] == example.spec.command
 
 
-def test_no_secret_value_in_any_manifest() -> None:
+def test_only_the_fetch_step_sees_the_code_password() -> None:
     example = load_file(REPO / "examples" / "trainjob.yaml").job
-    text = str(podspec.build_pods(example, SETTINGS))
-    assert "change-me" not in text  # the example password; only the Secret's name appears
-    assert "password" not in str(container(podspec.build_pods(example, SETTINGS)[0], "trainer"))
+    for pod in podspec.build_pods(example, SETTINGS):
+        spec = pod["spec"]
+        mounting = [c["name"] for c in spec.get("initContainers", []) + spec["containers"]
+                    if any(m["name"] == "code-password" for m in c["volumeMounts"])]
+        assert mounting == ["fetch-code"]
+        assert "password" not in str([c.get("env") for c in spec["containers"]]).lower()
 
 
 def test_multi_worker_job_gets_mxnet_parameter_servers_like_kubeflow_mxjob() -> None:
