@@ -234,6 +234,8 @@ class Demo:
     # ---------------------------------------------------------------------------------------- all
 
     def run_all(self) -> int:
+        if not JOB_FILE.is_file():
+            raise DemoFailed(f"{JOB_FILE} is missing: the demo runs from a clone of the repository (`make demo`)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.say(f"AIDI demo in {self.workdir} (dataspace, cluster and configs all inside it)")
         steps = [("sample adas_mini", self.sample), ("pack 8 scenes", self.pack), ("upload", self.upload),
