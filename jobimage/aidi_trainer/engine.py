@@ -116,7 +116,7 @@ class Meter:
 
 def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
                out: Path) -> StepResult:
-    """Train ``net`` for ``plan``; resume from the last epoch checkpoint in ``out`` when there is one."""
+    """Train ``net`` (hybridized by the caller) for ``plan``; resume from the last epoch checkpoint in ``out``."""
     params = net.collect_params()
     if len(params.keys()) > SYNC_KEYS:
         raise ValueError(f"the network has {len(params.keys())} parameters; the kvstore key plan allows {SYNC_KEYS}")
@@ -140,7 +140,6 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
             trainer.load_states(str(states_file))
         log.info("[%s] resuming after epoch %d/%d from %s", plan.name, start_epoch, plan.epochs, out)
         result.resumed_from_epoch = start_epoch
-    net.hybridize()
     scale = len(runtime.ctxs) * runtime.num_workers
     started = time.perf_counter()
     for epoch in range(start_epoch, plan.epochs):

@@ -151,10 +151,10 @@ class Pipeline:
                         self.config.log_interval)
         log.info("[%s] step %d: %d epochs × %d iterations, lr %g", name, index, plan.epochs, plan.iters_per_epoch,
                  plan.lr)
+        self.net.hybridize()
         result = train_step(self.net, plan, self.runtime, self.batches, self.out)
         if not self.runtime.chief:
             return
-        self.net.hybridize()
         val = {task: evaluate_task(self.net, task, spec.kind, spec.num_classes, self._val_batches(task),
                                    self.runtime.ctxs[0], self.net.stride)
                for task, spec in self.net.specs.items()}
