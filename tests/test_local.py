@@ -216,7 +216,7 @@ def test_cancel_stops_the_processes_and_resume_runs_it_again(tmp_path: Path, loc
     pod_json = local_cluster / "namespaces" / "default" / "trainjobs" / "long" / "pods" / "long-worker-0" / "pod.json"
     wait_until(lambda: pod_json.exists() and "trainer" in json.loads(pod_json.read_text())["local"]["pids"], 60)
     pid = json.loads(pod_json.read_text())["local"]["pids"]["trainer"]
-    assert status(capsys, "long")["phase"] == "Running"
+    wait_until(lambda: status(capsys, "long")["phase"] == "Running", 10)
 
     code, out, _ = cli(capsys, "cancel", "long")
     assert code == 0 and "was Running" in out
