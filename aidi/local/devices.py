@@ -5,18 +5,22 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 
 
-def gpu_count() -> int:
-    """GPUs ``nvidia-smi -L`` lists; 0 without the driver."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
+def gpu_count(python: str | None = None) -> int:
+    """GPUs the trainer's MXNet can use here: 0 without the NVIDIA driver (no further check), else what
+    ``mxnet.context.num_gpus()`` says in ``python`` — a CPU build of MXNet sees none however many there are.
+    MXNet is asked in a child process: ``aidi`` itself never imports it."""
+    if shutil.which("nvidia-smi") is None:
         return 0
+    probe = "import mxnet; print(mxnet.context.num_gpus())"
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.run([python or sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                             check=False).stdout
+        return int(out.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
 def ctx_for(gpus_per_worker: int, available: int | None = None) -> str | None:
