@@ -1,4 +1,4 @@
-"""Packing one scene: items → worker processes → ``{train,val}.{rec,idx}`` + ``manifest.json``.
+"""Packing one scene: items → workers (aidi.pack.workers) → ``{train,val}.{rec,idx}`` + ``manifest.json``.
 
 Streaming: a bounded window of batches is in flight, records go to disk in source order as they come
 back, and nothing per image stays in memory. Outputs are written under temporary names and renamed
@@ -9,26 +9,22 @@ looks complete, and never damages the previous one.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aidi import __version__, recordio
 from aidi.errors import AidiError
+from aidi.pack import workers
 from aidi.pack.config import PackConfig
-from aidi.pack.encode import Encoded, encode
-from aidi.pack.sources import Item, fingerprint, in_val, items
+from aidi.pack.sources import fingerprint, in_val
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.txt"
 SPLITS = ("train", "val")
-BATCH = 32
 FORMAT = "aidi-recordio/1"
 
 
@@ -67,58 +63,6 @@ class PackResult:
 
     def rate(self) -> float:
         return self.packed / self.seconds if self.seconds > 0 else 0.0
-
-
-_worker_config: PackConfig | None = None
-
-
-def _init_worker(config: PackConfig) -> None:
-    global _worker_config
-    _worker_config = config
-
-
-def _encode_batch(batch: list[Item]) -> list[Encoded]:
-    assert _worker_config is not None
-    return [encode(item, _worker_config) for item in batch]
-
-
-def _batches(source: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    batch: list[Item] = []
-    for item in source:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
-    """Every item with its record, in source order, encoded by ``jobs`` processes."""
-    if jobs <= 1:
-        for item in items(config):
-            yield item, encode(item, config)
-        return
-    pool: Executor
-    if config.resize is None:
-        # Pass-through is mostly file reads, hashing and writes, which release the GIL; shipping every
-        # JPEG through a pipe from another process cost more CPU (0.35 against 0.24 ms per image).
-        pool = ThreadPoolExecutor(jobs, initializer=_init_worker, initargs=(config,))
-    else:
-        # Re-encoding is Pillow work on every pixel: one process per core.
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_init_worker,
-                                   initargs=(config,))
-    with pool:
-        # A bounded window keeps memory flat however large the dataset is.
-        pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
-        for batch in _batches(items(config), BATCH):
-            pending.append((batch, pool.submit(_encode_batch, batch)))
-            if len(pending) >= 8 * jobs:  # enough queued work that workers rarely wait for the writer
-                done_batch, future = pending.popleft()
-                yield from zip(done_batch, future.result(), strict=True)
-        while pending:
-            done_batch, future = pending.popleft()
-            yield from zip(done_batch, future.result(), strict=True)
 
 
 def read_manifest(output: str | os.PathLike[str]) -> dict | None:
@@ -163,7 +107,7 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
                    for split in SPLITS}
         try:
             done = 0
-            for item, encoded in _encoded(config, jobs or os.cpu_count() or 1):
+            for item, encoded in workers.encoded(config, jobs or os.cpu_count() or 1):
                 if encoded.framed is None:
                     result.problems.extend((item.image, reason) for reason in encoded.problems)
                     if item.index >= 0:
