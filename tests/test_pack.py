@@ -309,3 +309,17 @@ def test_palette_masks_are_stored_as_grey_class_ids(workdir, tmp_path):
     stored = Image.open(io.BytesIO(record.mask))
     assert stored.mode == "L" and np.array_equal(np.asarray(stored), values)
     assert np.array_equal(cv2.imdecode(np.frombuffer(record.mask, np.uint8), cv2.IMREAD_GRAYSCALE), values)
+
+
+def test_a_failing_worker_stops_the_run_with_its_traceback_and_writes_nothing(workdir, tmp_path, monkeypatch):
+    from aidi.pack import workers
+
+    def broken(item, config):
+        raise ValueError(f"cannot encode {item.name}")
+
+    monkeypatch.setattr(workers, "encode", broken)  # the forked workers inherit it
+    config = load_config(config_file("vehicle"), source=str(workdir / "data/adas_mini/vehicle"),
+                         output=str(tmp_path / "rec"), resize=96)
+    with pytest.raises(RuntimeError, match=r"(?s)a packing worker failed on batch 0:.*ValueError: cannot encode"):
+        pack_scene(config, jobs=2)
+    assert list((tmp_path / "rec").iterdir()) == []
