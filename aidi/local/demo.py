@@ -237,6 +237,8 @@ class Demo:
         if not JOB_FILE.is_file():
             raise DemoFailed(f"{JOB_FILE} is missing: the demo runs from a clone of the repository (`make demo`)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("output", "pr", "eval", "compiled"):  # a re-run's artefacts come from its own job
+            shutil.rmtree(self.workdir / stale, ignore_errors=True)
         self.say(f"AIDI demo in {self.workdir} (dataspace, cluster and configs all inside it)")
         steps = [("sample adas_mini", self.sample), ("pack 8 scenes", self.pack), ("upload", self.upload),
                  ("submit", self.submit), ("train (4 steps, pipeline test)", self.train),
