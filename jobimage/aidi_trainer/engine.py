@@ -141,41 +141,41 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
         log.info("[%s] resuming after epoch %d/%d from %s", plan.name, start_epoch, plan.epochs, out)
         result.resumed_from_epoch = start_epoch
     scale = len(runtime.ctxs) * runtime.num_workers
-    started = time.perf_counter()
+    progress = Progress(plan, result, trainer, start_epoch)
     for epoch in range(start_epoch, plan.epochs):
-        meter, epoch_meter, tick, tick_samples = Meter(), Meter(), time.perf_counter(), 0
+        progress.new_epoch()
+        pending = None
         for it in range(plan.iters_per_epoch):
-            terms, samples = _iteration(net, plan, runtime, batches, trainer, scale)
-            step_no = epoch * plan.iters_per_epoch + it + 1
-            meter.add(terms)
-            epoch_meter.add(terms)
-            tick_samples += samples
-            result.samples += samples
-            result.iterations += 1
-            loss = sum(v for k, v in terms.items() if k.endswith(".total"))
-            if result.first_loss is None:
-                result.first_loss = loss
-            result.last_loss = loss
-            if step_no % plan.log_interval == 0 or it == plan.iters_per_epoch - 1:
-                now = time.perf_counter()
-                done = step_no - start_epoch * plan.iters_per_epoch
-                eta = (now - started) / done * (total - step_no)
-                means = meter.means()
-                breakdown = " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.endswith(".total"))
-                log.info("[%s] epoch %d/%d iter %d/%d | loss %.4f | %s | %.1f samples/s | lr %.2e | ETA %s",
-                         plan.name, epoch + 1, plan.epochs, step_no, total,
-                         sum(v for k, v in means.items() if k.endswith(".total")), breakdown,
-                         tick_samples / max(now - tick, 1e-9), trainer.learning_rate, format_eta(eta))
-                meter, tick, tick_samples = Meter(), now, 0
-        result.epoch_losses.append(sum(v for k, v in epoch_meter.means().items() if k.endswith(".total")))
+            launched = _launch(net, plan, runtime, batches, trainer, scale, epoch * plan.iters_per_epoch + it + 1)
+            # Read the previous iteration's losses only now, with this one queued: the host never waits
+            # for the device between iterations, and a non-finite loss still stops the run before any
+            # checkpoint is written from it.
+            if pending is not None:
+                progress.account(pending)
+            pending = launched
+        if pending is not None:
+            progress.account(pending)
+        result.epoch_losses.append(progress.epoch_loss())
         if runtime.chief:
             _save_epoch(net, trainer, out, plan.name, epoch + 1)
-    result.seconds = time.perf_counter() - started
+    result.seconds = time.perf_counter() - progress.started
     return result
 
 
-def _iteration(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
-               trainer: gluon.Trainer, scale: int) -> tuple[dict[str, float], int]:
+@dataclass
+class Launched:
+    """One iteration in flight: its loss terms still on the device."""
+
+    step_no: int
+    names: list[str]
+    values: mx.nd.NDArray
+    samples: int
+    devices: int
+
+
+def _launch(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
+            trainer: gluon.Trainer, scale: int, step_no: int) -> Launched:
+    """Queue one iteration (forward, backward, update) without waiting for it."""
     names, values, losses = [], [], []
     samples = 0
     loaded = {task: next(it) for task, it in batches.items()}
@@ -190,17 +190,64 @@ def _iteration(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
                 names.extend([f"{task}.{name}" for name in terms] + [f"{task}.total"])
                 values.extend([*terms.values(), weighted])
     autograd.backward(losses)
-    numbers = mx.nd.concat(*[v.reshape((1,)).as_in_context(mx.cpu()) for v in values], dim=0).asnumpy()
-    merged: dict[str, float] = {}
-    for name, value in zip(names, numbers, strict=True):
-        merged[name] = merged.get(name, 0.0) + float(value) / len(runtime.ctxs)
-    if not np.all(np.isfinite(numbers)):
-        breakdown = ", ".join(f"{k} = {v:.6g}" for k, v in merged.items())
-        raise TrainingDiverged(f"[{plan.name}] the loss is not finite at iteration {trainer.optimizer.num_update + 1}: "
-                               f"{breakdown}. Lower steps[{plan.name!r}]['lr'] in the config, or check the data "
-                               "of the branch whose terms are nan/inf; restarting resumes from the last checkpoint")
+    stacked = mx.nd.concat(*[v.reshape((1,)).as_in_context(mx.cpu()) for v in values], dim=0)
     trainer.step(scale)
-    return merged, samples
+    return Launched(step_no, names, stacked, samples, len(runtime.ctxs))
+
+
+class Progress:
+    """Loss bookkeeping, the non-finite check and the progress lines of one step."""
+
+    def __init__(self, plan: StepPlan, result: StepResult, trainer: gluon.Trainer, start_epoch: int) -> None:
+        self.plan, self.result, self.trainer = plan, result, trainer
+        self.total = plan.epochs * plan.iters_per_epoch
+        self.first_step = start_epoch * plan.iters_per_epoch
+        self.started = time.perf_counter()
+        self.epoch_meter = self.meter = Meter()
+        self.tick, self.tick_samples = self.started, 0
+
+    def new_epoch(self) -> None:
+        self.epoch_meter, self.meter = Meter(), Meter()
+        self.tick, self.tick_samples = time.perf_counter(), 0
+
+    def epoch_loss(self) -> float:
+        return sum(v for k, v in self.epoch_meter.means().items() if k.endswith(".total"))
+
+    def account(self, done: Launched) -> None:
+        numbers = done.values.asnumpy()
+        terms: dict[str, float] = {}
+        for name, value in zip(done.names, numbers, strict=True):
+            terms[name] = terms.get(name, 0.0) + float(value) / done.devices
+        plan = self.plan
+        if not np.all(np.isfinite(numbers)):
+            breakdown = ", ".join(f"{k} = {v:.6g}" for k, v in terms.items())
+            raise TrainingDiverged(f"[{plan.name}] the loss is not finite at iteration {done.step_no}: {breakdown}. "
+                                   f"Lower steps[{plan.name!r}]['lr'] in the config, or check the data of the branch "
+                                   "whose terms are nan/inf; restarting resumes from the last checkpoint")
+        self.meter.add(terms)
+        self.epoch_meter.add(terms)
+        self.tick_samples += done.samples
+        result = self.result
+        result.samples += done.samples
+        result.iterations += 1
+        loss = sum(v for k, v in terms.items() if k.endswith(".total"))
+        if result.first_loss is None:
+            result.first_loss = loss
+        result.last_loss = loss
+        if done.step_no % plan.log_interval == 0 or done.step_no % plan.iters_per_epoch == 0:
+            self._log(done.step_no)
+
+    def _log(self, step_no: int) -> None:
+        now = time.perf_counter()
+        eta = (now - self.started) / (step_no - self.first_step) * (self.total - step_no)
+        means = self.meter.means()
+        breakdown = " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.endswith(".total"))
+        epoch = (step_no - 1) // self.plan.iters_per_epoch + 1
+        log.info("[%s] epoch %d/%d iter %d/%d | loss %.4f | %s | %.1f samples/s | lr %.2e | ETA %s",
+                 self.plan.name, epoch, self.plan.epochs, step_no, self.total,
+                 sum(v for k, v in means.items() if k.endswith(".total")), breakdown,
+                 self.tick_samples / max(now - self.tick, 1e-9), self.trainer.learning_rate, format_eta(eta))
+        self.meter, self.tick, self.tick_samples = Meter(), now, 0
 
 
 def _save_epoch(net: MultiTaskNet, trainer: gluon.Trainer, out: Path, step: str, epoch: int) -> None:
