@@ -197,7 +197,7 @@ def sync_output_command(output: tj.DatasetOutput) -> list[str]:
 # The trainer's command runs as a child so that SIGTERM reaches it (a shell as PID 1 ignores it), and its
 # exit code lands where the sync container waits for it.
 _TRAINER_WRAPPER = f"""\
-( while :; do touch {HEARTBEAT_FILE}; sleep {HEARTBEAT_SECONDS}; done ) &
+( while :; do touch {HEARTBEAT_FILE}; sleep {HEARTBEAT_SECONDS}; done ) </dev/null >/dev/null 2>&1 &
 beat=$!
 "$@" &
 child=$!
