@@ -39,6 +39,11 @@ async def cluster(kube_api) -> AsyncIterator[KmockCluster]:
 
 async def test_single_worker_succeeds(cluster) -> None:
     await scenarios.single_worker_succeeds(cluster)
+    first_unschedulable = next(r.data["status"]["message"] for r in list(cluster.server)
+                               if r.method == kmock.method.PATCH and str(r.url).endswith("/single/status")
+                               and r.data["status"].get("reason") == "Unschedulable")
+    assert first_unschedulable == ("worker-0 cannot be scheduled: 0/3 nodes are available: "
+                                   "3 Insufficient nvidia.com/gpu.")
 
 
 async def test_multi_worker_mxnet_env_and_service(cluster) -> None:

@@ -148,7 +148,8 @@ class KubeApi:
 
     async def delete(self, path: str) -> bool:
         """True when deleted now, False when it was already gone. Children go in the background."""
-        status, payload = await self._request("DELETE", path, body={"propagationPolicy": "Background"})
+        options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        status, payload = await self._request("DELETE", path, body=options)
         if status == 404:
             return False
         self._check("DELETE", path, status, payload)

