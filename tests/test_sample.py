@@ -34,7 +34,7 @@ def sample(tmp_path_factory) -> Path:
 
 
 def test_same_seed_same_bytes_and_more_images_keep_the_first(sample, tmp_path):
-    again = generate(tmp_path / "again", images=12, seed=5)
+    again = generate(tmp_path / "again", images=12, seed=5, jobs=1)  # the bytes do not depend on -j
     assert again.images == dict.fromkeys(SCENE_NAMES, 12)
     assert _digest(tmp_path / "again") == _digest(sample)
     generate(tmp_path / "other", images=12, seed=6, scenes=["vehicle"])

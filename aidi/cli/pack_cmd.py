@@ -42,7 +42,7 @@ def run_sample(args: argparse.Namespace) -> int:
     scenes = args.scene or list(SCENE_NAMES)
     with Progress(args.images * len(scenes), "adas-mini", unit="img", enabled=not args.json) as bar:
         summary = generate(args.out, images=args.images, seed=args.seed, size=args.size, scenes=scenes,
-                           progress=bar.update)
+                           progress=bar.update, jobs=args.jobs)
     if args.json:
         common.print_json(summary.as_dict())
     else:
@@ -104,6 +104,7 @@ def add_commands(subparsers: Any) -> None:
     adas.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
     adas.add_argument("--size", type=_size, default=(192, 128), metavar="WxH", help="image size (default: 192x128)")
     adas.add_argument("--scene", action="append", metavar="SCENE", help="only this scene (repeatable)")
+    common.add_jobs(adas, default=os.cpu_count() or 1)
     common.add_json(adas)
 
     pack = common.subcommand(subparsers, "pack", run_pack, "pack raw scenes into MXNet RecordIO (.rec/.idx)",
