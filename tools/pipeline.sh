@@ -36,7 +36,7 @@ while (($#)); do
             [[ $# -ge 2 ]] || { echo "pipeline.sh: --config needs a file" >&2; exit 2; }
             configs+=("$2"); shift ;;
         --config=*) configs+=("${1#--config=}") ;;
-        -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1") ;;
     esac
     shift
