@@ -10,6 +10,7 @@ import aiohttp
 import kmock
 import pytest
 import yaml
+from aidi_operator.main import main
 
 from aidi import podspec
 from tests.support import operator_scenarios as scenarios
@@ -184,3 +185,12 @@ async def test_runs_against_the_current_kubeconfig(kube_api, tmp_path, monkeypat
     pod_posts = [r for r in list(kube_api) if r.method == kmock.method.POST and r.resource is not None
                  and r.resource.plural == "pods"]
     assert pod_posts[0].headers["Authorization"] == "Bearer dev-token"
+
+
+def test_without_credentials_the_command_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["--liveness-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("aidi-operator: error: no Kubernetes credentials: run inside a cluster, set KUBECONFIG "
+                           "(or ~/.kube/config), or pass --server URL")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from aidi import __version__
 from aidi.cli import common
 from aidi.errors import UsageError
 from aidi.podspec import PodSettings
-from aidi_operator.startup import OperatorSettings, OperatorState, kopf_settings
+from aidi_operator.startup import OperatorSettings, OperatorState, connection_info, kopf_settings
 
 DESCRIPTION = """\
 The AIDI TrainJob operator: turns each TrainJob into GPU pods (workers, and for multi-worker MXNet jobs
@@ -116,8 +117,14 @@ async def operate(settings: OperatorSettings, *, stop_flag: asyncio.Event | None
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        connection_info(settings)  # no credentials: one line and exit 2, not a traceback from kopf
+    except kopf.PermanentError as exc:
+        raise UsageError(str(exc)) from None
+    logging.getLogger().handlers.clear()  # kopf installs its own log format
     kopf.configure(verbose=args.verbose, log_prefix=True)
-    kopf.run(**_operator_kwargs(settings_from_args(args)))
+    kopf.run(**_operator_kwargs(settings))
     return 0
 
 

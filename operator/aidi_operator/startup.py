@@ -86,7 +86,7 @@ def connection_info(settings: OperatorSettings) -> kopf.ConnectionInfo:
     for login_with in (kopf.login_with_service_account, kopf.login_via_client, kopf.login_with_kubeconfig):
         try:
             info = login_with(**kwargs)
-        except kopf.LoginError as exc:
+        except (kopf.LoginError, OSError, ValueError) as exc:  # e.g. $KUBECONFIG names a missing file
             log.debug(f"{login_with.__name__}: {exc}")
         if info is not None:
             break
