@@ -77,6 +77,7 @@ def _processes(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
     workers = [context.Process(target=_work, args=(config, tasks, results), daemon=True) for _ in range(jobs)]
     for worker in workers:
         worker.start()
+    finished = False
     try:
         source = enumerate(_batches(items(config), BATCH))
         sent: dict[int, list[Item]] = {}
@@ -98,13 +99,18 @@ def _processes(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
             yield from zip(sent.pop(following), received.pop(following), strict=True)
             following += 1
             send()
+        finished = True
     finally:
-        for _ in workers:
-            tasks.put(None)
+        # Done: let the workers drain and exit. Failed or interrupted: stop them now, queued work and all.
+        for worker in workers:
+            if finished:
+                tasks.put(None)
+            else:
+                worker.terminate()
         for worker in workers:
             worker.join(timeout=5)
             if worker.is_alive():
-                worker.terminate()
+                worker.kill()
         for channel in (tasks, results):
             channel.cancel_join_thread()
             channel.close()
