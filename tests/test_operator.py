@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import kmock
+import kopf
 import pytest
 import yaml
+from aidi_operator.kube import ApiRefused, core_path
 from aidi_operator.main import main
 
 from aidi import podspec
@@ -194,3 +196,21 @@ def test_without_credentials_the_command_says_what_to_do(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.strip() == ("aidi-operator: error: no Kubernetes credentials: run inside a cluster, set KUBECONFIG "
                            "(or ~/.kube/config), or pass --server URL")
+
+
+async def test_api_client_maps_answers_to_what_reconcile_needs(kube_api) -> None:
+    api = kmock_api(str(kube_api.url))
+    pods = core_path(NAMESPACE, "pods")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": NAMESPACE}}
+    assert await api.create(pods, pod) is True
+    assert await api.create(pods, pod) is False  # 409 "already exists" is success
+    assert await api.get(core_path(NAMESPACE, "pods", "nothing")) is None
+    assert await api.delete(core_path(NAMESPACE, "pods", "nothing")) is False
+    kube_api["get", kmock.name("busy")] << kmock.Response(status=503, payload={"message": "etcd is busy"})
+    with pytest.raises(kopf.TemporaryError, match="503 etcd is busy"):
+        await api.get(core_path(NAMESPACE, "pods", "busy"))
+    kube_api["get", kmock.name("quota")] << kmock.Response(status=403, payload={
+        "kind": "Status", "message": 'pods "quota" is forbidden: exceeded quota: gpus'})
+    with pytest.raises(ApiRefused, match="exceeded quota: gpus"):
+        await api.get(core_path(NAMESPACE, "pods", "quota"))
+    await api.close()
