@@ -49,7 +49,8 @@ def encoded(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
 
 
 def _threads(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
-    with ThreadPoolExecutor(jobs) as pool:
+    pool = ThreadPoolExecutor(jobs)
+    try:
         pending: deque[tuple[list[Item], Future[list[Encoded]]]] = deque()
         for batch in _batches(items(config), BATCH):
             pending.append((batch, pool.submit(lambda b: [encode(item, config) for item in b], batch)))
@@ -59,6 +60,8 @@ def _threads(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         while pending:
             done, future = pending.popleft()
             yield from zip(done, future.result(), strict=True)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after a failure, queued batches are not worth finishing
 
 
 def _work(config: PackConfig, tasks: Queue, results: Queue) -> None:
