@@ -106,22 +106,7 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
         writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True)
                    for split in SPLITS}
         try:
-            done = 0
-            for item, encoded in workers.encoded(config, jobs or os.cpu_count() or 1):
-                if encoded.framed is None:
-                    result.problems.extend((item.image, reason) for reason in encoded.problems)
-                    if item.index >= 0:
-                        result.skipped += 1
-                else:
-                    split = "val" if in_val(item.name, config.val_fraction) else "train"
-                    key = writers[split].count
-                    writers[split].write_framed(key, encoded.framed)
-                    result.counts[split] += 1
-                    result.objects[split] += encoded.objects
-                if item.index >= 0:
-                    done += 1
-                    if progress:
-                        progress(done, total)
+            _write_records(config, jobs or os.cpu_count() or 1, writers, result, total, progress)
         finally:
             for writer in writers.values():
                 writer.close()
@@ -138,6 +123,25 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
                 path.unlink(missing_ok=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _write_records(config: PackConfig, jobs: int, writers: dict[str, recordio.IndexedRecordWriter],
+                   result: PackResult, total: int, progress: Callable[[int, int], None] | None) -> None:
+    """Append every good record to its split's writer, in source order; collect the problems."""
+    done = 0
+    for item, encoded in workers.encoded(config, jobs):
+        if encoded.framed is None:
+            result.problems.extend((item.image, reason) for reason in encoded.problems)
+            result.skipped += item.index >= 0
+        else:
+            split = "val" if in_val(item.name, config.val_fraction) else "train"
+            writers[split].write_framed(writers[split].count, encoded.framed)
+            result.counts[split] += 1
+            result.objects[split] += encoded.objects
+        if item.index >= 0:
+            done += 1
+            if progress:
+                progress(done, total)
 
 
 def _finish(config: PackConfig, output: Path, temp: dict[str, Path], digests: dict[str, str], result: PackResult,
