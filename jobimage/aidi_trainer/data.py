@@ -85,10 +85,10 @@ class Crop:
         y = (boxes[:, [1, 3]] * height - self.y0) * sy
         if self.flip:
             x = out_w - x[:, ::-1]
-        out = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
-        out[:, [0, 2]] = out[:, [0, 2]].clip(0, out_w)
-        out[:, [1, 3]] = out[:, [1, 3]].clip(0, out_h)
-        return out
+        # np.minimum/np.maximum: ndarray.clip's per-call checks cost more than the work on a few boxes.
+        x = np.minimum(np.maximum(x, 0.0), out_w)
+        y = np.minimum(np.maximum(y, 0.0), out_h)
+        return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
 
 
 def det_targets(boxes: np.ndarray, classes: np.ndarray, num_classes: int, grid: tuple[int, int],
