@@ -323,3 +323,19 @@ def test_a_failing_worker_stops_the_run_with_its_traceback_and_writes_nothing(wo
     with pytest.raises(RuntimeError, match=r"(?s)a packing worker failed on batch 0:.*ValueError: cannot encode"):
         pack_scene(config, jobs=2)
     assert list((tmp_path / "rec").iterdir()) == []
+
+
+def test_png_images_are_stored_as_jpeg_even_in_pass_through(workdir, tmp_path):
+    source = shutil.copytree(workdir / "data" / "adas_mini" / "vehicle", tmp_path / "vehicle")
+    coco = json.loads((source / "annotations.json").read_text())
+    first = coco["images"][0]
+    Image.open(source / first["file_name"]).save(source / "images" / "first.png")
+    first["file_name"] = "images/first.png"
+    (source / "annotations.json").write_text(json.dumps(coco))
+    config = load_config(config_file("vehicle"), source=str(source), output=str(tmp_path / "rec"), val_fraction=0.0)
+    pack_scene(config, jobs=2)
+    record = recordio.unpack_detection(recordio.IndexedRecordReader(tmp_path / "rec/train.rec",
+                                                                    tmp_path / "rec/train.idx").read_idx(0))
+    assert record.image[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(record.image)).size == (192, 128)
+    assert np.array_equal(np.array([v for obj in record.objects for v in obj], np.float32),
+                          _expected_labels(workdir, "vehicle")[first["id"]][1][4:])
