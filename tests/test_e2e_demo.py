@@ -1,4 +1,5 @@
-"""The demo, reduced (fewer images, three scenes predicted and evaluated), end to end; checks its artefacts.
+"""The demo, reduced (three scenes predicted and evaluated, fewer images in the compile check), end to end;
+checks its artefacts.
 
 What runs is `make demo`'s driver: the real CLIs as subprocesses, a real local cluster, real MXNet
 training (`--pipeline-test`), ONNX compile with onnxruntime. About 2–4 minutes on 2 cores.
@@ -20,12 +21,15 @@ onnx = pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.slow
 
-SCENES = ("pedestrian", "vehicle", "lane_parsing")
-IMAGES = 100
-# A pipeline-test model trained on about 10 images per scene for a few epochs: low, but well above the
-# 0.00 of an untrained network (docs/phase2.md); the best-learnt detection scene must reach this.
-MIN_BEST_AP = 0.15
-MIN_MIOU = 0.1
+SCENES = ("cyclist", "pedestrian", "lane_parsing")
+# The default sample: the pipeline test trains on the val splits (about 20 images per scene), so fewer
+# images leave too little to learn from for a stable AP (100 per scene gave 0.02–0.26).
+IMAGES = 200
+# Mean AP@0.5 (all-point) of the two detection scenes. Pipeline-test training is not reproducible from run
+# to run (the same seed gave the trainer's own val recall 0.35 and 0.64 for cyclist): five runs measured
+# 0.23, 0.58, 0.69, 0.76 and 0.59; an untrained network scores 0.00 (docs/phase2.md). Lane mIoU: 0.27–0.31.
+MIN_AP = 0.1
+MIN_MIOU = 0.15
 CHECKPOINTS = ("with-bn-0001.params", "with-bn-last-0000.params", "with-bn-export-last-symbol.json",
                "fusion-bn-c1-export-last-symbol.json", "fusion-bn-c2-export-last-symbol.json",
                "fusion-bn-c2-export-last-0000.params", "int-inference-export-last-symbol.json",
@@ -35,7 +39,7 @@ CHECKPOINTS = ("with-bn-0001.params", "with-bn-last-0000.params", "with-bn-expor
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     workdir = tmp_path_factory.mktemp("demo")
-    run = Demo(workdir, images=IMAGES, scenes=SCENES, out=io.StringIO())
+    run = Demo(workdir, images=IMAGES, scenes=SCENES, samples=4, out=io.StringIO())
     try:
         assert run.run_all() == 0
     except Exception:
@@ -109,8 +113,8 @@ def test_job_succeeded_with_the_checkpoints_of_the_four_steps(demo: Demo) -> Non
 
 def test_evaluation_scores_above_the_threshold(demo: Demo) -> None:
     aps = demo.figures["ap_by_scene"]
-    assert set(aps) == {"pedestrian", "vehicle"}
-    assert max(aps.values()) >= MIN_BEST_AP, aps
+    assert set(aps) == {"cyclist", "pedestrian"}
+    assert demo.figures["ap"] == sum(aps.values()) / 2 >= MIN_AP, aps
     assert demo.figures["miou_by_scene"]["lane_parsing"] >= MIN_MIOU
     for scene in SCENES:
         assert (demo.workdir / "eval" / scene / "report.html").is_file()
