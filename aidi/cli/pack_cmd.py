@@ -60,6 +60,8 @@ def _summary_line(result: Any) -> str:
             f"({result.rate():.0f} images/s) → {result.output}")
     if result.rejects_file:
         line += f"\n{result.scene}: rejects listed in {result.rejects_file}"
+    for note in result.notes:
+        line += f"\n{result.scene}: note: {note}"
     return line
 
 

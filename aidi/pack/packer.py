@@ -49,6 +49,7 @@ class PackResult:
     seconds: float = 0.0
     up_to_date: bool = False
     rejects_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def packed(self) -> int:
@@ -59,7 +60,7 @@ class PackResult:
                 "packed": self.packed, "train": self.counts["train"], "val": self.counts["val"],
                 "objects": self.objects, "skipped": self.skipped, "errors": len(self.problems),
                 "seconds": round(self.seconds, 3), "images_per_second": round(self.rate(), 1),
-                "rejects_file": str(self.rejects_file) if self.rejects_file else None}
+                "rejects_file": str(self.rejects_file) if self.rejects_file else None, "notes": self.notes}
 
     def rate(self) -> float:
         return self.packed / self.seconds if self.seconds > 0 else 0.0
@@ -117,6 +118,9 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
         result.rejects_file = _finish(config, output, temp, digests, result, source_fingerprint, config_path,
                                       rejects)
         complete = True
+        if config.val_fraction > 0 and not result.counts["val"]:
+            result.notes.append(f"no image fell into val (val_fraction {config.val_fraction} of {result.packed} "
+                                "images, chosen by name hash); add images or raise val_fraction")
     finally:
         if not complete:
             for path in temp.values():
