@@ -189,7 +189,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 def run_resume(args: argparse.Namespace) -> int:
     client = _client(args)
     jobs.resume(client, args.job)
-    print(f"resumed job {args.job}: the operator starts its pods again")
+    print(f"resumed job {args.job}: its pods start again")
     return 0
 
 
