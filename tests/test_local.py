@@ -10,14 +10,17 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from aidi import local
 from aidi.api import trainjob as tj
 from aidi.cli import traincli
+from aidi.cluster import config as cluster_config
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.local import devices
 from aidi.local.pods import PathMap
@@ -63,13 +66,18 @@ def make_job(tmp_path: Path, name: str, *, workers: int = 1, gpus: int = 2) -> P
 
 
 @pytest.fixture()
-def local_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A `type: local` cluster in gpucluster.yaml (via $AIDI_GPUCLUSTER_CONFIG) with its work folder."""
+def local_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A `type: local` cluster in gpucluster.yaml (via $AIDI_GPUCLUSTER_CONFIG) with its work folder.
+
+    Jobs a failed test leaves running are deleted (their processes stopped) afterwards."""
     config = tmp_path / "gpucluster.yaml"
     config.write_text(yaml.safe_dump({"current-cluster": "here",
                                       "clusters": {"here": {"type": "local", "workdir": "cluster"}}}))
     monkeypatch.setenv("AIDI_GPUCLUSTER_CONFIG", str(config))
-    return tmp_path / "cluster"
+    yield tmp_path / "cluster"
+    client = local.client(cluster_config.resolve(config))
+    for job in client.list_jobs():
+        client.delete_job(job["metadata"]["name"])
 
 
 def use_file_dataspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
@@ -279,11 +287,7 @@ def test_parameter_server_pods_find_their_scheduler_on_this_machine(tmp_path: Pa
 
 
 def traincli_log(capsys: pytest.CaptureFixture[str], job: str, pod: str) -> str:
-    from aidi import local
-    from aidi.cluster import config
-
-    client = local.client(config.resolve())
-    return client.pod_log(pod, "trainer")
+    return local.client(cluster_config.resolve()).pod_log(pod, "trainer")
 
 
 def test_deadline_stops_a_job_that_runs_too_long(tmp_path: Path, local_cluster: Path,
