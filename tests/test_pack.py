@@ -194,7 +194,7 @@ def _broken_vehicle(workdir: Path, tmp_path: Path) -> Path:
 BAD_VEHICLE = [
     ("vehicle_000001.jpg", "file not found"),
     ("vehicle_000002.jpg", "truncated JPEG: the end-of-image marker is missing"),
-    ("vehicle_000003.jpg", "not a readable image"),
+    ("vehicle_000003.jpg", "not an image (no format Pillow knows: JPEG, PNG, ...)"),
     ("vehicle_000004.jpg", "unknown class 'bus'; the config's classes are vehicle"),
     ("vehicle_000005.jpg", "(x, y, width, height) lies outside the 192×128 image"),
 ]
@@ -245,6 +245,7 @@ def test_bad_masks_are_reported_with_the_file_and_reason(workdir, tmp_path):
     Image.fromarray(np.full((128, 192), 7, np.uint8)).save(masks[1])
     Image.open(masks[2]).convert("RGB").save(masks[2])
     masks[3].unlink()
+    masks[4].write_bytes(masks[4].read_bytes()[:100])
     config = load_config(config_file("lane_parsing"), source=str(source), output=str(tmp_path / "rec"))
     with pytest.raises(PackFailed) as failure:
         pack_scene(config, jobs=2)
@@ -254,6 +255,7 @@ def test_bad_masks_are_reported_with_the_file_and_reason(workdir, tmp_path):
         f"mask {masks[1]}: mask has class ids 7 but the scene has 4 classes (0–3; 255 = ignore)",
         f"mask {masks[2]}: expected an 8-bit one-channel mask (PNG mode L or P, pixel = class id), got mode RGB",
         f"mask {masks[3]}: file not found",
+        f"mask {masks[4]}: not a readable image (image file is truncated)",
     ]
     assert not (tmp_path / "rec").exists() or not any((tmp_path / "rec").iterdir())
 

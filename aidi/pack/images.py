@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import struct
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Pillow refuses images over ~179 Mpixel by default, which a dataset may legitimately hold.
 Image.MAX_IMAGE_PIXELS = None
@@ -68,12 +68,18 @@ def target_size(width: int, height: int, resize: int | tuple[int, int] | None) -
     return int(resize[0]), int(resize[1])
 
 
+def _unreadable(exc: Exception) -> BadImage:
+    if isinstance(exc, UnidentifiedImageError):
+        return BadImage("not an image (no format Pillow knows: JPEG, PNG, ...)")
+    return BadImage(f"not a readable image ({exc})")
+
+
 def open_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as exc:
-        raise BadImage(f"not a readable image ({exc})") from None
+        raise _unreadable(exc) from None
     return image
 
 
@@ -89,7 +95,7 @@ def reencode(data: bytes, resize: int | tuple[int, int] | None, quality: int) ->
             image.draft("RGB", target)
         image.load()
     except Exception as exc:
-        raise BadImage(f"not a readable image ({exc})") from None
+        raise _unreadable(exc) from None
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != target:
