@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from aidi import __version__
-from aidi.api import crd
 from aidi.cli import common
 
 DESCRIPTION = """\
@@ -21,6 +20,8 @@ COMMAND_MODULES: list[str] = ["evaluate", "pack_cmd", "jobsteps", "predict", "co
 
 
 def run_crd(args: argparse.Namespace) -> int:
+    from aidi.api import crd
+
     argv = ["--check", args.check] if args.check else (["-o", args.output] if args.output else [])
     return crd.main(argv)
 

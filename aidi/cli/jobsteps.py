@@ -10,7 +10,6 @@ import argparse
 from dataclasses import asdict
 from typing import Any
 
-from aidi import jobsteps
 from aidi.cli import common
 
 _ENV_NOTE = ("the dataspace is read from AIDI_DATASPACE_ENDPOINT (http(s)://HOST:PORT or file:///PATH),\n"
@@ -18,6 +17,8 @@ _ENV_NOTE = ("the dataspace is read from AIDI_DATASPACE_ENDPOINT (http(s)://HOST
 
 
 def run_fetch_code(args: argparse.Namespace) -> int:
+    from aidi import jobsteps  # the dataspace client loads only when a step runs, not for `aidi --help`
+
     result = jobsteps.fetch_code(args.uri, args.password_file, args.dest, sha256=args.sha256)
     if args.json:
         common.print_json(asdict(result))
@@ -27,6 +28,8 @@ def run_fetch_code(args: argparse.Namespace) -> int:
 
 
 def run_fetch_data(args: argparse.Namespace) -> int:
+    from aidi import jobsteps
+
     done = jobsteps.fetch_data(args.datasets, args.dest, jobs=args.jobs)
     if args.json:
         common.print_json(done)
@@ -38,6 +41,8 @@ def run_fetch_data(args: argparse.Namespace) -> int:
 
 
 def run_sync_output(args: argparse.Namespace) -> int:
+    from aidi import jobsteps
+
     result = jobsteps.sync_output(args.src, args.name, args.type, jobs=args.jobs)
     if args.json:
         common.print_json(None if result is None else {k: v for k, v in asdict(result).items() if k != "manifest"})

@@ -9,7 +9,19 @@ ServiceAccount is used only to issue and revoke APP KEYs (``appkeys``).
 
 from __future__ import annotations
 
-from aidi.console.server import create_app
-from aidi.console.settings import ConsoleSettings
+from typing import Any
 
 __all__ = ["ConsoleSettings", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `aidi --help` builds every command's parser, and the web stack (aiohttp) costs ~0.5 s.
+    if name == "create_app":
+        from aidi.console.server import create_app
+
+        return create_app
+    if name == "ConsoleSettings":
+        from aidi.console.settings import ConsoleSettings
+
+        return ConsoleSettings
+    raise AttributeError(name)
