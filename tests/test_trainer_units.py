@@ -189,3 +189,41 @@ def test_classes_that_differ_from_the_packed_manifest_are_refused(tmp_path):
     task = TaskConfig("det_rear", "det", {"vehicle_rear": ("vehicle_front", "vehicle_rear")})
     with pytest.raises(UsageError, match="packed with"):
         check_classes({"det_rear": task}, files)
+
+
+def test_data_parallel_devices_stay_in_step_through_the_device_kvstore(tmp_path):
+    # Two CPU contexts stand in for --ctx 0,1: batches split over them, gradients summed by the kvstore.
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    net = MultiTaskNet(LAYERS, HEADS, head_channels=16)
+    net.initialize(mx.init.Xavier(magnitude=2.0), ctx=ctxs)
+    net.hybridize()
+    rng = np.random.default_rng(0)
+
+    def det_batch():
+        heatmap, box, mask = det_targets(np.array([[4, 4, 20, 20], [24, 8, 44, 30]], np.float32), np.array([0, 1]),
+                                         3, (6, 4), 8)
+        return (mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 48))), *(mx.nd.array(np.stack([a] * 4))
+                                                                   for a in (heatmap, box, mask)))
+
+    def seg_batch():
+        return mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 48))), mx.nd.array(rng.integers(0, 4, (4, 4, 6)))
+
+    batches = {"det_a": iter([det_batch() for _ in range(3)]), "seg_b": iter([seg_batch() for _ in range(3)])}
+    before = net.backbone.body[0].weight.data(ctxs[0]).asnumpy()
+    plan = StepPlan("with-bn", 0, 1, 3, 1e-2, 0.0, {"det_a": 1.0, "seg_b": 1.0}, 1)
+    result = train_step(net, plan, Runtime(ctxs, mx.kv.create("device")), batches, tmp_path)
+    assert result.iterations == 3 and np.isfinite(result.last_loss)
+    for name, param in net.collect_params().items():
+        if "running" in name:
+            continue  # BatchNorm statistics are per device (each sees its shard); folding averages them
+        replicas = [param.data(ctx).asnumpy() for ctx in ctxs]
+        np.testing.assert_allclose(replicas[1], replicas[0], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert not np.allclose(net.backbone.body[0].weight.data(ctxs[0]).asnumpy(), before)
+    assert (tmp_path / "with-bn-0001.params").is_file()
+    # Folding uses the devices' mean statistics and leaves identical weights on both.
+    unit = net.backbone.body[0]
+    means = [unit.bn.running_mean.data(ctx).asnumpy() for ctx in ctxs]
+    assert not np.allclose(means[0], means[1])
+    quant.fold_and_quantize(net)
+    for ctx in ctxs[1:]:
+        np.testing.assert_array_equal(unit.bias.data(ctx).asnumpy(), unit.bias.data(ctxs[0]).asnumpy())

@@ -150,8 +150,8 @@ class ConvUnit(Calibrated):
         """Merge the BatchNorm's statistics and affine into the conv, and start fake-quantizing."""
         if not self.folded:
             bn = self.bn
-            gamma, beta = bn.gamma.data().asnumpy(), bn.beta.data().asnumpy()
-            mean, var = bn.running_mean.data().asnumpy(), bn.running_var.data().asnumpy()
+            gamma, beta = _device_mean(bn.gamma), _device_mean(bn.beta)
+            mean, var = _device_mean(bn.running_mean), _device_mean(bn.running_var)
             factor = gamma / np.sqrt(var + bn._kwargs["eps"])
             weight = self.weight.data().asnumpy() * factor[:, None, None, None]
             self.weight.set_data(mx.nd.array(weight))
@@ -161,6 +161,11 @@ class ConvUnit(Calibrated):
             self.bias.grad_req = "write"
             self.folded = True
         self.mode = FAKEQUANT
+
+
+def _device_mean(param: gluon.Parameter) -> np.ndarray:
+    """The mean over devices: with several GPUs each keeps BatchNorm statistics of its own shard."""
+    return np.mean([arr.asnumpy() for arr in param.list_data()], axis=0)
 
 
 def units(block: gluon.Block) -> list[Calibrated]:
