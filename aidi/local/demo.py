@@ -78,6 +78,10 @@ class Demo:
 
     # ---------------------------------------------------------------------------------- plumbing
 
+    def rel(self, path: Path) -> str:
+        """``path`` as the commands name it: relative to the work folder (shorter to read)."""
+        return os.path.relpath(path, self.workdir)
+
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
@@ -129,7 +133,7 @@ class Demo:
         return f"{total} images in {len(data['images'])} scenes"
 
     def pack(self) -> str:
-        self.run(["bash", str(REPO / "tools" / "pipeline.sh"), "--all"])
+        self.run(["bash", self.rel(REPO / "tools" / "pipeline.sh"), "--all"])
         records = 0
         for manifest in sorted((self.workdir / "data" / "rec").glob("*/manifest.json")):
             counts = json.loads(manifest.read_text())["counts"]
@@ -158,7 +162,7 @@ class Demo:
         self.say(f"  (wrote {path.relative_to(self.workdir)}: a `type: local` cluster, env PIPELINE_TEST=1)")
         if (self.workdir / "cluster" / "namespaces" / "default" / "trainjobs" / JOB).exists():
             self.run(["traincli", "delete", JOB])
-        data = self.run_json(["traincli", "submit", "-f", str(JOB_FILE)])
+        data = self.run_json(["traincli", "submit", "-f", self.rel(JOB_FILE)])
         return f"TrainJob {data['name']} on cluster {data['cluster']} ({data['package_files']} files of code)"
 
     def train(self) -> str:
@@ -182,7 +186,7 @@ class Demo:
         for scene in self.scenes:
             self.run(["aidi", "predict", "--model", "output/fusion-bn-c2-export-last",
                       "--rec", f"data/rec/{scene}/val.rec", "--out", f"pr/{scene}.json",
-                      "--config", str(TRAIN_CONFIG)])
+                      "--config", self.rel(TRAIN_CONFIG)])
         return f"{len(self.scenes)} val sets predicted with fusion-bn-c2"
 
     def evaluate(self) -> str:
@@ -221,7 +225,7 @@ class Demo:
 
     def compile(self) -> str:
         argv = ["aidi", "compile", "--model", "output/int-inference-export-last", "--target", "onnx",
-                "--out", "compiled", "--config", str(TRAIN_CONFIG), "--samples", str(self.samples),
+                "--out", "compiled", "--config", self.rel(TRAIN_CONFIG), "--samples", str(self.samples),
                 "--model-name", MODEL_NAME]
         for scene in COMPILE_SCENES:
             argv += ["--rec", f"data/rec/{scene}/val.rec"]
