@@ -26,17 +26,14 @@ from typing import Any
 
 from aidi import dsref
 from aidi.aidi_yaml import read_sections
+from aidi.dataspace.datasets import LATEST, NAME_RE, PENDING, VERSION_RE
 from aidi.dataspace.store import ObjectStore
 from aidi.dataspace.transfer import run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
 MODEL_RECORD = "_model.json"
 ARTIFACT_RECORD = "_artifact.json"
-PENDING = "_pending.json"
 MODEL_FORMAT = "aidi.model/v1"
-LATEST = "latest"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 _RESERVED = ("compiled/", MODEL_RECORD, PENDING)
 _CHUNK = 1 << 20
 
@@ -107,7 +104,7 @@ def _md5_sha256(path: Path) -> tuple[str, str]:
 
 
 def check_model_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise UsageError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128), "
                          "starting with a letter or digit")
     return name
@@ -117,7 +114,7 @@ def normalize_version(version: str | int) -> str:
     text = str(version).strip()
     if text.isdigit():
         text = f"v{text}"
-    if text != LATEST and not _VERSION_RE.match(text):
+    if text != LATEST and not VERSION_RE.match(text):
         raise UsageError(f"invalid model version {version!r}: use latest or v1, v2, ...")
     return text
 
@@ -276,7 +273,7 @@ class ModelRegistry:
     def _claim(self, name: str) -> str:
         """The next free version number, marked pending so a concurrent append picks the one after."""
         used = [int(m.group(1)) for info in self.store.list(f"models/{name}/", recursive=False)
-                if info.is_dir and (m := _VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
+                if info.is_dir and (m := VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
         version = f"v{max(used, default=0) + 1}"
         self.store.put_bytes(self.prefix(name, version) + PENDING,
                              json.dumps({"started": _now(), "pid": os.getpid()}).encode())
@@ -291,7 +288,7 @@ class ModelRegistry:
     def versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest first."""
         numbers = [int(m.group(1)) for info in self.store.list(f"models/{name}/", recursive=False)
-                   if info.is_dir and (m := _VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
+                   if info.is_dir and (m := VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
         complete = run_parallel(lambda n: self.store.stat(self.prefix(name, f"v{n}") + MODEL_RECORD) is not None,
                                 sorted(numbers), self.jobs)
         return [f"v{n}" for n, ok in zip(sorted(numbers), complete, strict=True) if ok]

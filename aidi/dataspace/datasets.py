@@ -43,8 +43,9 @@ MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
 DELETED = "_deleted.json"
 MANIFEST_FORMAT = "aidi.dataspace/v1"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+# Dataset and model names, and version folders (models use the same rules: aidi/models.py).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
 @dataclass
@@ -476,7 +477,7 @@ class Dataspace:
         (files without manifest or marker: an interrupted delete)."""
         numbers = []
         for info in self.store.list(f"datasets/{name}/{type}/", recursive=False):
-            match = _VERSION_RE.match(_basename(info.key))
+            match = VERSION_RE.match(_basename(info.key))
             if info.is_dir and match:
                 numbers.append(int(match.group(1)))
 
@@ -553,7 +554,7 @@ def _byte_counter(state: TransferProgress, meter: Meter) -> BytesCallback:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name or ""):
+    if not NAME_RE.match(name or ""):
         raise UsageError(f"invalid dataset name {name!r}: use letters, digits, '.', '_' and '-' (at most 128), "
                          "starting with a letter or digit")
     return name
@@ -566,7 +567,7 @@ def normalize_version(version: str | int) -> str:
         return text
     if text.isdigit():
         text = f"v{text}"
-    if not _VERSION_RE.match(text):
+    if not VERSION_RE.match(text):
         raise UsageError(f"invalid version {version!r}: use latest or v1, v2, ...")
     return text
 
