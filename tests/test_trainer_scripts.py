@@ -97,7 +97,7 @@ def test_the_job_image_installs_the_cuda_build_the_trainer_and_runs_as_non_root(
     dockerfile = (REPO / "jobimage" / "Dockerfile").read_text()
     base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
     assert re.fullmatch(r"nvidia/cuda:11\.2\.\d+-cudnn8-runtime-ubuntu\d+\.\d+", base)
-    assert 'pip install --no-cache-dir ".[trainer]"' in dockerfile
+    assert 'pip install --no-cache-dir -c constraints.txt ".[trainer,compile]"' in dockerfile
     assert "mxnet-cu112==1.9.1" in dockerfile and "numpy==1.23.5" in dockerfile
     user = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert user and user[-1] not in ("root", "0")
