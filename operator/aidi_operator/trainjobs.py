@@ -160,15 +160,18 @@ async def _create_children(state: OperatorState, job: tj.TrainJob, uid: str | No
     api = _api(state)
     namespace = job.metadata.namespace or "default"
     try:
+        group = podspec.build_podgroup(job, uid)
+        if group is not None:  # first: a gang scheduler binds a pod only once it sees the pod's group
+            await api.create(group_path(podspec.PODGROUP_API_VERSION, namespace, "podgroups"), group)
+        # The Service and the pods do not depend on each other (DNS names appear with the pods'
+        # endpoints): one round trip for all of them, not one per child.
+        creates = [(core_path(namespace, "pods"), podspec.build_pod(
+            job, m, state.settings.pods, attempt=plan.status.restarts, owner_uid=uid,
+            deadline_seconds=plan.deadline_left)) for m in plan.create]
         service = podspec.build_service(job, uid)
         if service is not None:
-            await api.create(core_path(namespace, "services"), service)
-        group = podspec.build_podgroup(job, uid)
-        if group is not None:
-            await api.create(group_path(podspec.PODGROUP_API_VERSION, namespace, "podgroups"), group)
-        manifests = [podspec.build_pod(job, m, state.settings.pods, attempt=plan.status.restarts, owner_uid=uid,
-                                       deadline_seconds=plan.deadline_left) for m in plan.create]
-        await asyncio.gather(*(api.create(core_path(namespace, "pods"), pod) for pod in manifests))
+            creates.append((core_path(namespace, "services"), service))
+        await asyncio.gather(*(api.create(path, body) for path, body in creates))
     except ApiRefused as exc:
         st = plan.status
         message = f"cannot create the job's pods: {exc} (retrying every {CREATE_RETRY_DELAY:.0f} s)"
