@@ -5,6 +5,10 @@ handle seeks, so threads must not share one) and parsed by ``aidi.recordio`` (th
 docs/architecture.md). Decoding, augmentation (random crop, horizontal flip, resize) and target
 encoding run in a thread pool: OpenCV releases the GIL while it decodes and resizes.
 
+Reproducible: the sampler's order depends only on (seed, epoch), and each sample's augmentation draws
+from its own generator seeded with (seed, epoch, sample index), never from a generator that threads
+share in whatever order they happen to run. The sampler hands the dataset ``epoch * len + index``.
+
 Images enter the network as RGB, NCHW float32, ``(pixel - 127.5) / 127.5``.
 """
 
@@ -161,33 +165,30 @@ class TaskDataset(gluon.data.Dataset):
         self.items = [(s, key) for s, files_ in enumerate(self.sources) for key in _index_keys(files_.idx)]
         self.readers = _Readers(self.sources)
         self.seed = seed
-        self._rngs = threading.local()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _rng(self) -> np.random.Generator:
-        rng = getattr(self._rngs, "rng", None)
-        if rng is None:
-            rng = self._rngs.rng = np.random.default_rng([self.seed, threading.get_ident() % (1 << 31)])
-        return rng
-
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        """Sample ``index % len(self)``, augmented as in epoch ``index // len(self)`` (see ShardSampler)."""
+        epoch, index = divmod(int(index), len(self.items))
         source, key = self.items[index]
         record = self.readers.read(source, key)
         where = f"{self.sources[source].rec} record {key}"
-        return self._detection(record, source, where) if self.task.kind == DET else self._parsing(record, where)
+        if self.task.kind == DET:
+            return self._detection(record, source, where, (epoch, index))
+        return self._parsing(record, where, (epoch, index))
 
-    def _crop(self, width: int, height: int) -> Crop:
+    def _crop(self, width: int, height: int, draw: tuple[int, int]) -> Crop:
         if not self.train:
             return Crop.identity(width, height)
-        return Crop.random(self._rng(), width, height, self.task.flip)
+        return Crop.random(np.random.default_rng([self.seed, *draw]), width, height, self.task.flip)
 
-    def _detection(self, record: bytes, source: int, where: str) -> tuple[np.ndarray, ...]:
+    def _detection(self, record: bytes, source: int, where: str, draw: tuple[int, int]) -> tuple[np.ndarray, ...]:
         rec = unpack_detection(record)
         image = decode_image(rec.image, where)
         height, width = image.shape[:2]
-        crop = self._crop(width, height)
+        crop = self._crop(width, height, draw)
         pixels = crop.apply(image, self.input_size, cv2.INTER_LINEAR)
         objects = np.array(rec.objects, np.float32).reshape(-1, 5)
         boxes = crop.boxes(objects[:, 1:], width, height, self.input_size)
@@ -201,7 +202,7 @@ class TaskDataset(gluon.data.Dataset):
         heatmap, box, mask = det_targets(boxes[keep], classes, num_classes, self.grid, self.stride)
         return normalise(pixels), heatmap, box, mask
 
-    def _parsing(self, record: bytes, where: str) -> tuple[np.ndarray, ...]:
+    def _parsing(self, record: bytes, where: str, draw: tuple[int, int]) -> tuple[np.ndarray, ...]:
         rec = unpack_parsing(record)
         image = decode_image(rec.image, where)
         mask = cv2.imdecode(np.frombuffer(rec.mask, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -209,23 +210,27 @@ class TaskDataset(gluon.data.Dataset):
             raise ValueError(f"{where}: expected a one-channel PNG mask of the image's size {image.shape[:2]}, "
                              f"got {None if mask is None else mask.shape}")
         height, width = image.shape[:2]
-        crop = self._crop(width, height)
+        crop = self._crop(width, height, draw)
         pixels = crop.apply(image, self.input_size, cv2.INTER_LINEAR)
         label = crop.apply(mask, self.grid, cv2.INTER_NEAREST).astype(np.float32)
         return normalise(pixels), label
 
 
 class ShardSampler(gluon.data.Sampler):
-    """This worker's share of ``length`` indices (rank::num_workers), reshuffled every pass when training."""
+    """This worker's share of ``length`` indices (rank::num_workers), reshuffled every pass when training.
+
+    When shuffling, pass ``epoch`` yields ``epoch * length + index``: the dataset draws that sample's
+    augmentation from (seed, epoch, index), so a pass is the same whichever thread decodes what.
+    """
 
     def __init__(self, length: int, rank: int = 0, num_workers: int = 1, shuffle: bool = True, seed: int = 0) -> None:
         self.indices = np.arange(rank, length, num_workers)
-        self.shuffle, self.epoch, self.seed = shuffle, 0, seed
+        self.length, self.shuffle, self.epoch, self.seed = length, shuffle, 0, seed
 
     def __iter__(self) -> Iterator[int]:
         order = self.indices
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order) + self.epoch * self.length
         self.epoch += 1
         return iter(order.tolist())
 
