@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from aidi_trainer.config import STEP_NAMES, load_config, load_datasets
-from aidi_trainer.data import TaskDataset
+from aidi_trainer.data import ShardSampler, TaskDataset, make_loader
 from aidi_trainer.intmodel import IntNet
 from aidi_trainer.pipeline import INT_TOLERANCE
 
@@ -146,6 +146,34 @@ def test_the_exported_int_model_reproduces_the_exported_fusion_bn_c2_model(run, 
     assert params["arg:det_person_out_weight_scale"].dtype == np.float32
     graph = json.loads((output / "int-inference-export-last-symbol.json").read_text())
     assert {node["op"] for node in graph["nodes"]} <= set(IntNet.OPS) | {"null"}
+
+
+def test_augmentation_depends_on_seed_epoch_and_sample_not_on_threads_or_call_order(workspace):
+    config = load_config(workspace / "ci.py", pipeline_test=True)
+    task = config.tasks["det_person"]
+    files = load_datasets(config.datasets, list(task.scenes), "val")
+    dataset = TaskDataset(task, files, config.input_size, 8, train=True, seed=3)
+    threaded = np.concatenate([batch[0].asnumpy() for batch in make_loader(dataset, 4, 2, seed=3)])
+    # The loader's first pass drawn one sample at a time, backwards, on this thread.
+    keys = list(ShardSampler(len(dataset), seed=3))[: len(threaded)]
+    serial = np.stack([dataset[k][0] for k in reversed(keys)])[::-1]
+    assert np.array_equal(threaded, serial)
+    # A new epoch draws new crops for the same sample.
+    assert not np.array_equal(dataset[0][0], dataset[len(dataset)][0])
+
+
+def test_two_runs_with_the_same_seed_train_bit_identical_parameters(workspace, tmp_path):
+    config = tmp_path / "short.py"
+    config.write_text((workspace / "ci.py").read_text() + DIST_STEPS)
+    outputs = [tmp_path / "a", tmp_path / "b"]
+    for output in outputs:
+        done = train(config, output, "--datasets", str(workspace / "datasets.yaml"))
+        assert done.returncode == 0, done.stderr[-3000:]
+    losses = [[metrics(o)["steps"][step]["train"]["epoch_losses"] for step in TRAINED] for o in outputs]
+    assert losses[0] == losses[1]
+    for name in ("with-bn-last-0000.params", "fusion-bn-c2-export-last-0000.params",
+                 "int-inference-export-last-0000.params"):
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
 
 
 def test_a_run_restarted_after_a_crash_resumes_from_the_last_epoch(run, tmp_path):
