@@ -182,7 +182,11 @@ class TaskDataset(gluon.data.Dataset):
     def _crop(self, width: int, height: int, draw: tuple[int, int]) -> Crop:
         if not self.train:
             return Crop.identity(width, height)
-        return Crop.random(np.random.default_rng([self.seed, *draw]), width, height, self.task.flip)
+        # Philox is counter-based: key = seed, (sample, epoch) in the counter's high words (draws advance
+        # the low word), so every sample's stream is distinct, at half the cost of seeding default_rng.
+        epoch, index = draw
+        rng = np.random.Generator(np.random.Philox(counter=[0, 0, index, epoch], key=self.seed))
+        return Crop.random(rng, width, height, self.task.flip)
 
     def _detection(self, record: bytes, source: int, where: str, draw: tuple[int, int]) -> tuple[np.ndarray, ...]:
         rec = unpack_detection(record)
