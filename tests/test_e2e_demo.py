@@ -26,8 +26,8 @@ SCENES = ("cyclist", "pedestrian", "lane_parsing")
 # images leave too little to learn from for a stable AP (100 per scene gave 0.02–0.26).
 IMAGES = 200
 # Mean AP@0.5 (all-point) of the two detection scenes. Pipeline-test training is reproducible (bit-identical
-# parameters run to run on one machine): seed 0 measured 0.945 (1 thread, as here) and 0.896 (2 threads),
-# seeds 1 and 2 0.853 and 0.921. The margin covers another CPU's kernels; an untrained network scores 0.00
+# parameters run to run on one machine): seed 0 measured 0.940 (1 thread, as here) and 0.945 (2 threads),
+# seeds 1 and 2 0.923 and 0.940. The margin covers another CPU's kernels; an untrained network scores 0.00
 # (docs/phase2.md), the old 4-epoch schedule 0.23–0.76. Lane mIoU: 0.24 (0.27–0.31 before).
 MIN_AP = 0.7
 MIN_MIOU = 0.15
