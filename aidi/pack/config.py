@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import runpy
-import types
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aidi.errors import NotFoundError, UsageError
+from aidi.errors import UsageError
+from aidi.pyconfig import run_config_file
 
 
 class PackConfig(BaseModel):
@@ -70,14 +69,7 @@ class PackConfig(BaseModel):
 def load_config(path: str | os.PathLike[str], **overrides: object) -> PackConfig:
     """Run the config file and check its settings; ``overrides`` (not None) replace its values."""
     file = Path(path)
-    if not file.is_file():
-        raise NotFoundError(f"pack config {file} not found; the 8 scenes' configs are configs/4pe_<scene>/train.py")
-    try:
-        namespace = runpy.run_path(str(file))
-    except Exception as exc:
-        raise UsageError(f"{file}: the config does not run: {type(exc).__name__}: {exc}") from exc
-    values = {k: v for k, v in namespace.items()
-              if not k.startswith("_") and not isinstance(v, types.ModuleType | types.FunctionType | type)}
+    values = run_config_file(file, "pack config", "the 8 scenes' configs are configs/4pe_<scene>/train.py")
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return PackConfig(**values)

@@ -13,7 +13,6 @@ datasets.yaml, relative to the config).
 from __future__ import annotations
 
 import json
-import runpy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from aidi.errors import NotFoundError, UsageError
+from aidi.pyconfig import run_config_file
 from aidi_trainer.model import DET, SEG, HeadSpec
 
 STEP_NAMES = ("with-bn", "fusion-bn-c1", "fusion-bn-c2", "int-inference")
@@ -105,12 +105,7 @@ def _task(name: str, raw: Any, where: str) -> TaskConfig:
 def load_config(path: str | Path, pipeline_test: bool = False, datasets: str | Path | None = None) -> TrainConfig:
     """Read the config file; ``--pipeline-test`` applies its ``pipeline_test`` overrides."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"config {path} does not exist; pass --config configs/4pe_resize/multitask.py")
-    try:
-        values = runpy.run_path(str(path))
-    except Exception as exc:
-        raise UsageError(f"config {path} does not run: {type(exc).__name__}: {exc}") from exc
+    values = run_config_file(path, "config", "pass --config configs/4pe_resize/multitask.py")
     where = str(path)
     if pipeline_test:
         values = {**values, **dict(values.get("pipeline_test") or {})}
