@@ -110,14 +110,20 @@ def test_reader_refuses_garbage_and_truncation(tmp_path):
         list(reader)
 
 
-def test_write_framed_sets_the_id_and_matches_mxnet(tmp_path):
+@pytest.mark.parametrize("pipelined", [False, True], ids=["inline", "pipelined"])
+def test_write_framed_sets_the_id_and_matches_mxnet(tmp_path, monkeypatch, pipelined):
+    # Small blocks, so the pipelined writer hashes and writes many of them on its threads.
+    monkeypatch.setattr(recordio.RecordWriter, "BLOCK_BYTES", 512)
     payloads = [rec for rec in _records() if len(rec) > 8][:20]
     mx_writer = mx.recordio.MXIndexedRecordIO(str(tmp_path / "mx.idx"), str(tmp_path / "mx.rec"), "w")
-    with recordio.IndexedRecordWriter(tmp_path / "ours.rec", tmp_path / "ours.idx", sha256=True) as ours:
+    with recordio.IndexedRecordWriter(tmp_path / "ours.rec", tmp_path / "ours.idx", sha256=True,
+                                      pipelined=pipelined) as ours:
         for key, payload in enumerate(payloads):
             id2 = recordio.MAGIC if key % 3 == 0 else key  # a magic word in the header splits the record too
             mx_writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, 1.5, key, id2), payload))
-            framed = recordio.frame_record(recordio.pack(recordio.IRHeader(0, 1.5, 0, id2), payload))
+            head = recordio.pack(recordio.IRHeader(0, 1.5, 0, id2), b"")
+            # Framed from parts (the packer's way) and whole: the same bytes either way.
+            framed = recordio.frame_record(head, payload) if key % 2 else recordio.frame_record(head + payload)
             ours.write_framed(key, framed)
         digests = ours.hexdigests()
     mx_writer.close()
@@ -127,6 +133,13 @@ def test_write_framed_sets_the_id_and_matches_mxnet(tmp_path):
     with pytest.raises(recordio.RecordIOError, match="cannot be set in place"), \
             recordio.RecordWriter(tmp_path / "x.rec") as writer:
         writer.write_framed(recordio.frame_record(recordio.pack(recordio.IRHeader(0, 0, 0, 0), b"")), recordio.MAGIC)
+
+
+def test_framing_from_parts_is_framing_the_joined_record():
+    records = _records()
+    parts = [(a, b) for a in records for b in records[::7]] + [(b"abcd", recordio.MAGIC_BYTES, b"xy"), (b"abc", b"d")]
+    for record in parts:
+        assert recordio.frame_record(*record) == b"".join(bytes(c) for c in recordio.frame(b"".join(record)))
 
 
 def test_framing_with_and_without_numpy_agree(monkeypatch):

@@ -29,9 +29,8 @@ def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-def add_jobs(parser: argparse.ArgumentParser, default: int = 4) -> None:
-    parser.add_argument("-j", "--jobs", type=int, default=default, metavar="N",
-                        help=f"parallel workers (default: {default})")
+def add_jobs(parser: argparse.ArgumentParser, default: int = 4, what: str = "parallel workers") -> None:
+    parser.add_argument("-j", "--jobs", type=int, default=default, metavar="N", help=f"{what} (default: {default})")
 
 
 def print_json(data: Any) -> None:

@@ -115,7 +115,9 @@ def add_commands(subparsers: Any) -> None:
                              epilog=PACK_EPILOG)
     pack.add_argument("-c", "--config", required=True, nargs="+", metavar="FILE",
                       help="pack config(s): configs/4pe_<scene>/train.py")
-    common.add_jobs(pack, default=os.cpu_count() or 1)
+    common.add_jobs(pack, default=os.cpu_count() or 1,
+                    what="processes when re-encoding, threads for parsing masks; detection in pass-through "
+                         "reads on one thread while two more hash and write")
     pack.add_argument("--skip-bad", action="store_true",
                       help="pack the good images and write the rejects to a file instead of failing")
     pack.add_argument("--rejects", metavar="FILE",

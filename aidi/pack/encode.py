@@ -52,7 +52,7 @@ def _framed(index: int, parts: tuple[bytes, ...], objects: int = 0) -> Encoded:
         return Encoded(index, None, problems=(
             f"the record would be {size} bytes, over RecordIO's limit of {recordio.MAX_RECORD_BYTES} (2^29 - 1, "
             "dmlc-core's, which MXNet reads with); set `resize` in the config",))
-    return Encoded(index, recordio.frame_record(b"".join(parts)), objects)
+    return Encoded(index, recordio.frame_record(*parts), objects)
 
 
 def encode_detection(item: Item, config: PackConfig) -> Encoded:
