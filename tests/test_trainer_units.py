@@ -122,6 +122,43 @@ def test_encoded_boxes_decode_back():
         assert iou(truth, row[None, 2:])[0] > 0.99
 
 
+def _det_targets_one_by_one(boxes, classes, num_classes, grid, stride):
+    """The encoding written plainly, object by object (largest first, so the smallest wins a cell)."""
+    gw, gh = grid
+    heatmap, box, mask = (np.zeros((n, gh, gw), np.float32) for n in (num_classes, 4, 1))
+    ys, xs = np.arange(gh, dtype=np.float32)[:, None], np.arange(gw, dtype=np.float32)[None, :]
+    for i in np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable"):
+        x0, y0, x1, y1 = boxes[i] / stride
+        w, h, cx, cy = x1 - x0, y1 - y0, (x0 + x1) / 2, (y0 + y1) / 2
+        ix, iy = min(int(cx), gw - 1), min(int(cy), gh - 1)
+        sx, sy = max(w / 6, 0.5), max(h / 6, 0.5)
+        gauss = np.exp(-((xs - ix) ** 2) / (2 * sx * sx) - ((ys - iy) ** 2) / (2 * sy * sy))
+        np.maximum(heatmap[classes[i]], gauss, out=heatmap[classes[i]])
+        box[:, iy, ix] = (np.log(max(w, 1e-3)), np.log(max(h, 1e-3)), cx - ix, cy - iy)
+        mask[0, iy, ix] = 1.0
+    for i in range(len(boxes)):
+        x0, y0, x1, y1 = boxes[i] / stride
+        heatmap[classes[i], min(int((y0 + y1) / 2), gh - 1), min(int((x0 + x1) / 2), gw - 1)] = 1.0
+    return heatmap, box, mask
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_vectorised_target_encoding_matches_encoding_object_by_object(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(0, 12))
+    corner = rng.uniform(0, 150, (count, 2))
+    size = rng.uniform(3, 60, (count, 2))
+    boxes = np.concatenate([corner, np.minimum(corner + size, [191, 127])], axis=1).astype(np.float32)
+    if count > 3:
+        boxes[1] = boxes[0] * 0.999 + 0.5  # a second box on the first one's centre cell: the smaller must win
+    classes = rng.integers(0, 4, count)
+    got = det_targets(boxes, classes, 4, (24, 16), 8)
+    expected = _det_targets_one_by_one(boxes, classes, 4, (24, 16), 8)
+    for ours, reference in zip(got, expected, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    assert got[2].sum() == len({(int(min((b[1] + b[3]) / 16, 15)), int(min((b[0] + b[2]) / 16, 23))) for b in boxes})
+
+
 def test_a_flipped_random_crop_moves_the_box_with_the_pixels():
     image = np.zeros((64, 96, 3), np.uint8)
     image[16:40, 20:50] = 255
