@@ -143,7 +143,8 @@ class RecordWriter:
     and each block is hashed on one thread while the previous one is written on another: the packer's
     single writer otherwise spends most of its time in ``write`` and ``sha256`` one after the other,
     while the encoding threads wait for it. Big blocks matter: a thread that gives up the GIL for every
-    record waits up to a switch interval to get it back.
+    record waits up to a switch interval to get it back. A pipelined writer holds on to the records it
+    is given until their block is written: pass ``bytes``, or do not change a buffer once written.
     """
 
     BLOCK_BYTES = 4 << 20

@@ -104,7 +104,8 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
             for split in SPLITS for ext in ("rec", "idx")}
     complete = False
     try:
-        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True)
+        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True,
+                                                     pipelined=True)
                    for split in SPLITS}
         try:
             _write_records(config, jobs or os.cpu_count() or 1, writers, result, total, progress)
