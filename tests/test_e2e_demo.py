@@ -21,16 +21,20 @@ onnx = pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.slow
 
-SCENES = ("cyclist", "pedestrian", "lane_parsing")
+SCENES = ("cyclist", "pedestrian", "default_parsing")
 # The default sample: the pipeline test trains on the val splits (about 20 images per scene), so fewer
 # images leave too little to learn from for a stable AP (100 per scene gave 0.02–0.26).
 IMAGES = 200
 # Mean AP@0.5 (all-point) of the two detection scenes. Pipeline-test training is reproducible (bit-identical
-# parameters run to run on one machine): seed 0 measured 0.940 (1 thread, as here) and 0.945 (2 threads),
-# seeds 1 and 2 0.923 and 0.940. The margin covers another CPU's kernels; an untrained network scores 0.00
-# (docs/phase2.md), the old 4-epoch schedule 0.23–0.76. Lane mIoU: 0.24 (0.27–0.31 before).
+# parameters run to run on one machine): seed 0 measured 0.895 (1 thread, as here; 0.940 with the loader
+# before whole-pixel crops). The margin covers another CPU's kernels; an untrained network scores 0.00
+# (docs/phase2.md), the old 4-epoch schedule 0.23–0.76.
 MIN_AP = 0.7
-MIN_MIOU = 0.15
+# default_parsing mIoU (12 classes): measured 0.336 (0.295 with the earlier loader); predicting the most
+# common class everywhere scores 0.022. The lane scene is not the check here: the pipeline test's few
+# iterations leave its head predicting background everywhere (mIoU 0.238 = background IoU / 4), which
+# a floor on its mIoU could not tell from learning; tests/test_predict_compile.py trains it longer.
+MIN_MIOU = 0.2
 CHECKPOINTS = ("with-bn-0001.params", "with-bn-last-0000.params", "with-bn-export-last-symbol.json",
                "fusion-bn-c1-export-last-symbol.json", "fusion-bn-c2-export-last-symbol.json",
                "fusion-bn-c2-export-last-0000.params", "int-inference-export-last-symbol.json",
@@ -116,7 +120,7 @@ def test_evaluation_scores_above_the_threshold(demo: Demo) -> None:
     aps = demo.figures["ap_by_scene"]
     assert set(aps) == {"cyclist", "pedestrian"}
     assert demo.figures["ap"] == sum(aps.values()) / 2 >= MIN_AP, aps
-    assert demo.figures["miou_by_scene"]["lane_parsing"] >= MIN_MIOU
+    assert demo.figures["miou_by_scene"]["default_parsing"] >= MIN_MIOU
     for scene in SCENES:
         assert (demo.workdir / "eval" / scene / "report.html").is_file()
 
