@@ -197,6 +197,11 @@ def test_a_run_restarted_after_a_crash_resumes_from_the_last_epoch(run, tmp_path
     # It continued from the checkpoint's weights, not from a fresh network.
     assert step0["first_loss"] < 0.75 * original["first_loss"]
     assert (crashed / "int-inference-export-last-symbol.json").is_file()
+    # On the same batches, augmented alike, as the run that never stopped: the same parameters, bit for bit.
+    assert step0["epoch_losses"] == original["epoch_losses"][last - 1:]
+    for name in ("with-bn-last-0000.params", "fusion-bn-c2-export-last-0000.params",
+                 "int-inference-export-last-0000.params"):
+        assert (crashed / name).read_bytes() == (first / name).read_bytes(), name
 
 
 def test_a_finished_run_started_again_skips_the_trained_steps(run, tmp_path):

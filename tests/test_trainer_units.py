@@ -3,6 +3,7 @@ encoding and decoding, augmentation geometry, losses, the device and config erro
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import cv2
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from aidi_trainer import quant
 from aidi_trainer.config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
-from aidi_trainer.data import Crop, det_targets
+from aidi_trainer.data import Crop, ShardSampler, TrainBatches, det_targets
 from aidi_trainer.engine import StepPlan, TrainingDiverged, train_step
 from aidi_trainer.evaluate import decode_detections, iou
 from aidi_trainer.intmodel import IntNet
@@ -157,6 +158,18 @@ def test_the_vectorised_target_encoding_matches_encoding_object_by_object(seed):
     for ours, reference in zip(got, expected, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
     assert got[2].sum() == len({(int(min((b[1] + b[3]) / 16, 15)), int(min((b[0] + b[2]) / 16, 23))) for b in boxes})
+
+
+def test_training_batches_run_on_across_passes_and_start_at_any_batch():
+    # What the loaders handed out before: one shuffled pass after another, leftovers rolled over.
+    passes = mx.gluon.data.BatchSampler(ShardSampler(11, rank=1, num_workers=2, seed=7), 4, "rollover")
+    expected = [batch for _ in range(5) for batch in passes]
+    assert len(expected) == 6 and len({i % 11 for b in expected for i in b}) == 5  # this worker's 5 samples
+    endless = TrainBatches(11, 4, rank=1, num_workers=2, seed=7)
+    assert list(itertools.islice(endless, len(expected))) == expected
+    for start in range(len(expected) - 2):
+        resumed = TrainBatches(11, 4, rank=1, num_workers=2, seed=7, start=start)
+        assert list(itertools.islice(resumed, 2)) == expected[start:start + 2], start
 
 
 def test_a_flipped_random_crop_moves_the_box_with_the_pixels():

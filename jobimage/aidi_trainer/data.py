@@ -254,6 +254,11 @@ class TaskDataset(gluon.data.Dataset):
         return normalise(pixels), label
 
 
+def _epoch_order(indices: np.ndarray, length: int, seed: int, epoch: int) -> np.ndarray:
+    """Pass ``epoch`` over ``indices``: shuffled from (seed, epoch), each offset by ``epoch * length``."""
+    return np.random.default_rng([seed, epoch]).permutation(indices) + epoch * length
+
+
 class ShardSampler(gluon.data.Sampler):
     """This worker's share of ``length`` indices (rank::num_workers), reshuffled every pass when training.
 
@@ -266,9 +271,7 @@ class ShardSampler(gluon.data.Sampler):
         self.length, self.shuffle, self.epoch, self.seed = length, shuffle, 0, seed
 
     def __iter__(self) -> Iterator[int]:
-        order = self.indices
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(order) + self.epoch * self.length
+        order = _epoch_order(self.indices, self.length, self.seed, self.epoch) if self.shuffle else self.indices
         self.epoch += 1
         return iter(order.tolist())
 
@@ -276,12 +279,58 @@ class ShardSampler(gluon.data.Sampler):
         return len(self.indices)
 
 
+class TrainBatches(gluon.data.Sampler):
+    """This worker's training batches without end, from batch number ``start`` on.
+
+    The passes of ``ShardSampler`` one after another, cut into batches; a batch that crosses the end of
+    a pass takes the rest from the next one (Gluon's "rollover"). Which sample batch ``n`` holds is index
+    arithmetic, so a resumed run starts where the interrupted one stood without decoding what it skips,
+    and trains on the same batches an uninterrupted run would.
+    """
+
+    def __init__(self, length: int, batch_size: int, rank: int = 0, num_workers: int = 1, seed: int = 0,
+                 start: int = 0) -> None:
+        self.indices = np.arange(rank, length, num_workers)
+        self.length, self.batch_size, self.seed, self.start = length, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        per_pass = len(self.indices)
+        epoch, offset = divmod(self.start * self.batch_size, per_pass)
+        batch: list[int] = []
+        while True:
+            for index in _epoch_order(self.indices, self.length, self.seed, epoch)[offset:].tolist():
+                batch.append(index)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        raise TypeError("TrainBatches has no end")
+
+
 def make_loader(dataset: TaskDataset, batch_size: int, workers: int, rank: int = 0, num_workers: int = 1,
                 shuffle: bool = True, seed: int = 0) -> gluon.data.DataLoader:
-    if len(dataset) < num_workers:
-        raise ValueError(f"branch {dataset.task.name} has {len(dataset)} samples, fewer than the {num_workers} workers")
+    """One pass (a new shuffled one each time it is iterated, when ``shuffle``)."""
+    _check_shard(dataset, num_workers)
     sampler = ShardSampler(len(dataset), rank, num_workers, shuffle, seed)
     batches = gluon.data.BatchSampler(sampler, batch_size, "rollover" if shuffle else "keep")
+    return _loader(dataset, batches, workers)
+
+
+def train_batches(dataset: TaskDataset, batch_size: int, workers: int, rank: int = 0, num_workers: int = 1,
+                  seed: int = 0, start: int = 0) -> Iterator[Any]:
+    """Training batches without end, from batch ``start`` on (see ``TrainBatches``)."""
+    _check_shard(dataset, num_workers)
+    return iter(_loader(dataset, TrainBatches(len(dataset), batch_size, rank, num_workers, seed, start), workers))
+
+
+def _check_shard(dataset: TaskDataset, num_workers: int) -> None:
+    if len(dataset) < num_workers:
+        raise ValueError(f"branch {dataset.task.name} has {len(dataset)} samples, fewer than the {num_workers} workers")
+
+
+def _loader(dataset: TaskDataset, batches: gluon.data.Sampler, workers: int) -> gluon.data.DataLoader:
     return gluon.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, thread_pool=True,
                                  prefetch=2 * max(workers, 1), batchify_fn=batchify)
 
@@ -294,9 +343,3 @@ def batchify(samples: list[tuple[np.ndarray, ...]]) -> list[mx.nd.NDArray]:
     (``from_numpy`` marks it read-only).
     """
     return [mx.nd.from_numpy(np.stack(field), zero_copy=True) for field in zip(*samples, strict=True)]
-
-
-def forever(loader: gluon.data.DataLoader) -> Iterator[Any]:
-    """Batches without end, a new shuffled pass each time the last one ends."""
-    while True:
-        yield from loader

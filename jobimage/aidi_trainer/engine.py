@@ -115,8 +115,12 @@ class Meter:
 
 
 def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
-               out: Path) -> StepResult:
-    """Train ``net`` (hybridized by the caller) for ``plan``; resume from the last epoch checkpoint in ``out``."""
+               out: Path, start_epoch: int | None = None) -> StepResult:
+    """Train ``net`` (hybridized by the caller) for ``plan``; resume from the last epoch checkpoint in ``out``.
+
+    ``start_epoch`` is that checkpoint's epoch when the caller agreed on it already (every worker must
+    pass the same); by default it is read here. ``batches`` must stand at that epoch's first batch.
+    """
     params = net.collect_params()
     if len(params.keys()) > SYNC_KEYS:
         raise ValueError(f"the network has {len(params.keys())} parameters; the kvstore key plan allows {SYNC_KEYS}")
@@ -127,7 +131,8 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
                             kvstore=runtime.step_store(plan.index),
                             update_on_kvstore=False if runtime.kv is not None else None)
     result = StepResult()
-    start_epoch = int(runtime.agree(plan.index, 0, saved_epoch(out, plan.name) if runtime.chief else 0))
+    if start_epoch is None:
+        start_epoch = int(runtime.agree(plan.index, 0, saved_epoch(out, plan.name) if runtime.chief else 0))
     params_file, states_file = checkpoint_paths(out, plan.name, start_epoch)
     if start_epoch and runtime.chief:
         net.load_parameters(str(params_file), ctx=runtime.ctxs)

@@ -28,7 +28,7 @@ import numpy as np
 from aidi.errors import AidiError
 from aidi_trainer import quant
 from aidi_trainer.config import STEP_NAMES, TrainConfig, check_classes, load_datasets
-from aidi_trainer.data import TaskDataset, forever, make_loader
+from aidi_trainer.data import TaskDataset, make_loader, train_batches
 from aidi_trainer.engine import StepPlan, atomic_save, iterations_per_epoch, saved_epoch, train_step
 from aidi_trainer.evaluate import evaluate_task
 from aidi_trainer.intmodel import IntNet
@@ -82,11 +82,12 @@ class Pipeline:
                            for name, task in config.tasks.items()}
         self.val_sets = {name: TaskDataset(task, val_files, config.input_size, self.net.stride, False)
                          for name, task in config.tasks.items()}
-        batch = config.batch_size * len(runtime.ctxs)
-        self.batches: dict[str, Iterator[Any]] = {
-            name: forever(make_loader(ds, batch, config.workers, runtime.rank, runtime.num_workers, True,
-                                      config.seed + i))
-            for i, (name, ds) in enumerate(self.train_sets.items())}
+        # Every branch's loader stands at the same batch number: each iteration and each calibration
+        # round takes one batch of every branch. A resumed run moves them to where the interrupted run
+        # stood (``_seek``), so it trains on the same batches as a run that never stopped.
+        self.batches: dict[str, Iterator[Any]] = {}
+        self.position = -1
+        self._seek(0)
         self.metrics: dict[str, Any] = {
             "config": str(config.path), "pipeline_test": pipeline_test, "ctx": [str(c) for c in runtime.ctxs],
             "workers": runtime.num_workers, "tasks": {n: t.classes for n, t in config.tasks.items()},
@@ -101,17 +102,26 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        step_start = 0  # the batch number at which the current step's calibration, then training, begins
         for index, name in enumerate(STEP_NAMES[:3]):
             self._prepare(index)
+            plan = self._plan(index, name)
+            calibration = self.config.calibration_batches if index else 0
+            training_start = step_start + calibration
             done = self.runtime.agree(index, 1, float(step_done(self.out, name)) if self.runtime.chief else 0.0)
             if done:
                 log.info("[%s] already done (%s exists): skipping", name, last_params(self.out, name).name)
                 if self.runtime.chief:
                     self.net.load_parameters(str(last_params(self.out, name)), ctx=self.runtime.ctxs)
-                continue
-            if index and not saved_epoch(self.out, name):
-                self._calibrate(self.net.backbone if index == 1 else self.net.heads)
-            self._train(index, name)
+            else:
+                if index and not saved_epoch(self.out, name):
+                    self._seek(step_start)
+                    self._calibrate(self.net.backbone if index == 1 else self.net.heads)
+                start_epoch = int(self.runtime.agree(index, 0, saved_epoch(self.out, name)
+                                                     if self.runtime.chief else 0))
+                self._seek(training_start + start_epoch * plan.iters_per_epoch)
+                self._train(plan, start_epoch)
+            step_start = training_start + plan.epochs * plan.iters_per_epoch
         if self.runtime.chief:
             self._int_inference()
             self.metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -136,23 +146,38 @@ class Pipeline:
         for _ in range(self.config.calibration_batches):
             for task, it in self.batches.items():
                 self.net(next(it)[0].as_in_context(ctx), task)
+        self.position += self.config.calibration_batches
         for unit in units:
             unit.finish_calibration()
         self.net.link_scales()
         log.info("calibrated %d activation scales on %d batches per branch", len(units),
                  self.config.calibration_batches)
 
-    def _train(self, index: int, name: str) -> None:
+    def _plan(self, index: int, name: str) -> StepPlan:
         step = self.config.steps[name]
         sizes = {task: len(ds) // self.runtime.num_workers for task, ds in self.train_sets.items()}
-        plan = StepPlan(name, index, step.epochs,
+        return StepPlan(name, index, step.epochs,
                         iterations_per_epoch(sizes, self.config.batch_size * len(self.runtime.ctxs), step.max_iters),
                         step.lr, self.config.wd, {n: t.weight for n, t in self.config.tasks.items()},
                         self.config.log_interval)
-        log.info("[%s] step %d: %d epochs × %d iterations, lr %g", name, index, plan.epochs, plan.iters_per_epoch,
-                 plan.lr)
+
+    def _seek(self, position: int) -> None:
+        """Have every branch's loader hand out batch number ``position`` next."""
+        if position == self.position:
+            return
+        batch = self.config.batch_size * len(self.runtime.ctxs)
+        self.batches = {name: train_batches(ds, batch, self.config.workers, self.runtime.rank,
+                                            self.runtime.num_workers, self.config.seed + i, start=position)
+                        for i, (name, ds) in enumerate(self.train_sets.items())}
+        self.position = position
+
+    def _train(self, plan: StepPlan, start_epoch: int) -> None:
+        name = plan.name
+        log.info("[%s] step %d: %d epochs × %d iterations, lr %g", name, plan.index, plan.epochs,
+                 plan.iters_per_epoch, plan.lr)
         self.net.hybridize()
-        result = train_step(self.net, plan, self.runtime, self.batches, self.out)
+        result = train_step(self.net, plan, self.runtime, self.batches, self.out, start_epoch)
+        self.position += (plan.epochs - start_epoch) * plan.iters_per_epoch
         if not self.runtime.chief:
             return
         val = {task: evaluate_task(self.net, task, spec.kind, spec.num_classes, self._val_batches(task),
