@@ -190,11 +190,18 @@ class RecordWriter:
                 self._flush_block()
             return offset
         for chunk in chunks:
-            self._file.write(chunk)
+            self._write(chunk)
             if self._digest:
                 self._digest.update(chunk)
             self._offset += len(chunk)
         return offset
+
+    def _write(self, data: bytes | memoryview) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            # A full disk or a lost mount surfaces here (or on another thread): name the file.
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
 
     def _flush_block(self) -> None:
         if not self._pending:
@@ -206,7 +213,7 @@ class RecordWriter:
             self._threads = (ThreadPoolExecutor(1, "rec-write"), ThreadPoolExecutor(1, "rec-hash"))
         while len(self._in_flight) >= 2 * self.IN_FLIGHT:
             self._in_flight.popleft().result()  # raises the thread's error (disk full, ...) here
-        self._in_flight.append(self._threads[0].submit(self._file.write, block))
+        self._in_flight.append(self._threads[0].submit(self._write, block))
         if self._digest:
             self._in_flight.append(self._threads[1].submit(self._digest.update, block))
 

@@ -341,3 +341,29 @@ def test_png_images_are_stored_as_jpeg_even_in_pass_through(workdir, tmp_path):
     assert record.image[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(record.image)).size == (192, 128)
     assert np.array_equal(np.array([v for obj in record.objects for v in obj], np.float32),
                           _expected_labels(workdir, "vehicle")[first["id"]][1][4:])
+
+
+def test_a_disk_filling_up_is_an_error_naming_the_file_and_leaves_the_previous_set(workdir, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The pipelined writer writes on its own thread: a full disk there still ends the run cleanly."""
+    import errno
+
+    output = tmp_path / "rec"
+    shutil.copytree(workdir / "data" / "rec" / "vehicle", output)
+    previous = {p.name: p.read_bytes() for p in output.iterdir()}
+
+    class FillingUp(io.FileIO):
+        def write(self, data):  # room for 1 KB, then ENOSPC, as a full device answers
+            if self.tell() + len(data) > 1024:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    monkeypatch.setattr(recordio, "open", lambda path, mode: FillingUp(path, mode), raising=False)
+    monkeypatch.setattr(recordio.RecordWriter, "BLOCK_BYTES", 4096)
+    code = aidi_main.main(["pack", "-c", str(config_file("vehicle")), "--source",
+                           str(workdir / "data" / "adas_mini" / "vehicle"), "--output", str(output), "--force"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(output / ".train.rec.tmp-") in err and "free space" in err
+    assert "internal error" not in err
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == previous  # no temp files, old set intact

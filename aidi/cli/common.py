@@ -4,6 +4,7 @@ to one line and an exit code (tracebacks only under ``-v``)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -86,9 +87,33 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         # `traincli logs JOB | head`: the reader went away; not an error of ours.
         sys.stderr.close()
         return 0
-    except Exception as exc:
+    except OSError as exc:
+        advice = _ENVIRONMENT_ERRORS.get(exc.errno or 0)
+        if advice is None:
+            return _internal(parser, exc, verbose)
         if verbose:
             traceback.print_exc()
-        print(f"{parser.prog}: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback, "
-              "and report it)", file=sys.stderr)
-        return EXIT_INTERNAL
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{parser.prog}: error: {exc.strerror}{where}; {advice}", file=sys.stderr)
+        return AidiError.exit_code
+    except Exception as exc:
+        return _internal(parser, exc, verbose)
+
+
+# What the machine, not our code, got wrong: said as an error with what to do, not as a bug to report.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free space on that device, or write somewhere else",
+    errno.EDQUOT: "your disk quota is used up: free space, or write somewhere else",
+    errno.EROFS: "that file system is read-only: write somewhere else",
+    errno.EACCES: "check the owner and mode of that path, or use another",
+    errno.EPERM: "check the owner and mode of that path, or use another",
+    errno.EIO: "the device failed to read or write: check the disk or the mount",
+}
+
+
+def _internal(parser: argparse.ArgumentParser, exc: Exception, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"{parser.prog}: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback, "
+          "and report it)", file=sys.stderr)
+    return EXIT_INTERNAL
