@@ -285,8 +285,10 @@ class IndexedRecordWriter:
         return self.records.hexdigest(), self._idx_digest.hexdigest()
 
     def close(self) -> None:
-        self.records.close()
-        self._idx.close()
+        try:
+            self.records.close()
+        finally:
+            self._idx.close()
 
     def __enter__(self) -> IndexedRecordWriter:
         return self

@@ -8,6 +8,7 @@ looks complete, and never damages the previous one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -104,14 +105,11 @@ def pack_scene(config: PackConfig, jobs: int | None = None, skip_bad: bool = Fal
             for split in SPLITS for ext in ("rec", "idx")}
     complete = False
     try:
-        writers = {split: recordio.IndexedRecordWriter(temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True,
-                                                     pipelined=True)
-                   for split in SPLITS}
-        try:
+        # Every writer is closed (its threads stopped) even when another one's last write fails.
+        with contextlib.ExitStack() as closing:
+            writers = {split: closing.enter_context(recordio.IndexedRecordWriter(
+                temp[f"{split}.rec"], temp[f"{split}.idx"], sha256=True, pipelined=True)) for split in SPLITS}
             _write_records(config, jobs or os.cpu_count() or 1, writers, result, total, progress)
-        finally:
-            for writer in writers.values():
-                writer.close()
         if result.problems and not skip_bad:
             raise PackFailed(config.scene, result.problems)
         digests = {f"{split}.{ext}": digest for split, writer in writers.items()
