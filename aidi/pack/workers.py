@@ -3,9 +3,9 @@
 Re-encoding runs in worker processes fed through ``multiprocessing`` queues. Not a
 ``ProcessPoolExecutor``: its workers block writing each result into a pipe until the parent reads it,
 so they idle whenever the parent is descheduled; a queue's feeder thread lets a worker go on encoding
-while its last result is still on the way. Pass-through runs in threads: it is file reads, hashing and
-writes, which release the GIL, and shipping every JPEG between processes cost more than the checks.
-Detection pass-through runs on the calling thread: see ``encoded``.
+while its last result is still on the way. Parsing scenes in pass-through run in threads: their work is
+file reads and PNG decoding, which release the GIL, and shipping every image between processes cost
+more than the checks. Detection in pass-through runs on the calling thread (see ``encoded``).
 """
 
 from __future__ import annotations
