@@ -140,7 +140,7 @@ class RecordWriter:
 
     With ``sha256=True`` the file's digest is computed as it is written (``hexdigest()``), which spares
     reading a large file back. With ``pipelined=True`` records are gathered into blocks of a few MiB,
-    and each block is hashed on one thread while the previous one is written on another: the packer's
+    and each block is written on one thread while another hashes it (a pair of threads per file): the packer's
     single writer otherwise spends most of its time in ``write`` and ``sha256`` one after the other,
     while the encoding threads wait for it. Big blocks matter: a thread that gives up the GIL for every
     record waits up to a switch interval to get it back. A pipelined writer holds on to the records it

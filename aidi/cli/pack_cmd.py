@@ -24,7 +24,8 @@ examples:
   aidi pack --config configs/4pe_*/train.py -j 2                 # several scenes, one after another
 outputs: <output>/{train,val}.{rec,idx} and <output>/manifest.json (see docs/packing.md).
 A re-run with unchanged inputs and settings does nothing ("up to date"); --force repacks.
-exit codes: 0 packed or up to date, 1 bad inputs (all listed; nothing written), 2 bad config, 3 not found
+exit codes: 0 packed or up to date, 1 bad inputs (all listed; nothing written) or an output it cannot
+write (full disk, read-only or forbidden folder), 2 bad config, 3 not found
 """
 
 
@@ -117,7 +118,7 @@ def add_commands(subparsers: Any) -> None:
                       help="pack config(s): configs/4pe_<scene>/train.py")
     common.add_jobs(pack, default=os.cpu_count() or 1,
                     what="processes when re-encoding, threads for parsing masks; detection in pass-through "
-                         "reads on one thread while two more hash and write")
+                         "reads on one thread while two more per output file write and hash")
     pack.add_argument("--skip-bad", action="store_true",
                       help="pack the good images and write the rejects to a file instead of failing")
     pack.add_argument("--rejects", metavar="FILE",

@@ -1,7 +1,8 @@
-"""Turning one item into one record (runs in the workers): read, check, encode, pack, frame.
+"""Turning one item into one record: read, check, encode, pack, frame (in the workers, or on the calling
+thread for detection in pass-through: aidi.pack.workers).
 
-Workers hand back records already framed (dmlc frames, IRHeader id 0), so the single writer only sets
-the id and appends; the magic-word scan and the JPEG work run in the workers.
+Records come back already framed (dmlc frames, IRHeader id 0), so the single writer only sets the id
+and appends; the magic-word scan and the JPEG work happen here.
 """
 
 from __future__ import annotations
