@@ -138,6 +138,14 @@ def test_model_version_has_md5s_of_the_trained_files(demo: Demo) -> None:
 def test_onnx_compile_check_passed(demo: Demo) -> None:
     report = json.loads((demo.workdir / "compiled" / "compile.json").read_text())
     assert demo.figures["compile_passed"] and report["check"]["passed"] is True
+    # The verdict rests on real comparisons: every branch's outputs, values and not only argmaxes (an
+    # empty detection output on both sides would "agree"), and detections to agree on.
+    outputs = report["check"]["outputs"]
+    assert len(outputs) == 6
+    assert sum(out.get("detections_mxnet", 0) for out in outputs.values()) > 0, outputs
+    for name, out in outputs.items():
+        assert out["max_rel_diff"] < 0.05, (name, out)  # measured ~1e-7: the same integer arithmetic
+        assert out.get("detection_agreement", out.get("pixel_agreement")) >= 0.99, (name, out)
     onnx.checker.check_model(onnx.load(str(demo.workdir / "compiled" / "model.onnx")))
     stored = demo.workdir / "dataspace" / "models" / MODEL_NAME / demo.figures["model_version"] / "compiled" / "onnx"
     assert (stored / "model.onnx").is_file()

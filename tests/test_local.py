@@ -302,9 +302,13 @@ def test_deadline_stops_a_job_that_runs_too_long(tmp_path: Path, local_cluster: 
     }))
     assert cli(capsys, "submit", "-f", str(manifest))[0] == 0
     start = time.monotonic()
+    pod_json = local_cluster / "namespaces" / "default" / "trainjobs" / "slow" / "pods" / "slow-worker-0" / "pod.json"
+    wait_until(lambda: pod_json.exists() and "trainer" in json.loads(pod_json.read_text())["local"]["pids"], 30)
+    pid = json.loads(pod_json.read_text())["local"]["pids"]["trainer"]
     assert cli(capsys, "wait", "slow", "--interval", "0.3", "--timeout", "60")[0] == 1
     assert time.monotonic() - start < 30
     st = status(capsys, "slow")
     assert st["reason"] == "DeadlineExceeded"
     assert st["message"] == "the job ran longer than activeDeadlineSeconds (2 s); its pods were stopped"
+    wait_until(lambda: _gone(pid), 10)  # and they were: the `sleep 60` and its shell are gone
     assert "started" in cli(capsys, "logs", "slow")[1]

@@ -143,3 +143,9 @@ def test_condition_transition_time_moves_only_on_a_flip() -> None:
     second = decide(job(), first, [pod_state(pod("j-worker-0"))], later).status
     running = next(c for c in second.conditions if c.type == "Running")
     assert running.last_transition_time == "2026-11-26T12:00:00Z"
+    # ... and does move when it flips: the worker finishes, Running turns False at that moment.
+    finished = NOW + dt.timedelta(minutes=9)
+    third = decide(job(), second, [pod_state(pod("j-worker-0", "Succeeded", **terminated(0, "Completed")))],
+                   finished).status
+    running = next(c for c in third.conditions if c.type == "Running")
+    assert running.status == "False" and running.last_transition_time == "2026-11-26T12:09:00Z"

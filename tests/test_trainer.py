@@ -18,7 +18,6 @@ import pytest
 from aidi_trainer.config import STEP_NAMES, load_config, load_datasets
 from aidi_trainer.data import ShardSampler, TaskDataset, make_loader
 from aidi_trainer.intmodel import IntNet
-from aidi_trainer.pipeline import INT_TOLERANCE
 
 from aidi.pack import load_config as load_pack_config
 from aidi.pack import pack_scene
@@ -47,6 +46,9 @@ steps = {"with-bn": {"epochs": 1, "lr": 5e-3, "max_iters": 2},
          "fusion-bn-c2": {"epochs": 1, "lr": 1e-3, "max_iters": 1}}
 """
 TRAINED = STEP_NAMES[:3]
+# docs/trainer.md's promise for step 3, stated here rather than imported, so loosening the code's
+# constant does not loosen the test with it.
+INT_TOLERANCE = 1e-5
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

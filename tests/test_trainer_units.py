@@ -73,7 +73,9 @@ def test_fake_quantization_stays_within_a_few_int8_steps_of_float():
         unit.mode = quant.FLOAT
     floating = net(x, "seg_b").asnumpy()
     error = np.abs(quantized - floating).max() / np.abs(floating).max()
-    assert 0 < error < 0.15
+    # Measured 0.0087, about one int8 step (1/127) of the output's range; 0.03 allows ~4 steps, where a
+    # coarser quantizer (say 4 bits) would land far above.
+    assert 0 < error < 0.03
 
 
 def test_the_integer_model_reproduces_fake_quantization_bit_for_bit():
