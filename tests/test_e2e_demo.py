@@ -2,7 +2,7 @@
 checks its artefacts.
 
 What runs is `make demo`'s driver: the real CLIs as subprocesses, a real local cluster, real MXNet
-training (`--pipeline-test`), ONNX compile with onnxruntime. About 2–4 minutes on 2 cores.
+training (`--pipeline-test`), ONNX compile with onnxruntime. About 70 s on 2 quiet cores.
 """
 
 from __future__ import annotations
