@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -394,7 +395,9 @@ def test_sessions_expire_when_idle_and_bearer_checks_are_brief(monkeypatch: pyte
     from aidi.console import server
     from aidi.console.identity import Identity
 
-    clock = [1000.0]
+    # Far from the real clock, whatever the machine's uptime: a session stamped with the real clock
+    # instead of this one would look expired (or fresh) at once.
+    clock = [time.monotonic() + 1e6]
     monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
     sessions = server.Sessions(idle_seconds=60)
     session = sessions.new(Identity(namespace=NS, queue=None, user="u", cluster=None))

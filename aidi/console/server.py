@@ -48,7 +48,9 @@ class Session:
     id: str
     identity: Identity
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    last_seen: float = field(default_factory=time.monotonic)
+    # A lambda, not ``time.monotonic`` itself: the clock is looked up when a session is made, so one
+    # clock (the module's) decides both when a session was last seen and whether it has expired.
+    last_seen: float = field(default_factory=lambda: time.monotonic())
     via_cookie: bool = True
 
 
