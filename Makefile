@@ -15,7 +15,7 @@ CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHART_CRD := charts/aidi/crds/trainjobs.aidi.io.yaml
 
-.PHONY: install tools browser test lint demo crd clean
+.PHONY: install tools browser test e2e lint demo crd clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (MXNet 1.9.1); set PYTHON=/path/to/python3.11"'
@@ -51,8 +51,18 @@ lint: $(STAMP)
 	$(BIN)/python -m aidi.api.crd --check crds/trainjobs.aidi.io.yaml
 	$(BIN)/python -m aidi.api.crd --check $(CHART_CRD)
 
+# The tests marked `e2e` need a real Kubernetes API server. `make test` starts the control plane of
+# ../shared/k8s (etcd, kube-apiserver, controller-manager, scheduler v1.28 on loopback) when it is there,
+# runs the whole suite with it and stops it (tools/with-control-plane.sh); elsewhere the e2e tests skip
+# and say why. `make e2e` runs only them, against the cluster your kubeconfig names (kind, k3d, ...).
+# CONTROL_PLANE=/path/to/control-plane picks another copy of the script.
+CONTROL_PLANE ?= $(firstword $(wildcard ../shared/k8s/control-plane /work/shared/k8s/control-plane))
+
 test: lint tools
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	bash tools/with-control-plane.sh "$(CONTROL_PLANE)" -- $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+e2e: $(STAMP) $(HELM)
+	AIDI_E2E_KUBECONFIG="$${KUBECONFIG:-$$HOME/.kube/config}" $(BIN)/python -m pytest -q -m e2e $(PYTEST_ARGS)
 
 # The whole workflow on this machine (docs/local.md): sample → pack → upload → traincli submit to a local
 # cluster → 4-step pipeline-test training → predict → eval → model append → compile. Everything it writes

@@ -1,87 +1,117 @@
-"""The operator's scenarios against the cluster the current kubeconfig names (kind, k3d, a real one).
+"""The operator on a real API server, as it is deployed: `aidi-operator` as its own process, outside the
+cluster, with a token of the chart's own operator ServiceAccount (the chart installed for real by the
+``platform`` fixture), so every scenario also proves that the chart's RBAC is enough — a refused request
+fails the test. The real scheduler binds pods to this run's GPU nodes; the test plays their kubelet.
 
-Installs the CRD and the PriorityClasses if missing, runs the operator in-process in a throwaway
-namespace, and plays the kubelet through pod status patches (the pods select a node label that no node
-has, so no real kubelet competes). Skipped when no cluster answers. How to run: docs/operator.md.
+`make test` runs these against ../shared/k8s/control-plane; `make e2e` against your kubeconfig's cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from aidi_operator.kube import ApiRefused, KubeApi
-from aidi_operator.startup import connection_info
 
+from tests.support import e2e
 from tests.support import operator_scenarios as scenarios
-from tests.support.operator import FAST, Cluster, install_crd, running_operator
+from tests.support.operator import ScheduledCluster
 
 pytestmark = pytest.mark.e2e
 
+
 @pytest.fixture()
-async def e2e() -> AsyncIterator[tuple[Cluster, object]]:
-    settings = replace(FAST, resync_seconds=0.5)
-    api = KubeApi(lambda: connection_info(settings))
-    await install_crd(api)
-    namespace = f"aidi-e2e-{uuid.uuid4().hex[:8]}"
+def operator(platform: e2e.Platform, tmp_path: Path) -> Iterator[e2e.OperatorProcess]:
+    """aidi-operator, cluster-wide, with the chart's operator ServiceAccount token."""
+    with e2e.operator_with_token(platform, tmp_path) as running:
+        yield running
+    assert not running.forbidden(), "the chart's RBAC refused the operator:\n" + "\n".join(running.forbidden())
+
+
+@pytest.fixture()
+async def cluster(e2e_run: str, e2e_nodes: e2e.Kubelet,
+                  operator: e2e.OperatorProcess) -> AsyncIterator[ScheduledCluster]:
+    """A throwaway namespace whose jobs the real scheduler binds to this run's GPU nodes."""
+    api = KubeApi(e2e.connection)
+    namespace = f"aidi-e2e-{e2e_run}-{uuid.uuid4().hex[:6]}"
     await api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                            "metadata": {"name": namespace}})
-    cluster = Cluster(api, namespace)
+                                            "metadata": {"name": namespace, "labels": {e2e.E2E_LABEL: e2e_run}}})
     try:
-        yield cluster, replace(settings, namespaces=(namespace,))
+        yield ScheduledCluster(api, namespace, e2e_nodes.selector)
     finally:
         with contextlib.suppress(ApiRefused):
             await api.delete(f"/api/v1/namespaces/{namespace}")
         await api.close()
 
 
-async def _run(e2e: tuple[Cluster, object], scenario) -> None:
-    cluster, settings = e2e
-    async with running_operator(settings):
-        await scenario(cluster)
+async def test_single_worker_succeeds(cluster) -> None:
+    await scenarios.single_worker_succeeds(cluster)
+    pod = (await cluster.pods("single"))["single-worker-0"]
+    assert pod["spec"]["nodeName"].startswith("aidi-e2e-")  # bound by the real scheduler
 
 
-async def test_single_worker_succeeds(e2e) -> None:
-    await _run(e2e, scenarios.single_worker_succeeds)
+async def test_a_job_too_big_for_any_node_is_pending_with_the_schedulers_reason(cluster) -> None:
+    await scenarios.too_big_to_schedule(cluster)
 
 
-async def test_multi_worker_mxnet_env_and_service(e2e) -> None:
-    await _run(e2e, scenarios.multi_worker_mxnet)
+async def test_multi_worker_mxnet_env_and_service(cluster) -> None:
+    await scenarios.multi_worker_mxnet(cluster)
 
 
-async def test_gang_restart_up_to_backoff_limit(e2e) -> None:
-    await _run(e2e, scenarios.gang_restart)
+async def test_gang_restart_up_to_backoff_limit(cluster) -> None:
+    await scenarios.gang_restart(cluster)
 
 
-async def test_deadline_exceeded(e2e) -> None:
-    await _run(e2e, scenarios.deadline)
+async def test_deadline_exceeded(cluster) -> None:
+    await scenarios.deadline(cluster)
 
 
-async def test_suspend_and_resume(e2e) -> None:
-    await _run(e2e, scenarios.suspend_and_resume)
+async def test_suspend_and_resume(cluster) -> None:
+    await scenarios.suspend_and_resume(cluster)
 
 
-async def test_deletion_cascade(e2e) -> None:
-    await _run(e2e, scenarios.deletion_cascade)
+async def test_deletion_cascade(cluster) -> None:
+    await scenarios.deletion_cascade(cluster)
 
 
-async def test_ttl_after_finished(e2e) -> None:
-    await _run(e2e, scenarios.ttl_after_finished)
+async def test_deletion_cascade_through_the_garbage_collector(cluster, operator) -> None:
+    await scenarios.garbage_collected(cluster, lambda: asyncio.to_thread(operator.stop))
 
 
-async def test_operator_restart_mid_job(e2e) -> None:
-    cluster, settings = e2e
-    stack = contextlib.AsyncExitStack()
-    await stack.enter_async_context(running_operator(settings))
+async def test_ttl_after_finished(cluster) -> None:
+    await scenarios.ttl_after_finished(cluster)
 
-    async def restart() -> None:
-        await stack.aclose()
-        await stack.enter_async_context(running_operator(settings))
 
-    try:
-        await scenarios.operator_restart(cluster, restart)
-    finally:
-        await stack.aclose()
+async def test_operator_restart_mid_job(cluster, operator) -> None:
+    await scenarios.operator_restart(cluster, lambda: asyncio.to_thread(operator.restart))
+
+
+async def test_a_stale_write_is_refused_and_loses_nothing(cluster, tmp_path: Path) -> None:
+    """A client replacing the job from an old copy gets 409; the operator's status survives every write."""
+    c = cluster
+    await c.create_job("stale", backoffLimit=2, nodeSelector=c.node_selector)
+    old = await c.job("stale")
+    await c.wait_pods("stale", ["stale-worker-0"])
+    await c.run_pod("stale-worker-0")
+    running = await c.wait_phase("stale", "Running")
+    assert (await c.job("stale"))["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"]
+
+    old["spec"]["backoffLimit"] = 5
+    (tmp_path / "stale.json").write_text(json.dumps(old))
+    refused = await asyncio.to_thread(e2e.kubectl, "replace", "-f", str(tmp_path / "stale.json"), check=False)
+    assert refused.returncode != 0 and "the object has been modified" in refused.stderr, refused.stderr
+    assert (await c.job("stale"))["spec"]["backoffLimit"] == 2
+
+    fresh = await c.job("stale")
+    fresh["spec"]["backoffLimit"] = 5
+    (tmp_path / "fresh.json").write_text(json.dumps(fresh))
+    await asyncio.to_thread(e2e.kubectl, "replace", "-f", str(tmp_path / "fresh.json"))
+    status = await c.wait_phase("stale", "Running", observedGeneration=2)
+    assert status["startTime"] == running["startTime"] and status["restarts"] == 0
+    await c.finish_pod("stale-worker-0")
+    await c.wait_phase("stale", "Succeeded")

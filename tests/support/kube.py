@@ -1,9 +1,7 @@
-"""The kmock Kubernetes API with the TrainJob resource registered, and a probe for a real cluster."""
+"""The kmock Kubernetes API with the TrainJob resource registered (a real cluster: tests/support/e2e.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from typing import Any
 
 import kmock
@@ -30,30 +28,3 @@ def register_trainjobs(api: Any) -> None:
         kind="PodGroup", namespaced=True,
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
     )
-
-
-def kubeconfig_cluster_reason() -> str | None:
-    """None when the current kubeconfig names a cluster that answers; otherwise why not (for a skip)."""
-    config = os.environ.get("KUBECONFIG", os.path.expanduser("~/.kube/config"))
-    if not any(os.path.exists(p) for p in config.split(os.pathsep)) and "KUBERNETES_SERVICE_HOST" not in os.environ:
-        return f"no kubeconfig at {config} and not in a cluster: e2e tests need a cluster (kind, k3d, ...)"
-    try:
-        from kubernetes import client
-        from kubernetes import config as kconfig
-
-        try:
-            kconfig.load_kube_config()
-        except Exception:
-            kconfig.load_incluster_config()
-        client.VersionApi().get_code(_request_timeout=5)
-    except Exception as exc:  # any failure means "no usable cluster" for a skip
-        return f"the current kubeconfig's cluster does not answer: {type(exc).__name__}: {exc}"[:300]
-    return None
-
-
-def kubectl_available() -> bool:
-    try:
-        subprocess.run(["kubectl", "version", "--client"], capture_output=True, check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True

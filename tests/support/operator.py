@@ -1,7 +1,8 @@
 """Run the real operator in-process, and play the kubelet by patching pod status.
 
-Used by the kmock integration tests, the e2e suite (a real cluster from the kubeconfig) and
-``bench/operator.py``. The same scenario code drives both: it only talks HTTP through ``KubeApi``.
+Used by the kmock integration tests and the e2e suite (a real API server: ``ScheduledCluster``, with the
+operator as its own process, tests/support/e2e.py). The same scenario code drives both: it only talks
+HTTP through ``KubeApi``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import kopf
-import yaml
 from aidi_operator.kube import KubeApi, core_path, trainjob_path
 from aidi_operator.main import operate
 from aidi_operator.startup import OperatorSettings
@@ -100,16 +99,26 @@ def trainjob(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 
 
 class Cluster:
-    """The test's side of the API: create jobs, read what the operator made, play the kubelet."""
+    """The test's side of the API: create jobs, read what the operator made, play the kubelet.
+
+    Here the test plays the scheduler too: pods select a node label no node has (so that on a real
+    server no kubelet competes), and ``unschedulable`` writes the scheduler's verdict.
+    """
+
+    plays_scheduler = True
 
     def __init__(self, api: KubeApi, namespace: str) -> None:
         self.api = api
         self.ns = namespace
+        self.node_selector = {"aidi.io/e2e-no-such-node": "true"}
 
     async def create_job(self, name: str, **spec: Any) -> dict[str, Any]:
+        """Create a TrainJob; returns it as the API server stored it (its uid, defaults, resourceVersion)."""
         body = trainjob(name, self.ns, **spec)
         assert await self.api.create(trainjob_path(self.ns), body)
-        return body
+        stored = await self.job(name)
+        assert stored is not None
+        return stored
 
     def job_path(self, name: str) -> str:
         return trainjob_path(self.ns, name)
@@ -160,13 +169,18 @@ class Cluster:
     async def set_pod_status(self, pod: str, status: dict[str, Any]) -> None:
         await self.api.patch(core_path(self.ns, "pods", pod, "status"), {"status": status})
 
+    async def bound(self, pod: str) -> None:
+        """Wait until the pod may run: here at once (no scheduler); ``ScheduledCluster`` waits for binding."""
+
     async def run_pod(self, pod: str) -> None:
+        await self.bound(pod)
         started = "2026-01-01T00:00:00Z"
         await self.set_pod_status(pod, {"phase": "Running", "conditions": [
             {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
             "containerStatuses": [_container_status({"running": {"startedAt": started}}, ready=True)]})
 
     async def finish_pod(self, pod: str, exit_code: int = 0, reason: str | None = None) -> None:
+        await self.bound(pod)
         terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
         await self.set_pod_status(pod, {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
@@ -181,29 +195,26 @@ class Cluster:
             await self.run_pod(name)
 
 
+class ScheduledCluster(Cluster):
+    """A real API server with nodes: the real scheduler binds pods to them, the test plays their kubelet.
+
+    Pods select this run's nodes (``node_selector``); a pod runs or finishes only once it is bound.
+    """
+
+    plays_scheduler = False
+
+    def __init__(self, api: KubeApi, namespace: str, node_selector: dict[str, str]) -> None:
+        super().__init__(api, namespace)
+        self.node_selector = node_selector
+
+    async def bound(self, pod: str) -> None:
+        async def node() -> str | None:
+            got = await self.api.get(core_path(self.ns, "pods", pod))
+            return ((got or {}).get("spec") or {}).get("nodeName")
+        await eventually(node, timeout=15, what=f"the scheduler to bind {pod}")
+
+
 def _container_status(state: dict[str, Any], ready: bool = False) -> dict[str, Any]:
     """A container status as complete as a real API server's validation wants it."""
     return {"name": podspec.MAIN_CONTAINER, "image": "aidi/jobimage:0.1.0", "imageID": "", "ready": ready,
             "restartCount": 0, "state": state}
-
-
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "trainjobs.aidi.io.yaml"
-
-
-async def install_crd(api: KubeApi) -> None:
-    """On a real cluster: the TrainJob CRD and the PriorityClasses the chart would install, if missing."""
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    await api.create(CRD_PATH, crd)
-
-    async def established() -> bool:
-        got = await api.get(f"{CRD_PATH}/{crd['metadata']['name']}")
-        conditions = ((got or {}).get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    await eventually(established, timeout=30, what="the TrainJob CRD to be established")
-    for n in range(1, 6):
-        await api.create("/apis/scheduling.k8s.io/v1/priorityclasses", {
-            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-            "metadata": {"name": f"aidi-priority-{n}"}, "value": 1000 * n,
-            "description": f"AIDI job priority {n} (installed by the AIDI tests)"})

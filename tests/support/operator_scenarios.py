@@ -2,7 +2,8 @@
 (tests/test_operator.py) and on the kubeconfig's cluster (tests/test_operator_e2e.py).
 
 Each scenario runs with the operator already started and plays the kubelet through pod status patches.
-Pods get a node selector that matches no node, so that on a real cluster no kubelet competes with us.
+Pods select ``c.node_selector``: on kmock a label no node has; on the real API server this run's nodes,
+which the real scheduler binds them to (``ScheduledCluster``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from aidi_operator.kube import core_path
 from aidi import podspec
 from tests.support.operator import Cluster, eventually
 
-NO_NODE = {"aidi.io/e2e-no-such-node": "true"}
-
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:
     main = next(c for c in pod["spec"]["containers"] if c["name"] == podspec.MAIN_CONTAINER)
@@ -25,7 +24,7 @@ def env_of(pod: dict[str, Any]) -> dict[str, str]:
 
 
 async def single_worker_succeeds(c: Cluster) -> None:
-    job = await c.create_job("single", gpusPerWorker=4, priority=5, nodeSelector=NO_NODE)
+    job = await c.create_job("single", gpusPerWorker=4, priority=5, nodeSelector=c.node_selector)
     pods = await c.wait_pods("single", ["single-worker-0"])
     pod = pods["single-worker-0"]
     assert pod["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
@@ -35,10 +34,11 @@ async def single_worker_succeeds(c: Cluster) -> None:
     status = await c.wait_phase("single", "Pending")
     assert status["workers"]["pending"] == 1
 
-    await c.unschedulable("single-worker-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
-    status = await c.wait_phase("single", "Pending", reason="Unschedulable")
-    # On a real cluster the scheduler may write its own words in between: the sentence starts the same.
-    assert status["message"].startswith("worker-0 cannot be scheduled: 0/")
+    if c.plays_scheduler:  # a real scheduler binds it (too_big_to_schedule shows its verdict)
+        await c.unschedulable("single-worker-0", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+        status = await c.wait_phase("single", "Pending", reason="Unschedulable")
+        assert status["message"] == ("worker-0 cannot be scheduled: 0/3 nodes are available: "
+                                     "3 Insufficient nvidia.com/gpu.")
 
     await c.run_pod("single-worker-0")
     status = await c.wait_phase("single", "Running")
@@ -57,7 +57,7 @@ async def single_worker_succeeds(c: Cluster) -> None:
 
 
 async def multi_worker_mxnet(c: Cluster) -> None:
-    await c.create_job("ps", workers={"min": 2, "max": 2}, parameterServers=1, nodeSelector=NO_NODE)
+    await c.create_job("ps", workers={"min": 2, "max": 2}, parameterServers=1, nodeSelector=c.node_selector)
     names = ["ps-scheduler", "ps-server-0", "ps-worker-0", "ps-worker-1"]
     pods = await c.wait_pods("ps", names)
     for name, role in zip(names, ["scheduler", "server", "worker", "worker"], strict=True):
@@ -68,7 +68,10 @@ async def multi_worker_mxnet(c: Cluster) -> None:
         assert (env["DMLC_NUM_SERVER"], env["DMLC_NUM_WORKER"]) == ("1", "2")
         assert pods[name]["spec"]["subdomain"] == "ps" and pods[name]["spec"]["hostname"] == name
     assert env_of(pods["ps-worker-1"])["AIDI_WORKER_INDEX"] == "1"
-    assert "resources" not in pods["ps-server-0"]["spec"]["containers"][0]  # no GPU for a server
+    # No GPU for a server. (A real API server defaults `resources: {}`: ask for the GPU, not the key.)
+    server_resources = pods["ps-server-0"]["spec"]["containers"][0].get("resources") or {}
+    assert podspec.GPU_RESOURCE not in (server_resources.get("limits") or {})
+    assert podspec.GPU_RESOURCE not in (server_resources.get("requests") or {})
     service = await c.api.get(core_path(c.ns, "services", "ps"))
     assert service is not None and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {podspec.LABEL_JOB: "ps"}
@@ -90,7 +93,7 @@ async def _pod_names(c: Cluster, job: str, expected: set[str]) -> bool:
 
 async def gang_restart(c: Cluster) -> None:
     await c.create_job("gang", workers={"min": 2, "max": 2}, parameterServers=1, backoffLimit=1,
-                       nodeSelector=NO_NODE)
+                       nodeSelector=c.node_selector)
     names = ["gang-scheduler", "gang-server-0", "gang-worker-0", "gang-worker-1"]
     await c.wait_pods("gang", names)
     await c.run_all("gang")
@@ -122,7 +125,7 @@ async def _restarted(c: Cluster, job: str, restarts: int) -> dict[str, Any] | No
 
 
 async def deadline(c: Cluster) -> None:
-    await c.create_job("late", activeDeadlineSeconds=2, nodeSelector=NO_NODE)
+    await c.create_job("late", activeDeadlineSeconds=2, nodeSelector=c.node_selector)
     pods = await c.wait_pods("late", ["late-worker-0"])
     assert 1 <= pods["late-worker-0"]["spec"]["activeDeadlineSeconds"] <= 2
     await c.run_pod("late-worker-0")
@@ -133,7 +136,7 @@ async def deadline(c: Cluster) -> None:
 
 
 async def suspend_and_resume(c: Cluster) -> None:
-    await c.create_job("pause", nodeSelector=NO_NODE)
+    await c.create_job("pause", nodeSelector=c.node_selector)
     await c.wait_pods("pause", ["pause-worker-0"])
     await c.run_pod("pause-worker-0")
     await c.wait_phase("pause", "Running")
@@ -152,7 +155,7 @@ async def suspend_and_resume(c: Cluster) -> None:
 
 
 async def deletion_cascade(c: Cluster) -> None:
-    job = await c.create_job("gone", workers={"min": 2, "max": 2}, nodeSelector=NO_NODE)
+    job = await c.create_job("gone", workers={"min": 2, "max": 2}, nodeSelector=c.node_selector)
     pods = await c.wait_pods("gone", ["gone-scheduler", "gone-server-0", "gone-server-1", "gone-worker-0",
                                       "gone-worker-1"])
     owners = {p["metadata"]["ownerReferences"][0]["uid"] for p in pods.values()}
@@ -168,7 +171,7 @@ async def _absent(c: Cluster, path: str) -> bool:
 
 
 async def ttl_after_finished(c: Cluster) -> None:
-    await c.create_job("short", ttlSecondsAfterFinished=1, cleanPodPolicy="None", nodeSelector=NO_NODE)
+    await c.create_job("short", ttlSecondsAfterFinished=1, cleanPodPolicy="None", nodeSelector=c.node_selector)
     await c.wait_pods("short", ["short-worker-0"])
     await c.finish_pod("short-worker-0")
     await c.wait_phase("short", "Succeeded")
@@ -178,7 +181,7 @@ async def ttl_after_finished(c: Cluster) -> None:
 
 async def operator_restart(c: Cluster, restart: Callable[[], Awaitable[None]]) -> None:
     """Stop the operator mid-job and start another: no pod made twice, no status lost."""
-    await c.create_job("phoenix", backoffLimit=2, nodeSelector=NO_NODE)
+    await c.create_job("phoenix", backoffLimit=2, nodeSelector=c.node_selector)
     await c.wait_pods("phoenix", ["phoenix-worker-0"])
     await c.finish_pod("phoenix-worker-0", 2)
     await c.wait_pods("phoenix", ["phoenix-worker-0"], attempt=1)
@@ -199,3 +202,31 @@ async def operator_restart(c: Cluster, restart: Callable[[], Awaitable[None]]) -
     await c.finish_pod("phoenix-worker-0")
     status = await c.wait_phase("phoenix", "Succeeded")
     assert status["restarts"] == 1
+
+
+# ------------------------------------------------------------------ only where a real scheduler and GC run
+
+
+async def too_big_to_schedule(c: Cluster) -> None:
+    """16 GPUs per worker on nodes of 8: the real scheduler's verdict reaches the job's status."""
+    await c.create_job("huge", gpusPerWorker=16, nodeSelector=c.node_selector)
+    await c.wait_pods("huge", ["huge-worker-0"])
+    status = await c.wait_phase("huge", "Pending", timeout=30, reason="Unschedulable")
+    assert status["message"].startswith("worker-0 cannot be scheduled: 0/"), status["message"]
+    assert "Insufficient nvidia.com/gpu" in status["message"], status["message"]
+    assert status["workers"]["pending"] == 1
+
+
+async def garbage_collected(c: Cluster, stop_operator: Callable[[], Awaitable[None]]) -> None:
+    """With the operator down, deleting a job still removes its pods and Service: ownerReferences and the
+    cluster's garbage collector, not the operator, guarantee it."""
+    await c.create_job("orphan", workers={"min": 2, "max": 2}, nodeSelector=c.node_selector)
+    names = ["orphan-scheduler", "orphan-server-0", "orphan-server-1", "orphan-worker-0", "orphan-worker-1"]
+    await c.wait_pods("orphan", names)
+    await c.run_all("orphan")
+    await c.wait_phase("orphan", "Running")
+    await stop_operator()
+    await c.delete_job("orphan")
+    await eventually(lambda: _pod_names(c, "orphan", set()), timeout=60, what="pods garbage-collected")
+    await eventually(lambda: _absent(c, core_path(c.ns, "services", "orphan")), timeout=30,
+                     what="service garbage-collected")
