@@ -1,0 +1,143 @@
+"""The chart on a real API server: it installs, its every value set passes the server's own validation and
+admission, and the operator's rights are exactly what the operator needs — enough to run jobs (the
+scenarios of test_operator_e2e.py run with them) and nothing more, cluster-wide and with watchNamespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aidi_operator.kube import KubeApi
+
+from tests.support import e2e
+from tests.support import operator_scenarios as scenarios
+from tests.support.operator import ScheduledCluster
+from tests.support.rbac import (
+    NEEDED_CLUSTER_WIDE,
+    NEEDED_IN_JOB_NAMESPACES,
+    NEEDED_WITH_WATCH_NAMESPACES,
+    Rule,
+    expand,
+)
+
+pytestmark = pytest.mark.e2e
+
+CI_VALUES = sorted((e2e.CHART / "ci").glob("*.yaml"))
+
+def rules(kubeconfig: Path, namespace: str) -> set[Rule]:
+    """What the kubeconfig's identity may do in a namespace, as the API server itself reports it."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+              "spec": {"namespace": namespace}}
+    out = e2e.kubectl("create", "--validate=false", "-f", "-", "-o", "json", kubeconfig=str(kubeconfig),
+                      input=json.dumps(review)).stdout
+    status = json.loads(out)["status"]
+    assert not status.get("incomplete"), status
+    return expand(status.get("resourceRules") or [])
+
+
+@pytest.fixture(scope="module")
+def anyone(platform: e2e.Platform, tmp_path_factory: pytest.TempPathFactory) -> set[Rule]:
+    """What every authenticated ServiceAccount may do (self-reviews and the like): not the chart's doing."""
+    tmp = tmp_path_factory.mktemp("anyone")
+    e2e.kubectl("create", "serviceaccount", "nobody", "-n", platform.namespace)
+    try:
+        config = e2e.token_kubeconfig(tmp / "kubeconfig", e2e.create_token("nobody", platform.namespace, 600),
+                                      platform.namespace)
+        return rules(config, platform.teams[0])
+    finally:
+        e2e.kubectl("delete", "serviceaccount", "nobody", "-n", platform.namespace)
+
+
+def operator_kubeconfig(platform: e2e.Platform, tmp: Path, service_account: str | None = None) -> Path:
+    token = e2e.create_token(service_account or platform.operator_service_account, platform.namespace, 600)
+    return e2e.token_kubeconfig(tmp / "operator.kubeconfig", token, platform.namespace)
+
+
+# ------------------------------------------------------------------------------------------ the chart
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_the_api_server_accepts_every_value_set_of_the_chart(platform: e2e.Platform, values: Path) -> None:
+    # A server-side dry run of an upgrade of the installed release: the cluster's own schemas and admission
+    # judge every object (ownership of the cluster-wide ones included), nothing is stored.
+    result = platform.helm("upgrade", platform.release, str(e2e.CHART), "-n", platform.namespace,
+                           "--dry-run=server", "-f", str(values), check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_chart_installs_teams_their_credentials_and_the_cluster_wide_objects(platform: e2e.Platform) -> None:
+    classes = e2e.kubectl("get", "priorityclasses", "-o", "json").stdout
+    values = {c["metadata"]["name"]: c["value"] for c in json.loads(classes)["items"]}
+    assert [values.get(f"aidi-priority-{n}") for n in range(1, 6)] == [1000, 2000, 3000, 4000, 5000]
+    for team in platform.teams:
+        token = platform.team_token(team)  # filled in by the real token controller
+        assert token.count(".") == 2, "a ServiceAccount token is a JWT"
+        can = e2e.kubectl("auth", "can-i", "create", "trainjobs.aidi.io", "-n", team,
+                          f"--as=system:serviceaccount:{team}:traincli", check=False)
+        assert can.stdout.strip() == "yes"
+        other = platform.teams[1] if team == platform.teams[0] else platform.teams[0]
+        cannot = e2e.kubectl("auth", "can-i", "list", "trainjobs.aidi.io", "-n", other,
+                             f"--as=system:serviceaccount:{team}:traincli", check=False)
+        assert cannot.stdout.strip() == "no", f"{team}'s credential reaches {other}"
+
+
+# ------------------------------------------------------------------------------ the operator's rights
+
+
+def test_the_operators_rights_cluster_wide_are_exactly_what_it_needs(
+        platform: e2e.Platform, anyone: set[Rule], tmp_path: Path) -> None:
+    config = operator_kubeconfig(platform, tmp_path)
+    expected = NEEDED_IN_JOB_NAMESPACES | NEEDED_CLUSTER_WIDE
+    for namespace in (platform.teams[0], "default"):
+        granted = rules(config, namespace) - anyone
+        assert granted - expected == set(), f"the chart grants the operator more than it needs in {namespace}"
+        assert expected - granted == set(), f"the chart lacks rights the operator needs in {namespace}"
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
+    """A second release whose operator watches only team B: Roles in that namespace instead of a ClusterRole."""
+    release = e2e.Platform(platform.run, platform.home, platform.s3_endpoint, platform.s3_credentials,
+                           release="aidi-e2e-ns", namespace=f"{platform.namespace}-ns")
+    release.values |= {"teams": [], "priorityClasses": {"create": False}, "console": {"enabled": False},
+                       "operator": {"resyncSeconds": 1, "watchNamespaces": [platform.teams[1]]}}
+    release.teams = platform.teams
+    release.install()
+    try:
+        yield release
+    finally:
+        release.helm("uninstall", release.release, "-n", release.namespace, "--wait", "--timeout", "120s",
+                     check=False)
+        e2e.kubectl("delete", "namespace", release.namespace, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_with_watch_namespaces_the_operator_reaches_those_namespaces_only(
+        namespaced_release: e2e.Platform, anyone: set[Rule], tmp_path: Path) -> None:
+    config = operator_kubeconfig(namespaced_release, tmp_path)
+    watched, other = namespaced_release.teams[1], namespaced_release.teams[0]
+    cluster_wide = NEEDED_CLUSTER_WIDE | NEEDED_WITH_WATCH_NAMESPACES
+    assert rules(config, watched) - anyone == NEEDED_IN_JOB_NAMESPACES | cluster_wide
+    assert rules(config, other) - anyone == cluster_wide, "it may touch pods of a namespace it does not serve"
+    assert rules(config, "default") - anyone == cluster_wide
+
+
+async def test_with_watch_namespaces_the_operator_runs_jobs_there_and_leaves_others_alone(
+        namespaced_release: e2e.Platform, e2e_nodes: e2e.Kubelet, tmp_path: Path) -> None:
+    watched, other = namespaced_release.teams[1], namespaced_release.teams[0]
+    api = KubeApi(e2e.connection)
+    try:
+        here, elsewhere = (ScheduledCluster(api, ns, e2e_nodes.selector) for ns in (watched, other))
+        with e2e.operator_with_token(namespaced_release, tmp_path, namespaces=(watched,)) as operator:
+            await elsewhere.create_job("not-mine", nodeSelector=e2e_nodes.selector)
+            await scenarios.single_worker_succeeds(here)
+            await asyncio.sleep(1.0)  # the operator has long seen both jobs by now
+            assert await elsewhere.pods("not-mine") == {} and await elsewhere.status("not-mine") == {}
+        assert not operator.forbidden(), "\n".join(operator.forbidden())
+    finally:
+        for cluster, name in ((here, "single"), (elsewhere, "not-mine")):
+            await cluster.delete_job(name)
+        await api.close()
