@@ -17,6 +17,7 @@ import base64
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ CHART = REPO / "charts" / "aidi"
 E2E_LABEL = "aidi.io/e2e-run"  # on every cluster-scoped object the suite creates itself
 POOL_LABEL = "aidi.io/e2e-pool"  # the nodes of this run: jobs select them, so no real node competes
 GPUS_PER_NODE = 8
+RBAC_REFUSAL = re.compile(r'User "[^"]+" cannot [a-z]+ resource')
 
 
 # ------------------------------------------------------------------------------------------ the cluster
@@ -426,7 +428,8 @@ class OperatorProcess:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     def forbidden(self) -> list[str]:
-        return [line for line in self.log().splitlines() if "403" in line or "forbidden" in line.lower()]
+        """Requests RBAC refused: the API server's words for it (not other 403s, e.g. a namespace being deleted)."""
+        return [line for line in self.log().splitlines() if RBAC_REFUSAL.search(line)]
 
     def __enter__(self) -> OperatorProcess:
         return self.start()
