@@ -132,6 +132,19 @@ def test_broken_config_names_the_file_and_field(tmp_path: Path) -> None:
         cluster_config.resolve(path)
 
 
+def test_a_missing_ca_file_is_named_not_taken_for_an_unreachable_server(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # What an APP KEY snippet pasted as-is looks like: its CA path is a placeholder.
+    path = tmp_path / "gpucluster.yaml"
+    path.write_text(yaml.safe_dump({"current-cluster": "c", "clusters": {"c": {
+        "appid": "team-a", "appkey": "tok-123", "server": "https://127.0.0.1:1",
+        "certificate-authority": "/path/to/aidi-ca.crt"}}}))
+    assert traincli.main(["list", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "certificate-authority /path/to/aidi-ca.crt is not a file" in err and "/personal/ca.crt" in err
+    assert "tok-123" not in err
+
+
 # -------------------------------------------------------------------------------------------- submit
 
 

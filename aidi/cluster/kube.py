@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aidi import podspec
@@ -98,7 +99,12 @@ def api_client(resolved: ResolvedCluster) -> tuple[Any, str]:
     configuration.api_key_prefix = {"authorization": "Bearer"}
     configuration.verify_ssl = not cluster.insecure
     if cluster.certificate_authority:
-        configuration.ssl_ca_cert = cluster.certificate_authority
+        if not Path(cluster.certificate_authority).expanduser().is_file():
+            # Otherwise the TLS layer's "No such file or directory" reads as if the server were unreachable.
+            raise UsageError(f"cluster {resolved.name!r} in {resolved.path}: certificate-authority "
+                             f"{cluster.certificate_authority} is not a file; download the cluster's CA "
+                             "(the console's /personal/ca.crt) and put its path there")
+        configuration.ssl_ca_cert = str(Path(cluster.certificate_authority).expanduser())
     # No silent urllib3 retries (each logs a warning): callers that must outlast a blip retry themselves.
     configuration.retries = 0
     return client.ApiClient(configuration), cluster.namespace or DEFAULT_NAMESPACE
