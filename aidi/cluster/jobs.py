@@ -64,12 +64,16 @@ def resume(client: JobClient, name: str) -> None:
 
 def delete(client: JobClient, name: str) -> list[str]:
     """Delete the TrainJob and its code Secret. Returns what was removed."""
+    secret = aidi_form.code_secret_name(name)
+    client.get_job(name)  # a missing or forbidden job is reported as such, before anything is read or removed
+    # The garbage collector may delete the Secret (owned by the job) before we do: look first, so the answer
+    # does not depend on who was faster.
+    had_secret = client.secret_exists(secret)
     client.delete_job(name)
     removed = [f"trainjob/{name}"]
     # Owner references make the cluster collect it; deleting it here too covers servers without a
     # garbage collector and jobs whose Secret could not be owned.
-    secret = aidi_form.code_secret_name(name)
-    if client.delete_secret(secret):
+    if client.delete_secret(secret) or had_secret:
         removed.append(f"secret/{secret}")
     return removed
 
