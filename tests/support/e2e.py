@@ -356,7 +356,8 @@ class Platform:
 
 
 def new_run_id() -> str:
-    return uuid.uuid4().hex[:6]
+    # Starts with a letter: a hex id such as 85e098 reads as a number in YAML (helm then refuses the label).
+    return "r" + uuid.uuid4().hex[:5]
 
 
 # ------------------------------------------------------------------------------- the operator, as deployed
