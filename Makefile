@@ -59,7 +59,7 @@ test: lint tools
 # is under work/demo/ (dataspace, cluster, configs); ~/.olympus and ~/.hobot are left alone.
 DEMO_DIR ?= work/demo
 demo: $(STAMP)
-	$(BIN)/python -m aidi.local.demo --workdir $(DEMO_DIR)
+	$(BIN)/python -m aidi.demo --workdir $(DEMO_DIR)
 
 crd: $(STAMP)
 	$(BIN)/python -m aidi.api.crd -o crds/trainjobs.aidi.io.yaml

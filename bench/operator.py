@@ -37,8 +37,8 @@ import kmock  # noqa: E402
 from aidi_operator.kube import KubeApi, core_path, trainjob_path  # noqa: E402
 from aidi_operator.startup import OperatorSettings, connection_info  # noqa: E402
 
-from aidi import podspec  # noqa: E402
 from aidi.api import trainjob as tj  # noqa: E402
+from aidi.jobs import podspec  # noqa: E402
 from tests.support.kube import register_trainjobs  # noqa: E402
 from tests.support.operator import install_crd, kmock_api, trainjob  # noqa: E402
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aidi import evaltask
 from aidi.cli import hitc, traincli
 from aidi.dataspace import DataspaceConfig, open_dataspace
+from aidi.dataspace.registry import ModelRegistry
 from aidi.errors import IntegrityError, UsageError
-from aidi.models import ModelRegistry
+from aidi.evaluate import task as evaltask
 from tests.test_evaluate import hand_case
 
 NAME = "adasmini_4pe_multitask"
@@ -204,17 +204,17 @@ async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, ku
     code, out, err = await asyncio.to_thread(run_hitc, "evaltask", "submit", "-f", str(task), "-c", str(cluster))
     assert code == 0, err
     assert "evaltask vehicle-eval submitted" in out
-    from aidi.cluster import config as cluster_config
+    from aidi.cluster import gpucluster
     from aidi.cluster.kube import JobClient
 
-    client = JobClient.for_cluster(cluster_config.resolve(cluster))
+    client = JobClient.for_cluster(gpucluster.resolve(cluster))
     job = await asyncio.to_thread(client.get_job, "vehicle-eval")
     assert job["spec"]["command"][:2] == ["aidi", "eval"] and job["spec"]["gpusPerWorker"] == 0
     assert job["metadata"]["labels"]["aidi.io/kind"] == "evaltask"
 
 
 def test_evaltask_pod_runs_aidi_eval_with_the_dataspace_and_syncs_its_output(tmp_path: Path):
-    from aidi import podspec
+    from aidi.jobs import podspec
 
     task = evaltask.load_eval_task(write_eval_task(tmp_path / "eval_task.yaml"))
     job = evaltask.eval_trainjob(task, "team-a")

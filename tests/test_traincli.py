@@ -20,16 +20,15 @@ from typing import Any
 import pytest
 import yaml
 
-from aidi import codepkg
 from aidi.cli import aidi_main, traincli
-from aidi.cluster import config as cluster_config
-from aidi.cluster import jobs
+from aidi.cluster import gpucluster, jobs
 from aidi.cluster import submit as submit_module
 from aidi.cluster.kube import JobClient
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.errors import ConnectionFailed, NotFoundError
+from aidi.jobs import codepkg
 from tests.test_codepkg import make_code_folder, tree_digest
-from tests.test_jobsteps import use_s3_dataspace
+from tests.test_podsteps import use_s3_dataspace
 
 NS = "team-a"
 JOB = "adasmini-4pe"
@@ -54,7 +53,7 @@ def cluster_file(tmp_path: Path, kube_api) -> Path:
 
 @pytest.fixture()
 def jobs_api(cluster_file: Path) -> JobClient:
-    return JobClient.for_cluster(cluster_config.resolve(cluster_file))
+    return JobClient.for_cluster(gpucluster.resolve(cluster_file))
 
 
 @pytest.fixture()
@@ -104,12 +103,12 @@ def test_init_writes_a_private_config_and_switches_cluster(tmp_path: Path, monke
 
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("team-b\n"))  # `-t -`: kubeconfig, from stdin
     assert traincli.main(["init", "-t", "-", "--name", "other", "-c", str(path)]) == 0
-    resolved = cluster_config.resolve(path)
+    resolved = gpucluster.resolve(path)
     assert (resolved.name, resolved.cluster.namespace, resolved.cluster.appkey) == ("other", "team-b", None)
-    first = cluster_config.resolve(path, "mycluster1").cluster
+    first = gpucluster.resolve(path, "mycluster1").cluster
     assert (first.namespace, first.queue, first.appkey.get_secret_value()) == ("team-a", "gpu-a100", "tok-123")
     assert traincli.main(["init", "--type", "local", "--name", "laptop", "-c", str(path)]) == 0
-    assert cluster_config.resolve(path).cluster.type == "local"
+    assert gpucluster.resolve(path).cluster.type == "local"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -129,7 +128,7 @@ def test_broken_config_names_the_file_and_field(tmp_path: Path) -> None:
     path = tmp_path / "gpucluster.yaml"
     path.write_text("current-cluster: a\nclusters:\n  a: {appid: team-a, insecur: true}\n")
     with pytest.raises(Exception, match=r"gpucluster.yaml: clusters.a.insecur: Extra inputs"):
-        cluster_config.resolve(path)
+        gpucluster.resolve(path)
 
 
 # -------------------------------------------------------------------------------------------- submit

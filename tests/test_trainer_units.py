@@ -11,14 +11,14 @@ import mxnet as mx
 import numpy as np
 import pytest
 from aidi_trainer import quant
-from aidi_trainer.config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
 from aidi_trainer.data import Crop, ShardSampler, TrainBatches, det_targets
 from aidi_trainer.engine import StepPlan, TrainingDiverged, train_step
-from aidi_trainer.evaluate import decode_detections, iou
 from aidi_trainer.intmodel import IntNet
 from aidi_trainer.losses import segmentation_loss
 from aidi_trainer.model import AllHeads, HeadSpec, MultiTaskNet
 from aidi_trainer.runtime import Runtime, parse_ctx
+from aidi_trainer.train_config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
+from aidi_trainer.validation import decode_detections, iou
 
 from aidi.errors import NotFoundError, UsageError
 

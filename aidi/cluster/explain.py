@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aidi import podspec
+from aidi.jobs import podspec
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 

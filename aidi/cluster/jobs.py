@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aidi import podspec
 from aidi.api import aidi_form
 from aidi.cluster.explain import TERMINAL_PHASES
 from aidi.cluster.kube import CANCEL_ANNOTATION, JobClient
 from aidi.errors import ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1

@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from aidi import podspec
 from aidi.api import trainjob as tj
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.errors import AidiError, AuthError, ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec
 
 log = logging.getLogger(__name__)
 

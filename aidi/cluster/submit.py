@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aidi import codepkg
 from aidi.api import aidi_form
 from aidi.api import trainjob as tj
 from aidi.api.loader import JobFile
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.cluster.kube import JobClient
 from aidi.errors import UsageError
+from aidi.jobs import codepkg
 
 log = logging.getLogger(__name__)
 

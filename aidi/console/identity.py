@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi.cluster.config import Cluster, ResolvedCluster, parse_token
+from aidi.cluster.gpucluster import Cluster, ResolvedCluster, parse_token
 from aidi.cluster.kube import JobClient, api_errors
 from aidi.console.settings import ConsoleSettings
 from aidi.dataspace import DataspaceConfig

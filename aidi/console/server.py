@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from aidi.cluster.config import Cluster, ResolvedCluster
+from aidi.cluster.gpucluster import Cluster, ResolvedCluster
 from aidi.cluster.kube import api_client
 from aidi.console import pages, views
 from aidi.console.appkeys import AppKeyIssuer, gpucluster_snippet

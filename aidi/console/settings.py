@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.dataspace import DataspaceConfig
 from aidi.errors import UsageError
 

@@ -97,7 +97,7 @@ def dataset_detail(identity: Identity, name: str, type_: str, version: str | Non
 
 
 def list_models(identity: Identity) -> list[dict[str, Any]]:
-    from aidi.models import ModelRegistry
+    from aidi.dataspace.registry import ModelRegistry
 
     ds = _open(identity)
     try:

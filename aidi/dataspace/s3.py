@@ -27,7 +27,7 @@ from minio import time as minio_time
 from minio.credentials import Credentials
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from aidi.dataspace.config import DataspaceConfig
+from aidi.dataspace.endpoint import DataspaceConfig
 from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_key
 from aidi.errors import AidiError, AuthError, ConnectionFailed, IntegrityError, NotFoundError
 

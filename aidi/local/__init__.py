@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aidi import codepkg
 from aidi.api.loader import JobFile
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.cluster.submit import SubmitResult
+from aidi.jobs import codepkg
 from aidi.local.client import LocalJobClient
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aidi.cluster.config import ResolvedCluster
 from aidi.cluster.explain import TERMINAL_PHASES
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.cluster.kube import DEFAULT_NAMESPACE, ConflictError
 from aidi.errors import NotFoundError
 from aidi.local import devices

@@ -1,4 +1,4 @@
-"""A pod manifest (from ``aidi.podspec``, as the operator builds it) turned into local processes.
+"""A pod manifest (from ``aidi.jobs.podspec``, as the operator builds it) turned into local processes.
 
 The pod's volumes become folders under ``<pod>/fs``, each at its mount path: ``/job/code`` is
 ``<pod>/fs/job/code``, ``/data_space/input`` is ``<pod>/fs/data_space/input``, and so on (``/dev/shm``
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi import podspec
+from aidi.jobs import podspec
 from aidi.local.store import Namespace
 
 HOST_PATHS = ("/dev/shm",)  # mounts that keep the host's folder

@@ -1,7 +1,7 @@
 """The process that runs one TrainJob on this machine: ``python -m aidi.local.supervisor JOB_DIR``.
 
 ``traincli submit`` starts it detached (its own session) and returns. It builds the job's pods with
-``aidi.podspec`` — the operator's builder — runs each pod's init containers one after another and then its
+``aidi.jobs.podspec`` — the operator's builder — runs each pod's init containers one after another and then its
 containers side by side as local processes (``aidi.local.pods``), and writes the pods' states into
 ``pod.json`` and the job's status into ``job.json`` in the operator's model (``TrainJobStatus``): the same
 phases, conditions, reasons and messages. SIGTERM (``traincli cancel``) stops every container's process
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aidi import podspec
 from aidi.api import trainjob as tj
+from aidi.jobs import podspec
 from aidi.local import pods as localpods
 from aidi.local.status import STOP_GRACE_SECONDS, kill_group, now_stamp, set_condition, suspended_status
 from aidi.local.store import Namespace, read_json, update_json, write_json

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidi.errors import NotFoundError, UsageError
-from aidi.pack.config import PackConfig
+from aidi.pack.pack_config import PackConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

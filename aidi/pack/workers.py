@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.queues import Queue
 
-from aidi.pack.config import PackConfig
 from aidi.pack.encode import Encoded, encode
+from aidi.pack.pack_config import PackConfig
 from aidi.pack.sources import Item, items
 
 BATCH = 32

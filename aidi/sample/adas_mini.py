@@ -27,7 +27,7 @@ DEFAULT_SIZE = (192, 128)
 JPEG_QUALITY = 90
 MAX_OBJECTS = 4
 
-Progress = Callable[[int], None]
+OnImage = Callable[[int], None]
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _make(task: tuple[Path, str, int, int, tuple[int, int]]) -> list[tuple[int, 
 
 def generate(out: str | os.PathLike[str], images: int = DEFAULT_IMAGES, seed: int = 0,
              size: tuple[int, int] = DEFAULT_SIZE, scenes: Iterable[str] = SCENE_NAMES,
-             progress: Progress | None = None, jobs: int | None = None) -> SampleSummary:
+             progress: OnImage | None = None, jobs: int | None = None) -> SampleSummary:
     """Write the synthetic adas_mini under ``out`` (one folder per scene), drawing in ``jobs`` processes
     (default: all cores); return what was written. The bytes do not depend on ``jobs``."""
     if images < 1:

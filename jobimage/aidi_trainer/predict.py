@@ -6,7 +6,7 @@ order. The rec's ``manifest.json`` (written by ``aidi pack``) names its scene; t
 that scene is the one read, and only that scene's classes are reported (a branch may concatenate the
 classes of several scenes). Images go in exactly as in validation: resized to the config's
 ``input_size``, normalised to [-1, 1]; the decoding and NMS are the trainer's own
-(:func:`aidi_trainer.evaluate.decode_detections`), and boxes are mapped back to the original pixels.
+(:func:`aidi_trainer.validation.decode_detections`), and boxes are mapped back to the original pixels.
 Parsing logits are upsampled bilinearly to the image's size, then arg-maxed into a PNG mask.
 """
 
@@ -27,10 +27,10 @@ from aidi import recordio
 from aidi.errors import NotFoundError, UsageError
 from aidi.evaluate.formats import PR_FORMAT, iter_rec, write_json
 from aidi.progress import Progress
-from aidi_trainer.config import TaskConfig, TrainConfig, load_config
 from aidi_trainer.data import Crop, decode_image, normalise
-from aidi_trainer.evaluate import decode_detections
 from aidi_trainer.model import DET
+from aidi_trainer.train_config import TaskConfig, TrainConfig, load_config
+from aidi_trainer.validation import decode_detections
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from aidi import podspec
 from aidi.api import trainjob as tj
+from aidi.jobs import podspec
 
 FINISHED = ("Succeeded", "Failed")
 # Pod/container reasons that mean "cannot start until someone fixes something".

@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from aidi import podspec
+from aidi.jobs import podspec
 from aidi_operator import trainjobs
 from aidi_operator.lifecycle import PodState, pod_state
 from aidi_operator.startup import JobKey, state_of

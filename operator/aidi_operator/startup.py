@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from aidi.podspec import PodSettings
+from aidi.jobs.podspec import PodSettings
 from aidi_operator.kube import KubeApi
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from aidi import podspec
 from aidi.api import trainjob as tj
 from aidi.api.errors import from_pydantic
+from aidi.jobs import podspec
 from aidi_operator import lifecycle
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
 from aidi_operator.startup import JobKey, OperatorState, state_of

@@ -13,7 +13,7 @@ from typing import Any
 
 from aidi_operator.kube import core_path
 
-from aidi import podspec
+from aidi.jobs import podspec
 from tests.support.operator import Cluster, eventually
 
 NO_NODE = {"aidi.io/e2e-no-such-node": "true"}

@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aidi.api.pyconfig import run_config_file
 from aidi.errors import UsageError
-from aidi.pyconfig import run_config_file
 
 
 class PackConfig(BaseModel):

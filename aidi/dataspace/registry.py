@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aidi import dsref
-from aidi.aidi_yaml import read_sections
+from aidi.api.sections import read_sections
+from aidi.dataspace import refs as dsref
 from aidi.dataspace.datasets import LATEST, NAME_RE, PENDING, VERSION_RE
 from aidi.dataspace.store import ObjectStore
 from aidi.dataspace.transfer import run_parallel

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi import dsref
-from aidi.aidi_yaml import read_sections
+from aidi.api.sections import read_sections
 from aidi.api.trainjob import DNS1123_LABEL, MAX_JOB_NAME
+from aidi.dataspace import refs as dsref
 from aidi.errors import UsageError
 
 POD_OUTPUT = "/data_space/output"

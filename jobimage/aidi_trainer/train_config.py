@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from aidi.api.pyconfig import run_config_file
 from aidi.errors import NotFoundError, UsageError
-from aidi.pyconfig import run_config_file
 from aidi_trainer.model import DET, SEG, HeadSpec
 
 STEP_NAMES = ("with-bn", "fusion-bn-c1", "fusion-bn-c2", "int-inference")
