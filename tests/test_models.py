@@ -205,9 +205,9 @@ async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, ku
     assert code == 0, err
     assert "evaltask vehicle-eval submitted" in out
     from aidi.cluster import gpucluster
-    from aidi.cluster.kube import JobClient
+    from aidi.cluster.kube import KubeJobClient
 
-    client = JobClient.for_cluster(gpucluster.resolve(cluster))
+    client = KubeJobClient.for_cluster(gpucluster.resolve(cluster))
     job = await asyncio.to_thread(client.get_job, "vehicle-eval")
     assert job["spec"]["command"][:2] == ["aidi", "eval"] and job["spec"]["gpusPerWorker"] == 0
     assert job["metadata"]["labels"]["aidi.io/kind"] == "evaltask"

@@ -22,8 +22,7 @@ import yaml
 
 from aidi.cli import aidi_main, traincli
 from aidi.cluster import gpucluster, jobs
-from aidi.cluster import submit as submit_module
-from aidi.cluster.kube import JobClient
+from aidi.cluster.client import JobClient, connect
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.errors import ConnectionFailed, NotFoundError
 from aidi.jobs import codepkg
@@ -53,7 +52,7 @@ def cluster_file(tmp_path: Path, kube_api) -> Path:
 
 @pytest.fixture()
 def jobs_api(cluster_file: Path) -> JobClient:
-    return JobClient.for_cluster(gpucluster.resolve(cluster_file))
+    return connect(gpucluster.resolve(cluster_file))
 
 
 @pytest.fixture()
@@ -255,14 +254,6 @@ async def test_submit_over_the_size_limit_uploads_nothing(tmp_path: Path, cluste
     assert not await call(jobs_api.job_exists, JOB)
     assert not list(open_dataspace(dataspace_env).store.list("codepkgs/"))
 
-
-def test_submit_to_a_local_cluster_without_a_runner_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(submit_module, "LOCAL_RUNNER_MODULE", "aidi.no_such_runner")
-    cfg = tmp_path / "c.yaml"
-    assert traincli.main(["init", "--type", "local", "-c", str(cfg)]) == 0
-    assert traincli.main(["submit", "-f", str(write_job(tmp_path)), "-c", str(cfg)]) == 2
-    assert "type: local" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ status and pods

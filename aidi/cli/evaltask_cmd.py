@@ -29,7 +29,7 @@ def run_evaltask_submit(args: argparse.Namespace) -> int:
         from aidi.cluster.gpucluster import resolve
 
         resolved = resolve(args.cluster_config, args.current_cluster)
-    if args.local or resolved.cluster.type == "local":
+    if args.local or resolved.cluster.runs_here:
         outcome, uploaded = evaltask.run_local(task, dataspace_args.open_from(args))
         summary = outcome.results["summary"]
         if args.json:
@@ -41,10 +41,10 @@ def run_evaltask_submit(args: argparse.Namespace) -> int:
         print(f"evaltask {task.name} ran here: {figure}; results and report in "
               f"{uploaded.name}:{uploaded.type}:{uploaded.version} ({uploaded.uri})")
         return 0
-    from aidi.cluster.kube import JobClient
+    from aidi.cluster.client import connect
 
     job = evaltask.eval_trainjob(task)
-    client = JobClient.for_cluster(resolved)
+    client = connect(resolved)
     job.metadata.namespace = client.namespace
     created = client.create_job(job.to_wire())
     if args.json:

@@ -14,7 +14,7 @@ import yaml
 from aidi import cmdline
 from aidi.api.loader import load_file
 from aidi.cluster import explain, gpucluster, jobs
-from aidi.cluster.kube import JobClient
+from aidi.cluster.client import JobClient, connect
 from aidi.cluster.submit import submit
 from aidi.errors import NotFoundError
 from aidi.jobs import codepkg
@@ -63,7 +63,7 @@ def run_init(args: argparse.Namespace) -> int:
         insecure=args.insecure, type_=args.type,
     )
     cluster = resolved.cluster
-    how = ("the embedded local runner" if cluster.type == "local" else
+    how = ("the embedded local runner" if cluster.runs_here else
            f"{cluster.server} with a bearer token" if cluster.appkey else "your kubeconfig")
     print(f"wrote {resolved.path} (mode 0600): current-cluster {resolved.name}, namespace "
           f"{cluster.namespace or '(kubeconfig default)'}" + (f", queue {cluster.queue}" if cluster.queue else "")
@@ -73,11 +73,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> JobClient:
     resolved = gpucluster.resolve(args.config, args.current_cluster)
-    if resolved.cluster.type == "local":
-        from aidi import local  # the embedded runner: same interface, jobs kept in a work folder (docs/local.md)
-
-        return local.client(resolved, getattr(args, "namespace", None))  # type: ignore[return-value]
-    return JobClient.for_cluster(resolved, getattr(args, "namespace", None))
+    return connect(resolved, getattr(args, "namespace", None))
 
 
 def _follow_hint(args: argparse.Namespace) -> str:
@@ -98,8 +94,12 @@ def run_submit(args: argparse.Namespace) -> int:
     if args.password_file:
         password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
     resolved = gpucluster.resolve(args.config, args.current_cluster)
-    result = submit(job_file, resolved, open_dataspace=_open_dataspace, max_bytes=args.max_package_size << 20,
-                    password=password)
+    client = connect(resolved, job_file.job.metadata.namespace)
+    try:
+        result = submit(job_file, resolved, client, open_dataspace=_open_dataspace,
+                        max_bytes=args.max_package_size << 20, password=password)
+    finally:
+        client.close()
     if args.json:
         cmdline.print_json(result.to_json())
         return 0

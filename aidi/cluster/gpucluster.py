@@ -62,6 +62,11 @@ class Cluster(BaseModel):
         return value
 
     @property
+    def runs_here(self) -> bool:
+        """A `type: local` cluster: jobs run on this machine (docs/local.md), not on Kubernetes."""
+        return self.type == "local"
+
+    @property
     def namespace(self) -> str | None:
         return self.appid.partition("/")[0] if self.appid else None
 

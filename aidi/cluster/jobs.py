@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aidi.api import aidi_form
+from aidi.cluster.client import JobClient
 from aidi.cluster.explain import TERMINAL_PHASES
-from aidi.cluster.kube import CANCEL_ANNOTATION, JobClient
+from aidi.cluster.kube import CANCEL_ANNOTATION
 from aidi.errors import ConnectionFailed, NotFoundError, UsageError
 from aidi.jobs import podspec
 

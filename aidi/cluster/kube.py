@@ -1,6 +1,7 @@
 """The Kubernetes calls behind `traincli`: TrainJobs (CustomObjectsApi), their Secret, pods and logs.
 
-One :class:`JobClient` per command, built from the resolved ``gpucluster.yaml`` entry: a bearer token
+One :class:`KubeJobClient` (the Kubernetes ``aidi.cluster.client.JobClient``) per command, built from the
+resolved ``gpucluster.yaml`` entry: a bearer token
 (appkey) against ``server``, or the kubeconfig (in-cluster or ``~/.kube/config``) when there is no appkey.
 API failures become ``aidi.errors`` classes with a sentence saying what to do.
 """
@@ -104,7 +105,7 @@ def api_client(resolved: ResolvedCluster) -> tuple[Any, str]:
     return client.ApiClient(configuration), cluster.namespace or DEFAULT_NAMESPACE
 
 
-class JobClient:
+class KubeJobClient:
     """TrainJobs, their code Secret, and their pods in one namespace."""
 
     def __init__(self, api: Any, namespace: str) -> None:
@@ -116,7 +117,7 @@ class JobClient:
         self.core = client.CoreV1Api(api)
 
     @classmethod
-    def for_cluster(cls, resolved: ResolvedCluster, namespace: str | None = None) -> JobClient:
+    def for_cluster(cls, resolved: ResolvedCluster, namespace: str | None = None) -> KubeJobClient:
         api, default_ns = api_client(resolved)
         return cls(api, namespace or default_ns)
 

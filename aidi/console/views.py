@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aidi.cluster import explain, jobs
-from aidi.cluster.kube import JobClient, api_errors
+from aidi.cluster.client import JobClient
+from aidi.cluster.kube import api_errors
 from aidi.console.identity import Identity
 from aidi.dataspace import Dataspace, Manifest, open_dataspace
 from aidi.errors import AidiError, NotFoundError

@@ -1,4 +1,4 @@
-"""The local cluster behind `traincli`: the same methods as ``aidi.cluster.kube.JobClient``, on a work folder.
+"""The local cluster behind `traincli`: the ``aidi.cluster.client.JobClient`` interface, on a work folder.
 
 ``traincli submit | list | status | logs | cancel | resume | wait | delete`` and ``aidi.cluster.jobs`` call
 these exactly as they call the Kubernetes client; where the API server would store an object, this
