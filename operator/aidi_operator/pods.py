@@ -7,8 +7,8 @@ from typing import Any
 import kopf
 
 from aidi.jobs import podspec
+from aidi.jobs.lifecycle import PodState, pod_state
 from aidi_operator import trainjobs
-from aidi_operator.lifecycle import PodState, pod_state
 from aidi_operator.startup import JobKey, state_of
 
 OURS = {podspec.LABEL_JOB: kopf.PRESENT, podspec.LABEL_MANAGED_BY: podspec.MANAGED_BY}

@@ -14,8 +14,7 @@ from pydantic import ValidationError
 
 from aidi.api import trainjob as tj
 from aidi.api.errors import from_pydantic
-from aidi.jobs import podspec
-from aidi_operator import lifecycle
+from aidi.jobs import lifecycle, podspec
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
 from aidi_operator.startup import JobKey, OperatorState, state_of
 
