@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aidi.api.errors import SpecError
 from aidi.cli import hitc, traincli
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.dataspace.registry import ModelRegistry
@@ -146,7 +147,7 @@ def test_bad_model_append_files_say_what_to_fix(tmp_path: Path, config_file: Pat
     spec.write_text(yaml.safe_dump({"REQUIRED": {"MODEL_NAME": NAME, "MODEL_PATH": "."},
                                     "OPTIONAL": {"SOURCE_JOBS": "x"}}))
     code, _, err = run_hitc("model", "append", "-f", str(spec), "-C", str(config_file))
-    assert code == 2 and "unknown fields OPTIONAL.SOURCE_JOBS" in err
+    assert code == 2 and "OPTIONAL.SOURCE_JOBS: unknown field; did you mean `SOURCE_JOB`?" in err
 
 
 def write_eval_task(path: Path, **optional: object) -> Path:
@@ -193,8 +194,12 @@ def test_evaltask_becomes_a_cpu_trainjob_running_aidi_eval(tmp_path: Path):
     assert wire["metadata"] == {"name": "vehicle-eval", "namespace": "team-a", "labels": {"aidi.io/kind": "evaltask"}}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"REQUIRED": {"TASK_NAME": "Vehicle_Eval", "GT": "gt.json", "PR": "x"}}))
-    with pytest.raises(UsageError, match="TASK_NAME 'Vehicle_Eval'"):
+    with pytest.raises(SpecError) as raised:
         evaltask.load_eval_task(bad)
+    # Every problem at once, each at its field.
+    assert [str(e).split(":")[0] for e in raised.value.errors] == ["REQUIRED.TASK_NAME", "REQUIRED.GT", "REQUIRED.PR"]
+    assert "REQUIRED.TASK_NAME: 'Vehicle_Eval': use lower-case letters" in raised.value.render()
+    assert "REQUIRED.GT: 'gt.json': the job reads from the dataspace" in raised.value.render()
 
 
 async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, kube_api):

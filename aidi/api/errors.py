@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from aidi.errors import UsageError
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -22,8 +24,9 @@ class FieldError:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class SpecError(Exception):
-    """A job file that cannot be submitted. Carries every problem found, not just the first."""
+class SpecError(UsageError):
+    """An input file (a job file, a pack or training config, eval_task.yaml, ...) that does not follow its
+    schema. Carries every problem found, not just the first; ``render()`` lists them, one per line."""
 
     def __init__(self, source: str, errors: list[FieldError]) -> None:
         self.source = source

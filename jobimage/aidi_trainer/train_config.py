@@ -13,16 +13,17 @@ datasets.yaml, relative to the config).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aidi.api.errors import SpecError, from_pydantic
 from aidi.api.pyconfig import run_config_file
 from aidi.errors import NotFoundError, UsageError
-from aidi_trainer.model import DET, SEG, HeadSpec
+from aidi_trainer.model import SEG, HeadSpec
 
 STEP_NAMES = ("with-bn", "fusion-bn-c1", "fusion-bn-c2", "int-inference")
 TRAINED_STEPS = STEP_NAMES[:3]
@@ -76,61 +77,86 @@ class TrainConfig:
         return [task.head() for task in self.tasks.values()]
 
 
-def _need(values: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in values:
-        raise UsageError(f"{where}: `{key}` is missing; add it (see docs/trainer.md for an example)")
-    return values[key]
+class _TaskFile(BaseModel):
+    """One entry of ``tasks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["det", "seg"] = Field(description="det (boxes) or seg (pixels)")
+    scenes: dict[str, list[str]] = Field(min_length=1, description="each scene and its class names, in id order")
+    weight: float = Field(1.0, description="the branch's share of the loss")
+    flip: bool = Field(True, description="random horizontal flips")
+
+    @model_validator(mode="after")
+    def _scenes(self) -> _TaskFile:
+        empty = [scene for scene, classes in self.scenes.items() if not classes]
+        if empty:
+            raise ValueError(f"scenes {empty} must each list their class names")
+        if self.kind == SEG and len(self.scenes) != 1:
+            raise ValueError(f"a segmentation branch reads exactly one scene, got {list(self.scenes)}")
+        return self
 
 
-def _task(name: str, raw: Any, where: str) -> TaskConfig:
-    where = f"{where}: tasks[{name!r}]"
-    if not isinstance(raw, Mapping):
-        raise UsageError(f"{where}: expected a dict with `kind` and `scenes`, got {raw!r}")
-    kind = _need(raw, "kind", where)
-    if kind not in (DET, SEG):
-        raise UsageError(f"{where}: `kind` must be {DET!r} or {SEG!r}, got {kind!r}")
-    scenes = _need(raw, "scenes", where)
-    if not isinstance(scenes, Mapping) or not scenes:
-        raise UsageError(f"{where}: `scenes` must map each scene to its list of class names, got {scenes!r}")
-    if kind == SEG and len(scenes) != 1:
-        raise UsageError(f"{where}: a segmentation branch reads exactly one scene, got {list(scenes)}")
-    parsed = {}
-    for scene, classes in scenes.items():
-        if not isinstance(classes, list | tuple) or not classes:
-            raise UsageError(f"{where}: scenes[{scene!r}] must be a non-empty list of class names, got {classes!r}")
-        parsed[str(scene)] = tuple(str(c) for c in classes)
-    return TaskConfig(name, kind, parsed, float(raw.get("weight", 1.0)), bool(raw.get("flip", True)))
+class _StepFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(ge=0)
+    lr: float
+    max_iters: int | None = Field(None, ge=1, description="per epoch; default one pass over the largest task's data")
+
+
+class _ConfigFile(BaseModel):
+    """The module-level names of a training config file (docs/trainer.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: tuple[int, int] = Field(description="(width, height), multiples of the backbone's stride")
+    backbone: list[tuple[int, int]] = Field(min_length=1, description="[(channels, stride), ...]")
+    head_channels: int = Field(32, ge=1)
+    tasks: dict[str, _TaskFile] = Field(min_length=1, description="{branch: {kind, scenes, weight, flip}}")
+    batch_size: int = Field(8, ge=1, description="per device, per task")
+    workers: int = Field(2, ge=1, description="decoding threads per task")
+    steps: dict[str, _StepFile] = Field(description=f"{{step: {{epochs, lr}}}} for {', '.join(TRAINED_STEPS)}")
+    log_interval: int = Field(20, ge=1)
+    seed: int = 0
+    datasets: str = Field("datasets.yaml", description="the datasets.yaml, relative to the config")
+    wd: float = 1e-4
+    calibration_batches: int = Field(4, ge=1)
+    pipeline_test: dict[str, Any] = Field(default_factory=dict, description="overrides for --pipeline-test")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _ConfigFile:
+        missing = [name for name in TRAINED_STEPS if name not in self.steps]
+        if missing:
+            raise ValueError(f"steps needs {', '.join(repr(m) for m in missing)} (one per trained step)")
+        stride = 1
+        for _, s in self.backbone:
+            stride *= s
+        width, height = self.input_size
+        if width % stride or height % stride:
+            raise ValueError(f"input_size {width}x{height} must be a multiple of the backbone stride {stride}")
+        return self
 
 
 def load_config(path: str | Path, pipeline_test: bool = False, datasets: str | Path | None = None) -> TrainConfig:
     """Read the config file; ``--pipeline-test`` applies its ``pipeline_test`` overrides."""
     path = Path(path)
     values = run_config_file(path, "config", "pass --config configs/4pe_resize/multitask.py")
-    where = str(path)
     if pipeline_test:
         values = {**values, **dict(values.get("pipeline_test") or {})}
-    tasks = {name: _task(name, raw, where) for name, raw in dict(_need(values, "tasks", where)).items()}
-    raw_steps = dict(_need(values, "steps", where))
-    steps = {}
-    for name in TRAINED_STEPS:
-        raw = _need(raw_steps, name, f"{where}: steps")
-        steps[name] = StepConfig(int(_need(raw, "epochs", f"{where}: steps[{name!r}]")),
-                                 float(_need(raw, "lr", f"{where}: steps[{name!r}]")), raw.get("max_iters"))
-    width, height = (int(v) for v in _need(values, "input_size", where))
-    backbone = [(int(c), int(s)) for c, s in _need(values, "backbone", where)]
-    stride = 1
-    for _, s in backbone:
-        stride *= s
-    if width % stride or height % stride:
-        raise UsageError(f"{where}: input_size {width}x{height} must be a multiple of the backbone stride {stride}")
-    datasets_path = Path(datasets) if datasets else path.parent / values.get("datasets", "datasets.yaml")
+    try:
+        raw = _ConfigFile.model_validate(values)
+    except ValidationError as exc:
+        raise SpecError(str(path), from_pydantic(exc, _ConfigFile)) from None
+    tasks = {name: TaskConfig(name, task.kind, {scene: tuple(classes) for scene, classes in task.scenes.items()},
+                              task.weight, task.flip) for name, task in raw.tasks.items()}
+    steps = {name: StepConfig(raw.steps[name].epochs, raw.steps[name].lr, raw.steps[name].max_iters)
+             for name in TRAINED_STEPS}
     return TrainConfig(
-        path=path, input_size=(width, height), backbone=backbone,
-        head_channels=int(values.get("head_channels", 32)), tasks=tasks,
-        batch_size=int(values.get("batch_size", 8)), workers=int(values.get("workers", 2)), steps=steps,
-        log_interval=int(values.get("log_interval", 20)), seed=int(values.get("seed", 0)),
-        datasets=datasets_path, wd=float(values.get("wd", 1e-4)),
-        calibration_batches=int(values.get("calibration_batches", 4)),
+        path=path, input_size=raw.input_size, backbone=list(raw.backbone), head_channels=raw.head_channels,
+        tasks=tasks, batch_size=raw.batch_size, workers=raw.workers, steps=steps, log_interval=raw.log_interval,
+        seed=raw.seed, datasets=Path(datasets) if datasets else path.parent / raw.datasets, wd=raw.wd,
+        calibration_batches=raw.calibration_batches,
     )
 
 
@@ -139,6 +165,22 @@ class SceneFiles:
     scene: str
     rec: Path
     idx: Path
+
+
+class _SceneSplits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: str | None = Field(None, description="the scene's train .rec, relative to root")
+    val: str | None = Field(None, description="the scene's val .rec, relative to root")
+
+
+class _DatasetsFile(BaseModel):
+    """datasets.yaml: ``root`` and ``scenes: {scene: {train: PATH, val: PATH}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(".", description="a folder; relative to this file")
+    scenes: dict[str, _SceneSplits] = Field(description="{<scene>: {train: PATH, val: PATH}}")
 
 
 def load_datasets(path: Path, scenes: list[str], split: str) -> dict[str, SceneFiles]:
@@ -150,18 +192,20 @@ def load_datasets(path: Path, scenes: list[str], split: str) -> dict[str, SceneF
     if not path.is_file():
         raise NotFoundError(f"datasets file {path} does not exist; pass --datasets FILE or create it "
                             "(format in docs/trainer.md)")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("scenes"), Mapping):
-        raise UsageError(f"{path}: expected `scenes: {{<scene>: {{train: PATH, val: PATH}}}}` at the top level")
-    root = Path(raw.get("root", "."))
+    try:
+        raw = _DatasetsFile.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise SpecError(str(path), from_pydantic(exc, _DatasetsFile)) from None
+    root = Path(raw.root)
     if not root.is_absolute():
         root = path.parent / root
     found = {}
     for scene in scenes:
-        entry = raw["scenes"].get(scene)
-        if not isinstance(entry, Mapping) or split not in entry:
+        entry = raw.scenes.get(scene)
+        where = getattr(entry, split, None) if entry is not None else None
+        if where is None:
             raise UsageError(f"{path}: scenes.{scene}.{split} is missing; add the path of {scene}'s {split} .rec")
-        rec = Path(entry[split])
+        rec = Path(where)
         rec = rec if rec.is_absolute() else root / rec
         idx = rec.with_suffix(".idx")
         for needed in (rec, idx):
