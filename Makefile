@@ -48,6 +48,7 @@ tools: $(HELM) $(CHECKOV) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m aidi.api.crd --check crds/trainjobs.aidi.io.yaml
 	$(BIN)/python -m aidi.api.crd --check $(CHART_CRD)
 
@@ -66,4 +67,4 @@ crd: $(STAMP)
 	cp crds/trainjobs.aidi.io.yaml $(CHART_CRD)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -29,7 +29,7 @@ def run_evaltask_submit(args: argparse.Namespace) -> int:
         from aidi.cluster.gpucluster import resolve
 
         resolved = resolve(args.cluster_config, args.current_cluster)
-    if args.local or resolved.cluster.runs_here:
+    if resolved is None or resolved.cluster.runs_here:
         outcome, uploaded = evaltask.run_local(task, dataspace_args.open_from(args))
         summary = outcome.results["summary"]
         if args.json:

@@ -90,7 +90,8 @@ def run_show(args: argparse.Namespace) -> int:
     cmdline.print_table(("PATH", "SIZE", "MD5"), [(f.path, str(f.size), f.md5) for f in record.files])
     for artifact in record.artifacts:
         check = artifact.get("check") or {}
-        verdict = {True: "check passed", False: "check FAILED"}.get(check.get("passed"), "not checked")
+        passed = check.get("passed")
+        verdict = "check passed" if passed is True else "check FAILED" if passed is False else "not checked"
         print(f"compiled {artifact['target']} ({artifact['created']}, {verdict}): "
               + ", ".join(f["path"] for f in artifact["files"]))
     return 0

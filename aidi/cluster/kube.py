@@ -144,7 +144,8 @@ class KubeJobClient:
 
     def get_job(self, name: str) -> dict[str, Any]:
         with api_errors(f"get TrainJob {name}", self._job_missing(name)):
-            return self.custom.get_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name)
+            found = self.custom.get_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name)
+        return _object(found, f"get TrainJob {name}")
 
     def job_exists(self, name: str) -> bool:
         try:
@@ -155,15 +156,17 @@ class KubeJobClient:
 
     def list_jobs(self) -> list[dict[str, Any]]:
         with api_errors(f"list TrainJobs in {self.namespace}"):
-            found = self.custom.list_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL)
+            found = _object(self.custom.list_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace,
+                                                                      tj.PLURAL), f"list TrainJobs in {self.namespace}")
         # Servers that scope by namespace still return it per item; keep only ours (kmock returns all).
         items = [i for i in found.get("items", []) if i.get("metadata", {}).get("namespace") in (None, self.namespace)]
         return sorted(items, key=lambda i: i["metadata"]["name"])
 
     def patch_job(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         with api_errors(f"patch TrainJob {name}", self._job_missing(name)):
-            return self.custom.patch_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name,
-                                                              patch)
+            found = self.custom.patch_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name,
+                                                               patch)
+        return _object(found, f"patch TrainJob {name}")
 
     def delete_job(self, name: str) -> None:
         from kubernetes import client
@@ -239,12 +242,20 @@ class KubeJobClient:
     def stream_log(self, pod: str, container: str | None, tail: int | None = None) -> Iterator[bytes]:
         """Follow a pod's log (``-f``): yields chunks until the container ends."""
         with api_errors(f"follow the log of pod {pod}", f"pod {pod} is gone"):
-            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True,
-                                                         tail_lines=tail, _preload_content=False)
+            # Without preloading the client returns the urllib3 response (its annotation says str).
+            response: Any = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True,
+                                                              tail_lines=tail, _preload_content=False)
         try:
             yield from response.stream(4096)
         finally:
             response.release_conn()
+
+
+def _object(answer: object, what: str) -> dict[str, Any]:
+    """The JSON object the API server answered with (the client types custom objects as ``object``)."""
+    if not isinstance(answer, dict):
+        raise AidiError(f"{what}: the API server answered with {type(answer).__name__}, not an object")
+    return answer
 
 
 def _belongs_to(pod: dict[str, Any], job: str, namespace: str) -> bool:

@@ -12,6 +12,7 @@ after it was released without becoming a new version.
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import getpass
 import hashlib
@@ -347,7 +348,7 @@ class ModelRegistry:
         record.artifacts = self._artifacts(name, version)
         return record
 
-    def _artifacts(self, name: str, version: str) -> list[dict[str, Any]]:
+    def _artifacts(self, name: str, version: str) -> builtins.list[dict[str, Any]]:
         found = []
         for info in self.store.list(self.prefix(name, version) + "compiled/", recursive=True):
             if info.key.endswith("/" + ARTIFACT_RECORD):
@@ -355,7 +356,7 @@ class ModelRegistry:
         return found
 
     def download(self, name: str, version: str, dest: str | Path,
-                 with_artifacts: bool = False) -> tuple[ModelVersion, list[Path]]:
+                 with_artifacts: bool = False) -> tuple[ModelVersion, builtins.list[Path]]:
         """Fetch a version's files into ``dest``, each checked against its md5 and sha256."""
         record = self.show(name, version)
         dest = Path(dest).resolve()

@@ -189,7 +189,7 @@ class _PrFileDoc(_FileDoc):
     images: list[_PrImageDoc]
 
 
-DocModel = TypeVar("DocModel", bound=_FileDoc)
+DocModel = TypeVar("DocModel", bound=_Item)
 
 
 def _validate(path: Path, data: dict[str, Any], model: type[DocModel]) -> DocModel:
@@ -215,9 +215,9 @@ class _Problems:
     def __init__(self, path: Path) -> None:
         self.path, self.errors = path, list[FieldError]()
 
-    def check(self, where: str, test: Callable[[], T]) -> T | None:
+    def check(self, where: str, test: Callable[..., T], *args: Any) -> T | None:
         try:
-            return test()
+            return test(*args)
         except ValueError as exc:
             self.errors.append(FieldError(where, str(exc)))
             return None
@@ -256,10 +256,10 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
                      image=_relative(path.parent, item.image) if item.image else None)
         if doc.task == "detection":
             for j, obj in enumerate(item.objects):
-                cls = problems.check(f"{at}.objects[{j}].class", lambda o=obj: _class_index(o.class_, doc.classes))
+                cls = problems.check(f"{at}.objects[{j}].class", _class_index, obj.class_, doc.classes)
                 gt.objects.append(GtObject(cls or 0, _floats(obj.box), obj.ignore))
         else:
-            gt.mask = problems.check(f"{at}.mask", lambda m=item.mask: _relative(path.parent, m))
+            gt.mask = problems.check(f"{at}.mask", _relative, path.parent, item.mask)
         images.append(gt)
     problems.raise_any()
     return GroundTruth(doc.task, doc.classes, images, path, doc.ignore_label)
@@ -283,10 +283,10 @@ def load_predictions(path: str | Path) -> Predictions:
             pr.size = (item.width, item.height)
         if doc.task == "detection":
             for j, det in enumerate(item.detections):
-                cls = problems.check(f"{at}.detections[{j}].class", lambda d=det: _class_index(d.class_, doc.classes))
+                cls = problems.check(f"{at}.detections[{j}].class", _class_index, det.class_, doc.classes)
                 pr.detections.append(Detection(cls or 0, _floats(det.box), float(det.score)))
         else:
-            pr.mask = problems.check(f"{at}.mask", lambda m=item.mask: _relative(path.parent, m))
+            pr.mask = problems.check(f"{at}.mask", _relative, path.parent, item.mask)
         images[image_id] = pr
     problems.raise_any()
     return Predictions(doc.task, doc.classes, images, path, doc.model)

@@ -71,10 +71,10 @@ def evaluate_parsing(gt: GroundTruth, pr: Predictions) -> dict[str, Any]:
         total += matrix
         out_of_range += wrong_ids
         labelled = int(valid.sum())
-        ious = [v for v in iou_from_confusion(matrix, wrong_ids) if v is not None]
+        image_ious = [v for v in iou_from_confusion(matrix, wrong_ids) if v is not None]
         images.append({"id": image.id, "pixels": labelled,
                        "accuracy": float(np.trace(matrix) / labelled) if labelled else None,
-                       "miou": float(np.mean(ious)) if ious else None})
+                       "miou": float(np.mean(image_ious)) if image_ious else None})
     ious = iou_from_confusion(total, out_of_range)
     present = [v for v in ious if v is not None]
     labelled = int(total.sum() + out_of_range.sum())

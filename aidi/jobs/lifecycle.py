@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
@@ -155,7 +155,7 @@ def parse_time(value: str | None) -> dt.datetime | None:
 def set_condition(status: tj.TrainJobStatus, type_: str, true: bool, reason: str, message: str,
                   now: dt.datetime) -> None:
     """Upsert a condition; lastTransitionTime moves only when its status flips."""
-    value = "True" if true else "False"
+    value: Literal["True", "False"] = "True" if true else "False"
     for cond in status.conditions:
         if cond.type == type_:
             if cond.status != value:
@@ -168,8 +168,8 @@ def set_condition(status: tj.TrainJobStatus, type_: str, true: bool, reason: str
                                           last_transition_time=timestamp(now)))
 
 
-def _set_phase(status: tj.TrainJobStatus, phase: str, reason: str, message: str) -> None:
-    status.phase, status.reason, status.message = phase, reason, message  # type: ignore[assignment]
+def _set_phase(status: tj.TrainJobStatus, phase: tj.Phase, reason: str, message: str) -> None:
+    status.phase, status.reason, status.message = phase, reason, message
 
 
 def describe_failure(pod: PodState) -> tuple[str, str]:
@@ -410,7 +410,7 @@ def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodSt
     return _finish(plan, spec, current, now, "Failed", final, text)
 
 
-def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.datetime, phase: str, reason: str,
+def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.datetime, phase: tj.Phase, reason: str,
             message: str, stop_all: bool = False) -> Plan:
     st = plan.status
     _count_status(st, pods, [])
@@ -422,7 +422,7 @@ def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.dat
     return plan
 
 
-def _end(st: tj.TrainJobStatus, phase: str, reason: str, message: str, now: dt.datetime) -> None:
+def _end(st: tj.TrainJobStatus, phase: tj.Phase, reason: str, message: str, now: dt.datetime) -> None:
     _set_phase(st, phase, reason, message)
     st.completion_time = timestamp(now)
     set_condition(st, phase, True, reason, message, now)

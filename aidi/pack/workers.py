@@ -94,7 +94,7 @@ def _processes(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         def send() -> None:
             while len(sent) < WINDOW_PER_WORKER * jobs:
                 number, batch = next(source, (None, None))
-                if batch is None:
+                if number is None or batch is None:
                     return
                 sent[number] = batch
                 tasks.put((number, batch))

@@ -211,7 +211,7 @@ def lane_parsing_image(index: int, seed: int, size: tuple[int, int]) -> tuple[Im
 def _coco(scene: str, entries: list[tuple[str, int, list[tuple[int, Box]]]], size: tuple[int, int],
           seed: int) -> dict[str, object]:
     classes = DETECTION_CLASSES[scene]
-    annotations = []
+    annotations: list[dict[str, object]] = []
     for image_id, (_, _, objects) in enumerate(entries, 1):
         for cls, (x0, y0, x1, y1) in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,

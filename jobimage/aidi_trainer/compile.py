@@ -25,6 +25,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def build_qdq(graph: IntGraph, input_size: tuple[int, int], output_names: list[s
 # ------------------------------------------------------------------------------------------ checking
 
 
-def sample_images(recs: list[str | Path], samples: int, input_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def sample_images(recs: Sequence[str | Path], samples: int, input_size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Normalised ``(N, 3, H, W)`` images as predict feeds them: the first ``samples`` of each rec, or random."""
     import cv2
 

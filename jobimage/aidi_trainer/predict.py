@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import cv2
@@ -69,8 +70,9 @@ class _quiet_mxnet:
         self._catch.__enter__()
         warnings.simplefilter("ignore")
 
-    def __exit__(self, *exc: object) -> None:
-        self._catch.__exit__(*exc)
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._catch.__exit__(kind, exc, tb)
 
 
 def scene_of(rec: Path) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def predict(model: str | Path, rec: str | Path, out: str | Path, config_path: st
                 logits = output.asnumpy()
                 for (key, record), picture, logit in zip(batch, pictures, logits, strict=True):
                     mask_path = masks_dir / f"{key}.png"
-                    _write_mask(mask_path, logit, picture.shape[:2])
+                    _write_mask(mask_path, logit, (picture.shape[0], picture.shape[1]))
                     images.append({**_image_fields(key, record, picture),
                                    "mask": mask_path.relative_to(out.parent).as_posix()})
             bar.update(len(batch))

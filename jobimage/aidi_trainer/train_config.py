@@ -142,8 +142,9 @@ def load_config(path: str | Path, pipeline_test: bool = False, datasets: str | P
     """Read the config file; ``--pipeline-test`` applies its ``pipeline_test`` overrides."""
     path = Path(path)
     values = run_config_file(path, "config", "pass --config configs/4pe_resize/multitask.py")
-    if pipeline_test:
-        values = {**values, **dict(values.get("pipeline_test") or {})}
+    overrides = values.get("pipeline_test")
+    if pipeline_test and isinstance(overrides, dict):  # anything else is reported by the schema below
+        values = {**values, **overrides}
     try:
         raw = _ConfigFile.model_validate(values)
     except ValidationError as exc:
