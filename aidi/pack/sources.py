@@ -64,7 +64,7 @@ def _box(ann: dict, index: dict[object, str], classes: dict[str, int]) -> tuple[
                       f"{', '.join(classes)} — add it to `classes` or drop the annotation")
     bbox = ann.get("bbox")
     try:
-        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+        x, y, w, h = (float(v) for v in bbox or ())  # None: the ValueError below
     except (TypeError, ValueError):
         return None, f"annotation {ann_id}: expected bbox [x, y, width, height], got {bbox!r}"
     return Box(classes[name], x, y, w, h, ann_id), None

@@ -52,7 +52,8 @@ def _rng(seed: int, scene: str, index: int) -> np.random.Generator:
 
 
 def _jitter(rng: np.random.Generator, colour: RGB, amount: int = 18) -> RGB:
-    return tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-amount, amount + 1, 3), 0, 255))  # type: ignore[return-value]
+    r, g, b = (int(v) for v in np.clip(np.array(colour) + rng.integers(-amount, amount + 1, 3), 0, 255))
+    return r, g, b
 
 
 def _finish(rng: np.random.Generator, canvas: Image.Image, noise: float = 6.0) -> Image.Image:
