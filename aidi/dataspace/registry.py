@@ -144,12 +144,7 @@ class ModelAppendRequired(Section):
     @field_validator("MODEL_PATH")
     @classmethod
     def _dataspace_ref(cls, source: str) -> str:
-        if dsref.is_ref(source):
-            try:
-                dsref.parse(source)
-            except UsageError as exc:
-                raise ValueError(str(exc)) from None
-        return source
+        return dsref.check(source) if dsref.is_ref(source) else source
 
 
 class ModelAppendOptional(Section):

@@ -30,11 +30,7 @@ def _dataspace_ref(value: str, info: ValidationInfo) -> str:
         kind = str(info.field_name).lower()
         raise ValueError(f"{value!r}: the job reads from the dataspace; give dataspace://NAME/TYPE/VERSION[/PATH] "
                          f"(upload with `hitc dataspace upload -d NAME -t {kind} -f FILE.json`)")
-    try:
-        dsref.parse(value)
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+    return dsref.check(value)
 
 
 class EvalTaskRequired(Section):
