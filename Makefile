@@ -48,6 +48,7 @@ tools: $(HELM) $(CHECKOV) browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m aidi.api.crd --check crds/trainjobs.aidi.io.yaml
 	$(BIN)/python -m aidi.api.crd --check $(CHART_CRD)
 
@@ -69,11 +70,11 @@ e2e: $(STAMP) $(HELM)
 # is under work/demo/ (dataspace, cluster, configs); ~/.olympus and ~/.hobot are left alone.
 DEMO_DIR ?= work/demo
 demo: $(STAMP)
-	$(BIN)/python -m aidi.local.demo --workdir $(DEMO_DIR)
+	$(BIN)/python -m aidi.demo --workdir $(DEMO_DIR)
 
 crd: $(STAMP)
 	$(BIN)/python -m aidi.api.crd -o crds/trainjobs.aidi.io.yaml
 	cp crds/trainjobs.aidi.io.yaml $(CHART_CRD)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,7 +1,7 @@
 """Error classes shared by the library and the CLIs.
 
 Library code raises these with a message that says what happened and what to do; the CLIs' single
-``main()`` turns each into one line and an exit code (``aidi.cli.common``).
+``main()`` turns each into one line and an exit code (``aidi.cmdline``).
 """
 
 from __future__ import annotations

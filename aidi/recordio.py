@@ -25,11 +25,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import BinaryIO, NamedTuple
 
 from aidi.errors import AidiError
 
+_np: ModuleType | None
 try:  # optional: a faster scan for the magic word; the format needs only the standard library
     import numpy as _np
 except ImportError:  # pragma: no cover - numpy comes with every extra that packs

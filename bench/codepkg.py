@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from aidi import codepkg  # noqa: E402
+from aidi.jobs import codepkg  # noqa: E402
 
 MB = 1024 * 1024
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aidi.local.demo import TOOLKIT, Demo, summary_table
+from aidi.demo import TOOLKIT, Demo, summary_table
 
 TARGET_SECONDS = 15 * 60
 

@@ -58,8 +58,8 @@ sys.path.insert(0, str(REPO))
 import kmock  # noqa: E402
 from aidi_operator.kube import KubeApi, core_path, trainjob_path  # noqa: E402
 
-from aidi import podspec  # noqa: E402
 from aidi.api import trainjob as tj  # noqa: E402
+from aidi.jobs import podspec  # noqa: E402
 from tests.support.kube import register_trainjobs  # noqa: E402
 
 TARGET_P99_S = 2.0  # kmock: absolute

@@ -30,11 +30,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "2")
 
 import mxnet as mx
-from aidi_trainer.config import load_config, load_datasets
 from aidi_trainer.data import TaskDataset, make_loader
 from aidi_trainer.engine import StepPlan, task_loss, train_step
 from aidi_trainer.model import MultiTaskNet
 from aidi_trainer.runtime import Runtime
+from aidi_trainer.train_config import load_config, load_datasets
 from mxnet import autograd, gluon
 
 from aidi.pack import load_config as load_pack_config

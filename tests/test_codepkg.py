@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aidi import codepkg
 from aidi.errors import IntegrityError, UsageError
+from aidi.jobs import codepkg
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int]]:

@@ -23,11 +23,11 @@ from aidi.cli import traincli
 from aidi.console import appkeys
 from aidi.console.settings import ConsoleSettings
 from aidi.dataspace import DataspaceConfig, open_dataspace
-from aidi.models import ModelRegistry
+from aidi.dataspace.registry import ModelRegistry
 from aidi.recordio import IndexedRecordWriter
 from tests.support.console import TokenCheck, cluster_settings, serving
 from tests.support.operator import Cluster, kmock_api
-from tests.test_jobsteps import use_s3_dataspace
+from tests.test_podsteps import use_s3_dataspace
 
 NS, OTHER = "team-a", "team-b"
 
@@ -368,7 +368,7 @@ async def test_a_refused_issuer_fails_the_key_not_the_session(rig) -> None:
 
 def test_the_local_runner_s_jobs_show_too(tmp_path: Path) -> None:
     """`aidi console` on a `type: local` cluster (the embedded runner) shows its jobs like a cluster's."""
-    from aidi.cluster import config as cluster_config
+    from aidi.cluster import gpucluster
     from aidi.console import views
     from aidi.console.identity import login
     from aidi.local.store import Namespace, write_json
@@ -382,7 +382,7 @@ def test_the_local_runner_s_jobs_show_too(tmp_path: Path) -> None:
            "status": {"phase": "Succeeded", "reason": "AllWorkersSucceeded", "startTime": "2026-11-26T01:00:00Z",
                       "completionTime": "2026-11-26T01:02:03Z"}}
     write_json(Namespace(workdir, NS).job_file("laptop-job"), job)
-    settings = ConsoleSettings.local(cluster_config.resolve(path), DataspaceConfig.local(tmp_path / "ds"))
+    settings = ConsoleSettings.local(gpucluster.resolve(path), DataspaceConfig.local(tmp_path / "ds"))
     identity = login(settings, settings.login_token)
     assert identity.namespace == NS and identity.cluster_problem is None
     rows = views.list_jobs(identity)

@@ -28,7 +28,7 @@ from aidi.dataspace import DataspaceConfig, open_dataspace
 from tests.support.console import TokenCheck, cluster_settings, serving
 from tests.support.operator import Cluster, kmock_api, operator_settings, running_operator
 from tests.test_console import NS, put_team_secret, write_rec
-from tests.test_jobsteps import use_s3_dataspace
+from tests.test_podsteps import use_s3_dataspace
 from tests.test_traincli import write_job
 
 CHROMIUM = shutil.which("chromium")

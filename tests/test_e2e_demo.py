@@ -14,7 +14,7 @@ import json
 import pytest
 
 from aidi.dataspace import DataspaceConfig, open_dataspace
-from aidi.local.demo import DATASET, JOB, MODEL_NAME, OUTPUT_DATASET, Demo
+from aidi.demo import DATASET, JOB, MODEL_NAME, OUTPUT_DATASET, Demo
 
 mx = pytest.importorskip("mxnet")
 onnx = pytest.importorskip("onnx")

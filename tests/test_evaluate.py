@@ -260,3 +260,22 @@ def test_predictions_on_a_rec_score_against_the_scenes_coco_annotations(tmp_path
         {"id": "0", "detections": []}]}))
     with pytest.raises(evaluate.FormatError, match="no source_id"):
         evaluate.evaluate_files(coco, pr)
+
+
+def test_a_bad_ground_truth_file_lists_every_problem_at_its_field(tmp_path):
+    from aidi.api.errors import SpecError
+
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"format": "aidi-gt/1", "task": "detection", "classes": ["car", "car"], "images": [
+        {"id": "0", "width": "10", "height": 10, "objects": [{"class": "car", "box": [5, 5, 1, 9]}]}]}))
+    with pytest.raises(SpecError) as raised:
+        evaluate.load_ground_truth(gt)
+    assert [e.path for e in raised.value.errors] == ["classes", "images[0].width", "images[0].objects[0].box"]
+    gt.write_text(json.dumps({"format": "aidi-gt/1", "task": "detection", "classes": ["car"], "images": [
+        {"id": "0", "width": 9, "height": 9, "objects": [{"class": "bus", "box": [1, 1, 5, 5]}]},
+        {"id": 0, "width": 9, "height": 9}]}))
+    with pytest.raises(SpecError) as raised:
+        evaluate.load_ground_truth(gt)
+    assert [str(e) for e in raised.value.errors] == [
+        "images[0].objects[0].class: unknown class 'bus'; the file's classes are ['car']",
+        "images[1].id: image id '0' appears twice; ids must be unique"]

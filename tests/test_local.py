@@ -1,4 +1,4 @@
-"""The local cluster: `traincli` against `type: local`, pods from aidi.podspec run as real local processes.
+"""The local cluster: `traincli` against `type: local`, pods from aidi.jobs.podspec run as real local processes.
 
 The job scripts here are small shell scripts (no MXNet): they print what they see and write outputs, so
 each test checks what really reached the processes — paths, environment, files, signals.
@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from aidi import local
 from aidi.api import trainjob as tj
 from aidi.cli import traincli
-from aidi.cluster import config as cluster_config
+from aidi.cluster import gpucluster
+from aidi.cluster.client import connect
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.local import devices
 from aidi.local.pods import PathMap
-from tests.test_jobsteps import use_s3_dataspace
+from tests.test_podsteps import use_s3_dataspace
 
 PASSWORD = "local-test-pw-9f3a"
 
@@ -75,7 +75,7 @@ def local_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
                                       "clusters": {"here": {"type": "local", "workdir": "cluster"}}}))
     monkeypatch.setenv("AIDI_GPUCLUSTER_CONFIG", str(config))
     yield tmp_path / "cluster"
-    client = local.client(cluster_config.resolve(config))
+    client = connect(gpucluster.resolve(config))
     for job in client.list_jobs():
         client.delete_job(job["metadata"]["name"])
 
@@ -287,7 +287,7 @@ def test_parameter_server_pods_find_their_scheduler_on_this_machine(tmp_path: Pa
 
 
 def traincli_log(capsys: pytest.CaptureFixture[str], job: str, pod: str) -> str:
-    return local.client(cluster_config.resolve()).pod_log(pod, "trainer")
+    return connect(gpucluster.resolve()).pod_log(pod, "trainer")
 
 
 def test_deadline_stops_a_job_that_runs_too_long(tmp_path: Path, local_cluster: Path,

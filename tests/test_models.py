@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aidi import evaltask
+from aidi.api.errors import SpecError
 from aidi.cli import hitc, traincli
 from aidi.dataspace import DataspaceConfig, open_dataspace
+from aidi.dataspace.registry import ModelRegistry
 from aidi.errors import IntegrityError, UsageError
-from aidi.models import ModelRegistry
+from aidi.evaluate import task as evaltask
 from tests.test_evaluate import hand_case
 
 NAME = "adasmini_4pe_multitask"
@@ -146,7 +147,7 @@ def test_bad_model_append_files_say_what_to_fix(tmp_path: Path, config_file: Pat
     spec.write_text(yaml.safe_dump({"REQUIRED": {"MODEL_NAME": NAME, "MODEL_PATH": "."},
                                     "OPTIONAL": {"SOURCE_JOBS": "x"}}))
     code, _, err = run_hitc("model", "append", "-f", str(spec), "-C", str(config_file))
-    assert code == 2 and "unknown fields OPTIONAL.SOURCE_JOBS" in err
+    assert code == 2 and "OPTIONAL.SOURCE_JOBS: unknown field; did you mean `SOURCE_JOB`?" in err
 
 
 def write_eval_task(path: Path, **optional: object) -> Path:
@@ -193,8 +194,12 @@ def test_evaltask_becomes_a_cpu_trainjob_running_aidi_eval(tmp_path: Path):
     assert wire["metadata"] == {"name": "vehicle-eval", "namespace": "team-a", "labels": {"aidi.io/kind": "evaltask"}}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"REQUIRED": {"TASK_NAME": "Vehicle_Eval", "GT": "gt.json", "PR": "x"}}))
-    with pytest.raises(UsageError, match="TASK_NAME 'Vehicle_Eval'"):
+    with pytest.raises(SpecError) as raised:
         evaltask.load_eval_task(bad)
+    # Every problem at once, each at its field.
+    assert [str(e).split(":")[0] for e in raised.value.errors] == ["REQUIRED.TASK_NAME", "REQUIRED.GT", "REQUIRED.PR"]
+    assert "REQUIRED.TASK_NAME: 'Vehicle_Eval': use lower-case letters" in raised.value.render()
+    assert "REQUIRED.GT: 'gt.json': the job reads from the dataspace" in raised.value.render()
 
 
 async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, kube_api):
@@ -204,17 +209,17 @@ async def test_evaltask_submit_creates_the_job_on_the_cluster(tmp_path: Path, ku
     code, out, err = await asyncio.to_thread(run_hitc, "evaltask", "submit", "-f", str(task), "-c", str(cluster))
     assert code == 0, err
     assert "evaltask vehicle-eval submitted" in out
-    from aidi.cluster import config as cluster_config
-    from aidi.cluster.kube import JobClient
+    from aidi.cluster import gpucluster
+    from aidi.cluster.kube import KubeJobClient
 
-    client = JobClient.for_cluster(cluster_config.resolve(cluster))
+    client = KubeJobClient.for_cluster(gpucluster.resolve(cluster))
     job = await asyncio.to_thread(client.get_job, "vehicle-eval")
     assert job["spec"]["command"][:2] == ["aidi", "eval"] and job["spec"]["gpusPerWorker"] == 0
     assert job["metadata"]["labels"]["aidi.io/kind"] == "evaltask"
 
 
 def test_evaltask_pod_runs_aidi_eval_with_the_dataspace_and_syncs_its_output(tmp_path: Path):
-    from aidi import podspec
+    from aidi.jobs import podspec
 
     task = evaltask.load_eval_task(write_eval_task(tmp_path / "eval_task.yaml"))
     job = evaltask.eval_trainjob(task, "team-a")

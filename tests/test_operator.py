@@ -14,7 +14,7 @@ import yaml
 from aidi_operator.kube import ApiRefused, core_path
 from aidi_operator.main import main
 
-from aidi import podspec
+from aidi.jobs import podspec
 from tests.support import operator_scenarios as scenarios
 from tests.support.operator import Cluster, eventually, kmock_api, operator_settings, running_operator
 

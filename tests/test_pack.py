@@ -268,7 +268,8 @@ def test_bad_masks_are_reported_with_the_file_and_reason(workdir, tmp_path):
 def test_config_mistakes_name_the_field(tmp_path):
     typo = tmp_path / "train.py"
     typo.write_text(config_file("vehicle").read_text() + "\nval_fractoin = 0.2\n")
-    with pytest.raises(UsageError, match=r"train.py: val_fractoin: Extra inputs are not permitted"):
+    with pytest.raises(UsageError, match=r"train.py: 1 problem\n  - val_fractoin: unknown field; did you mean "
+                                         r"`val_fraction`\?"):
         load_config(typo)
     with pytest.raises(UsageError, match="resize must be positive"):
         load_config(config_file("vehicle"), resize=0)

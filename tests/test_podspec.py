@@ -8,9 +8,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from aidi import podspec
 from aidi.api import trainjob as tj
 from aidi.api.loader import load_file
+from aidi.jobs import podspec
 from tests.conftest import REPO
 
 SETTINGS = podspec.PodSettings(job_image="registry.local/aidi/jobimage:1", fetch_image="registry.local/aidi/op:1",

@@ -15,9 +15,9 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
-from aidi_trainer.config import STEP_NAMES, load_config, load_datasets
 from aidi_trainer.data import ShardSampler, TaskDataset, make_loader
 from aidi_trainer.intmodel import IntNet
+from aidi_trainer.train_config import STEP_NAMES, load_config, load_datasets
 
 from aidi.pack import load_config as load_pack_config
 from aidi.pack import pack_scene

@@ -11,15 +11,16 @@ import mxnet as mx
 import numpy as np
 import pytest
 from aidi_trainer import quant
-from aidi_trainer.config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
 from aidi_trainer.data import Crop, ShardSampler, TrainBatches, det_targets
 from aidi_trainer.engine import StepPlan, TrainingDiverged, train_step
-from aidi_trainer.evaluate import decode_detections, iou
 from aidi_trainer.intmodel import IntNet
 from aidi_trainer.losses import segmentation_loss
 from aidi_trainer.model import AllHeads, HeadSpec, MultiTaskNet
 from aidi_trainer.runtime import Runtime, parse_ctx
+from aidi_trainer.train_config import SceneFiles, TaskConfig, check_classes, load_config, load_datasets
+from aidi_trainer.validation import decode_detections, iou
 
+from aidi.api.errors import SpecError
 from aidi.errors import NotFoundError, UsageError
 
 HEADS = [HeadSpec("det_a", "det", 3), HeadSpec("seg_b", "seg", 4)]
@@ -217,10 +218,18 @@ def test_asking_for_gpus_on_a_machine_without_them_names_ctx_cpu():
 def test_config_mistakes_name_the_file_and_field(tmp_path):
     config = tmp_path / "multitask.py"
     config.write_text("input_size = (96, 64)\nbackbone = [(8, 2)]\nsteps = {}\n")
-    with pytest.raises(UsageError, match=r"multitask\.py: `tasks` is missing"):
+    with pytest.raises(SpecError) as raised:
+        load_config(config)
+    assert raised.value.render() == (
+        f"{config}: 1 problem\n"
+        "  - tasks: required field is missing; add `tasks:` under the top level "
+        "({branch: {kind, scenes, weight, flip}})")
+    config.write_text("input_size = (96, 64)\nbackbone = [(8, 2)]\nsteps = {}\ntasks = {'d': {'kind': 'det', "
+                      "'scenes': {'a': ['a']}}}\n")
+    with pytest.raises(UsageError, match="steps needs 'with-bn', 'fusion-bn-c1', 'fusion-bn-c2'"):
         load_config(config)
     config.write_text("tasks = {'det_x': {'kind': 'box', 'scenes': {'a': ['a']}}}\n")
-    with pytest.raises(UsageError, match=r"tasks\['det_x'\]: `kind` must be"):
+    with pytest.raises(UsageError, match=r"tasks\.det_x\.kind: 'box' is not one of 'det' or 'seg'"):
         load_config(config)
     with pytest.raises(NotFoundError, match="pass --config"):
         load_config(tmp_path / "nope.py")

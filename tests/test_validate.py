@@ -147,3 +147,18 @@ def test_not_a_job_file(tmp_path, capsys) -> None:
     code, _, err = validate(path, capsys)
     assert code == 2
     assert "not a job file" in err and "REQUIRED/OPTIONAL" in err
+
+
+def test_errors_inside_maps_name_the_allowed_fields_of_the_value(tmp_path: Path) -> None:
+    """A map's keys are the user's (a cluster's name, a branch's name): the fields allowed are its value's."""
+    from aidi.api.errors import SpecError
+    from aidi.cluster import gpucluster
+
+    config = tmp_path / "gpucluster.yaml"
+    config.write_text("current-cluster: a\nclusters:\n  a: {type: kubernets, namspace: x}\n")
+    with pytest.raises(SpecError) as raised:
+        gpucluster.load(config)
+    assert [str(e) for e in raised.value.errors] == [
+        "clusters.a.type: 'kubernets' is not one of 'kubernetes' or 'local'",
+        "clusters.a.namspace: unknown field. Allowed here: appid, appkey, server, certificate-authority, insecure, "
+        "type, workdir, env"]

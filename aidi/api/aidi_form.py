@@ -76,7 +76,8 @@ def is_aidi_form(doc: dict[str, Any]) -> bool:
 def _cross_field_errors(doc: dict[str, Any]) -> list[FieldError]:
     """Checks that need two fields or a suggestion; run on the raw dict so they add to type errors."""
     errors: list[FieldError] = []
-    required = doc.get("REQUIRED") if isinstance(doc.get("REQUIRED"), dict) else {}
+    raw = doc.get("REQUIRED")
+    required: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = required.get("JOB_NAME")
     if isinstance(name, str):
         fixed = dns1123_label(name, tj.MAX_JOB_NAME)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from aidi.api import trainjob as tj
 
@@ -86,9 +87,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _model_schema(model: type[tj.BaseModel]) -> dict[str, Any]:
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(raw, raw.get("$defs", {}))
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    return schema
 
 
 def openapi_schema() -> dict[str, Any]:

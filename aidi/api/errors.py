@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import re
 import typing
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from aidi.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,9 @@ class FieldError:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class SpecError(Exception):
-    """A job file that cannot be submitted. Carries every problem found, not just the first."""
+class SpecError(UsageError):
+    """An input file (a job file, a pack or training config, eval_task.yaml, ...) that does not follow its
+    schema. Carries every problem found, not just the first; ``render()`` lists them, one per line."""
 
     def __init__(self, source: str, errors: list[FieldError]) -> None:
         self.source = source
@@ -54,19 +58,33 @@ def dns1123_label(name: str, max_length: int = 63) -> str:
     return label[:max_length].rstrip("-") or "job"
 
 
-def _submodel(model: type[BaseModel] | None, key: str | int) -> type[BaseModel] | None:
-    """Follow one step of an error location through the model tree (by alias or by name)."""
-    if model is None or isinstance(key, int):
-        return model
-    for name, field in model.model_fields.items():
-        if key in (name, field.alias):
-            return _first_model(field.annotation)
+def _step(annotation: Any, key: str | int) -> Any:
+    """The annotation one step of an error location down: a model's field (by alias or name), a list's item, a
+    dict's value (the key is the user's, e.g. a cluster's name), the first member of a union that has it."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(key, int):
+            return None
+        for name, field in annotation.model_fields.items():
+            if key in (name, field.alias):
+                return field.annotation
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return args[1]
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args and isinstance(key, int):
+        return args[0]
+    for arg in args:  # unions, Optional, Annotated
+        found = _step(arg, key)
+        if found is not None:
+            return found
     return None
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) in (dict, collections.abc.Mapping):
+        return None  # the next step is a key of the user's, not a field
     for arg in typing.get_args(annotation):
         found = _first_model(arg)
         if found is not None:
@@ -101,9 +119,10 @@ def from_pydantic(exc: ValidationError, root: type[BaseModel], prefix: str = "")
     errors: list[FieldError] = []
     for err in exc.errors(include_url=False):
         loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
-        parent: type[BaseModel] | None = root
+        annotation: Any = root
         for part in loc[:-1]:
-            parent = _submodel(parent, part)
+            annotation = _step(annotation, part)
+        parent = _first_model(annotation)
         key = loc[-1] if loc else ""
         path = _path(loc)
         if prefix:
@@ -121,7 +140,7 @@ def from_pydantic(exc: ValidationError, root: type[BaseModel], prefix: str = "")
         elif kind == "extra_forbidden":
             allowed = _field_names(parent)
             guess = did_you_mean(str(key), allowed)
-            message = f"unknown field; did you mean `{guess}`?" if guess else "unknown field"
+            message = f"unknown field; did you mean `{guess}`?" if guess else "unknown field."
             message += f" Allowed here: {', '.join(allowed)}"
         elif kind in {"int_type", "int_parsing", "int_from_float"}:
             message = f"expected a whole number, got {given!r}"

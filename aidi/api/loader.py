@@ -64,7 +64,7 @@ def load_text(text: str, source: str = "<string>", base_dir: Path | None = None)
                        upload_dir=upload if upload.is_absolute() else base / upload,
                        password=parsed.REQUIRED.JOB_PASSWD)
     if "apiVersion" in doc or "kind" in doc:
-        errors: list[FieldError] = []
+        errors = []
         if doc.get("apiVersion") != tj.API_VERSION:
             errors.append(FieldError("apiVersion", f"expected {tj.API_VERSION!r}, got {doc.get('apiVersion')!r}"))
         if doc.get("kind") != tj.KIND:

@@ -7,15 +7,15 @@ Field names are the CR's camelCase names; Python code uses the snake_case attrib
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "aidi.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "TrainJob"
+API_VERSION: Final = "aidi.io/v1alpha1"  # f"{GROUP}/{VERSION}", spelt out so that its type is the literal
+KIND: Final = "TrainJob"
 PLURAL = "trainjobs"
 SINGULAR = "trainjob"
 SHORT_NAMES = ["tj"]
@@ -46,7 +46,12 @@ class _Model(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The dict as it goes to the API server: camelCase keys, unset and empty fields left out."""
-        return _prune_empty(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+        return _prune_dict(self.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def _prune_dict(value: dict[str, Any]) -> dict[str, Any]:
+    pruned: dict[str, Any] = _prune_empty(value)
+    return pruned
 
 
 def _prune_empty(value: Any) -> Any:
@@ -323,4 +328,4 @@ class TrainJob(_Model):
 
     def to_wire(self) -> dict[str, Any]:
         """The manifest as ``kubectl apply`` would send it (no status, no empty maps)."""
-        return _prune_empty(self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"}))
+        return _prune_dict(self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"}))

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aidi.cli import common
-from aidi.cluster import config as cluster_config
+from aidi import cmdline
+from aidi.cluster import gpucluster
 from aidi.console.settings import DEFAULT_PORT, IN_CLUSTER_CA, IN_CLUSTER_TOKEN, YEAR, ConsoleSettings
 from aidi.errors import UsageError
 
@@ -30,16 +30,16 @@ Reference: docs/console.md.
 """
 
 
-def _local_cluster(args: argparse.Namespace) -> tuple[cluster_config.ResolvedCluster | None, str | None]:
+def _local_cluster(args: argparse.Namespace) -> tuple[gpucluster.ResolvedCluster | None, str | None]:
     """The user's cluster: gpucluster.yaml's current cluster, else the kubeconfig, else none (and why)."""
     try:
-        resolved = cluster_config.resolve(args.config, args.current_cluster)
+        resolved = gpucluster.resolve(args.config, args.current_cluster)
     except UsageError as exc:
         if args.config or args.current_cluster:
             raise
         kubeconfig = os.environ.get("KUBECONFIG", str(Path.home() / ".kube" / "config"))
         if any(Path(p).exists() for p in kubeconfig.split(os.pathsep)) or os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return cluster_config.ResolvedCluster("kubeconfig", cluster_config.Cluster(), Path(kubeconfig)), None
+            return gpucluster.ResolvedCluster("kubeconfig", gpucluster.Cluster(), Path(kubeconfig)), None
         return None, f"no cluster: {exc}"
     return resolved, None   # a `type: local` cluster is the embedded runner: its jobs show just the same
 
@@ -91,7 +91,7 @@ def run_console(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    parser = common.subcommand(sub, "console", run_console,
+    parser = cmdline.subcommand(sub, "console", run_console,
                                "serve the web console: datasets, training jobs, personal centre (APP KEYs)",
                                epilog=EPILOG)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

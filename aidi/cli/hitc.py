@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from aidi import __version__
-from aidi.cli import common
-from aidi.cli.hitc_model import add_evaltask_commands, add_model_commands
+from aidi import __version__, cmdline
+from aidi.cli import dataspace_args, evaltask_cmd, model_cmd
 from aidi.dataspace import (
     BINDING_TYPES,
     DATASET_TYPES,
@@ -22,10 +21,9 @@ from aidi.dataspace import (
     Manifest,
     TransferProgress,
     TransferResult,
-    open_dataspace,
     open_store,
 )
-from aidi.dataspace.config import DEFAULT_BUCKET, ENV_ENDPOINT, config_path
+from aidi.dataspace.endpoint import DEFAULT_BUCKET, ENV_ENDPOINT, config_path
 from aidi.errors import NotFoundError, UsageError
 
 DESCRIPTION = """\
@@ -83,7 +81,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_upload(args: argparse.Namespace) -> int:
-    ds = _dataspace(args)
+    ds = dataspace_args.open_from(args)
     try:
         with TransferPrinter("upload", enabled=not args.quiet) as printer:
             if args.dataset:
@@ -98,7 +96,7 @@ def run_upload(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    ds = _dataspace(args)
+    ds = dataspace_args.open_from(args)
     with TransferPrinter("download", enabled=not args.quiet) as printer:
         result = ds.download_dataset(args.name, args.type, args.version, args.output, jobs=args.jobs,
                                      progress=printer.update)
@@ -106,9 +104,9 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    summaries = _dataspace(args).list_datasets(args.name)
+    summaries = dataspace_args.open_from(args).list_datasets(args.name)
     if args.json:
-        common.print_json([asdict(summary) for summary in summaries])
+        cmdline.print_json([asdict(summary) for summary in summaries])
         return 0
     if not summaries:
         print("no datasets" + (f" named {args.name}" if args.name else "") +
@@ -116,16 +114,16 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     rows = [(s.name, s.type, s.latest or "-", str(len(s.versions)), str(s.latest_files), _mb(s.latest_size),
              s.latest_created or "") for s in summaries]
-    _table(("NAME", "TYPE", "LATEST", "VERSIONS", "FILES", "SIZE", "CREATED"), rows)
+    cmdline.print_table(("NAME", "TYPE", "LATEST", "VERSIONS", "FILES", "SIZE", "CREATED"), rows)
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    ds = _dataspace(args)
+    ds = dataspace_args.open_from(args)
     if args.type and args.version:
         manifest = ds.resolve(args.name, args.type, args.version)
         if args.json:
-            common.print_json(manifest.to_json())
+            cmdline.print_json(manifest.to_json())
         else:
             print_manifest(manifest)
         return 0
@@ -140,11 +138,11 @@ def run_show(args: argparse.Namespace) -> int:
                         "versions": [_version_json(m) for m in manifests],
                         "pending": ds.pending_versions(summary.name, summary.type)})
     if args.json:
-        common.print_json(details)
+        cmdline.print_json(details)
         return 0
     for detail in details:
         print(f"{detail['name']}/{detail['type']} (latest: {detail['latest']})")
-        _table(("VERSION", "FILES", "SIZE", "RECORDS", "UPLOADER", "CREATED"),
+        cmdline.print_table(("VERSION", "FILES", "SIZE", "RECORDS", "UPLOADER", "CREATED"),
                [(v["version"], str(v["file_count"]), _mb(v["total_size"]), str(v.get("records") or "-"),
                  v["uploader"], v["created"]) for v in detail["versions"]], indent="  ")
         for pending in detail["pending"]:
@@ -154,7 +152,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    ds = _dataspace(args)
+    ds = dataspace_args.open_from(args)
     try:
         manifest = ds.resolve(args.name, args.type, args.version)
         what = f"{args.name}/{args.type} {manifest.version} ({len(manifest.files)} files, {_mb(manifest.total_size)})"
@@ -237,7 +235,7 @@ def print_manifest(manifest: Manifest) -> None:
     if manifest.binds:
         bound = ", ".join(f"{t} {v}" for t, v in manifest.binds.get("versions", {}).items())
         print(f"bound to {manifest.binds.get('dataset')} ({bound})")
-    _table(("PATH", "SIZE", "RECORDS", "SHA256"),
+    cmdline.print_table(("PATH", "SIZE", "RECORDS", "SHA256"),
            [(e.path, str(e.size), "-" if e.records is None else str(e.records), e.sha256) for e in manifest.files])
 
 
@@ -257,7 +255,7 @@ def _report(args: argparse.Namespace, result: TransferResult, summary: Callable[
     if args.json:
         data = asdict(result)
         data.pop("manifest")
-        common.print_json(data)
+        cmdline.print_json(data)
     else:
         print(summary(result))
     return 0
@@ -271,12 +269,6 @@ def _mb(size: int) -> str:
     return f"{size / MB:.1f} MB"
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]], indent: str = "") -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print(indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
 def _read_token(value: str | None) -> str:
     if value == "-":
         return sys.stdin.readline().strip()
@@ -287,10 +279,6 @@ def _read_token(value: str | None) -> str:
     return ""
 
 
-def _dataspace(args: argparse.Namespace) -> Any:
-    return open_dataspace(DataspaceConfig.load(args.config), jobs=getattr(args, "jobs", 8))
-
-
 # -- parser ---------------------------------------------------------------------------------------------------
 
 
@@ -299,15 +287,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-C", "--config", metavar="CONFIG",
-                        help="config file (default: the AIDI_DATASPACE_* variables when set, else "
-                             "~/.olympus/config.yaml, else the local folder ~/.olympus/dataspace)")
-
-
 def _transfer_flags(parser: argparse.ArgumentParser) -> None:
-    common.add_jobs(parser, default=8)
-    common.add_json(parser)
+    cmdline.add_jobs(parser, default=8)
+    cmdline.add_json(parser)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
@@ -315,11 +297,11 @@ def add_dataspace_commands(sub: Any) -> None:
     family = sub.add_parser("dataspace", help="upload, list, show, download and delete datasets",
                             description="Versioned datasets: datasets/<name>/<type>/<version>/ in the dataspace.",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_verbose(family)
+    cmdline.add_verbose(family)
     family.set_defaults(func=lambda _args: _usage(family))
     commands = family.add_subparsers(title="commands", metavar="COMMAND")
 
-    upload = common.subcommand(
+    upload = cmdline.subcommand(
         commands, "upload", run_upload, "upload a file or folder as a new version, or bind gt/pr JSON to a dataset",
         epilog="examples:\n  hitc dataspace upload -n adasmini_4pe -t trainset -f data/rec/\n"
                "  hitc dataspace upload -d adasmini_4pe -t gt -f gt.json\n\n"
@@ -332,51 +314,51 @@ def add_dataspace_commands(sub: Any) -> None:
                         help="dataset type (gt/pr only with -d)")
     upload.add_argument("-f", "--file", required=True, metavar="PATH",
                         help="a file, or a folder whose files are all uploaded with their relative paths")
-    _config_flag(upload)
+    dataspace_args.add_config(upload)
     _transfer_flags(upload)
 
-    lister = common.subcommand(commands, "list", run_list, "list datasets and their latest versions")
+    lister = cmdline.subcommand(commands, "list", run_list, "list datasets and their latest versions")
     lister.add_argument("name", nargs="?", metavar="NAME", help="only this dataset")
-    _config_flag(lister)
-    common.add_json(lister)
+    dataspace_args.add_config(lister)
+    cmdline.add_json(lister)
 
-    show = common.subcommand(commands, "show", run_show, "show a dataset's versions, or one version's files",
+    show = cmdline.subcommand(commands, "show", run_show, "show a dataset's versions, or one version's files",
                              epilog="examples:\n  hitc dataspace show adasmini_4pe\n"
                                     "  hitc dataspace show adasmini_4pe -t trainset --version latest")
     show.add_argument("name", metavar="NAME")
     show.add_argument("-t", "--type", help="only this type")
     show.add_argument("--version", help="with -t: list this version's files (v1, v2, ... or latest)")
-    _config_flag(show)
-    common.add_json(show)
+    dataspace_args.add_config(show)
+    cmdline.add_json(show)
 
-    download = common.subcommand(commands, "download", run_download,
+    download = cmdline.subcommand(commands, "download", run_download,
                                  "download a version into a folder, verifying every sha256")
     download.add_argument("name", metavar="NAME")
     download.add_argument("-t", "--type", required=True, help="dataset type")
     download.add_argument("--version", default=LATEST, help="v1, v2, ... or latest (default)")
     download.add_argument("-o", "--output", required=True, metavar="DIR",
                           help="folder to write the files into (files already there with the right sha256 are kept)")
-    _config_flag(download)
+    dataspace_args.add_config(download)
     _transfer_flags(download)
 
-    rm = common.subcommand(commands, "rm", run_rm, "delete one version (asks first)",
+    rm = cmdline.subcommand(commands, "rm", run_rm, "delete one version (asks first)",
                            epilog="The version number is never reused; `latest` moves to the newest remaining one.")
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("-t", "--type", required=True, help="dataset type")
     rm.add_argument("--version", required=True, help="the version to delete, e.g. v3")
     rm.add_argument("-y", "--yes", action="store_true", help="do not ask")
-    _config_flag(rm)
+    dataspace_args.add_config(rm)
 
 
 # Command families after `init`; later ones (model, evaltask) append their builder here.
-FAMILIES = [add_dataspace_commands, add_model_commands, add_evaltask_commands]
+FAMILIES = [add_dataspace_commands, model_cmd.add_commands, evaltask_cmd.add_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.new_parser("hitc", DESCRIPTION, EPILOG)
+    parser = cmdline.new_parser("hitc", DESCRIPTION, EPILOG)
     parser.add_argument("--version", action="version", version=f"hitc {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    init = common.subcommand(
+    init = cmdline.subcommand(
         sub, "init", run_init, "write the dataspace config (~/.olympus/config.yaml, mode 0600)",
         epilog="The token is the dataspace's S3 access key and secret key joined by a colon. `-t -` reads it\n"
                "from stdin, and without -t it is asked for, so it stays out of your shell history and `ps`.\n\n"
@@ -389,14 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--region", help="S3 region, if the server needs one")
     init.add_argument("--create-bucket", action="store_true", help="create the bucket if it does not exist")
     init.add_argument("--no-check", action="store_true", help="write the file without contacting the server")
-    _config_flag(init)
+    dataspace_args.add_config(init)
     for add_family in FAMILIES:
         add_family(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run(build_parser(), argv)
+    return cmdline.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from aidi.cli import common
+from aidi import cmdline
 from aidi.errors import UsageError
 from aidi.progress import Progress
 
@@ -45,7 +45,7 @@ def run_sample(args: argparse.Namespace) -> int:
         summary = generate(args.out, images=args.images, seed=args.seed, size=args.size, scenes=scenes,
                            progress=bar.update, jobs=args.jobs)
     if args.json:
-        common.print_json(summary.as_dict())
+        cmdline.print_json(summary.as_dict())
     else:
         print(f"wrote {sum(summary.images.values())} images in {len(summary.images)} scenes "
               f"({summary.size[0]}×{summary.size[1]}, seed {summary.seed}) to {summary.out}")
@@ -89,14 +89,14 @@ def run_pack(args: argparse.Namespace) -> int:
         if not args.json:
             print(_summary_line(result))
     if args.json:
-        common.print_json([r.as_dict() for r in results] if len(results) > 1 else results[0].as_dict())
+        cmdline.print_json([r.as_dict() for r in results] if len(results) > 1 else results[0].as_dict())
     return 0
 
 
 def add_commands(subparsers: Any) -> None:
-    sample = common.subcommand(subparsers, "sample", run_sample, "write synthetic sample data")
+    sample = cmdline.subcommand(subparsers, "sample", run_sample, "write synthetic sample data")
     kinds = sample.add_subparsers(title="datasets", metavar="DATASET", required=True)
-    adas = common.subcommand(kinds, "adas-mini", run_sample,
+    adas = cmdline.subcommand(kinds, "adas-mini", run_sample,
                              "a small synthetic adas_mini: 8 scenes of drawn objects and label masks",
                              description="Write a deterministic synthetic adas_mini: 6 detection scenes (JPEGs + "
                                          "COCO JSON) and 2 parsing scenes (JPEG + PNG mask pairs). Every class "
@@ -107,16 +107,16 @@ def add_commands(subparsers: Any) -> None:
     adas.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
     adas.add_argument("--size", type=_size, default=(192, 128), metavar="WxH", help="image size (default: 192x128)")
     adas.add_argument("--scene", action="append", metavar="SCENE", help="only this scene (repeatable)")
-    common.add_jobs(adas, default=os.cpu_count() or 1)
-    common.add_json(adas)
+    cmdline.add_jobs(adas, default=os.cpu_count() or 1)
+    cmdline.add_json(adas)
 
-    pack = common.subcommand(subparsers, "pack", run_pack, "pack raw scenes into MXNet RecordIO (.rec/.idx)",
+    pack = cmdline.subcommand(subparsers, "pack", run_pack, "pack raw scenes into MXNet RecordIO (.rec/.idx)",
                              description="Pack a scene's images and annotations into {train,val}.{rec,idx} "
                                          "readable by MXNet, in parallel, with a manifest.json.",
                              epilog=PACK_EPILOG)
     pack.add_argument("-c", "--config", required=True, nargs="+", metavar="FILE",
                       help="pack config(s): configs/4pe_<scene>/train.py")
-    common.add_jobs(pack, default=os.cpu_count() or 1,
+    cmdline.add_jobs(pack, default=os.cpu_count() or 1,
                     what="processes when re-encoding, threads for parsing masks; detection in pass-through "
                          "reads on one thread while two more per output file write and hash")
     pack.add_argument("--skip-bad", action="store_true",
@@ -126,4 +126,4 @@ def add_commands(subparsers: Any) -> None:
     pack.add_argument("--force", action="store_true", help="repack even when the outputs are up to date")
     pack.add_argument("--source", metavar="DIR", help="override the config's source folder")
     pack.add_argument("--output", metavar="DIR", help="override the config's output folder")
-    common.add_json(pack)
+    cmdline.add_json(pack)

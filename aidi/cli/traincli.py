@@ -11,14 +11,13 @@ from pathlib import Path
 
 import yaml
 
-from aidi import codepkg
+from aidi import cmdline
 from aidi.api.loader import load_file
-from aidi.cli import common
-from aidi.cluster import config as cluster_config
-from aidi.cluster import explain, jobs
-from aidi.cluster.kube import JobClient
+from aidi.cluster import explain, gpucluster, jobs
+from aidi.cluster.client import JobClient, connect
 from aidi.cluster.submit import submit
 from aidi.errors import NotFoundError
+from aidi.jobs import codepkg
 
 log = logging.getLogger("traincli")
 
@@ -59,12 +58,12 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_init(args: argparse.Namespace) -> int:
     token = sys.stdin.readline().strip() if args.token == "-" else args.token
-    resolved = cluster_config.init(
+    resolved = gpucluster.init(
         token, args.config, name=args.name, server=args.server, certificate_authority=args.certificate_authority,
         insecure=args.insecure, type_=args.type,
     )
     cluster = resolved.cluster
-    how = ("the embedded local runner" if cluster.type == "local" else
+    how = ("the embedded local runner" if cluster.runs_here else
            f"{cluster.server} with a bearer token" if cluster.appkey else "your kubeconfig")
     print(f"wrote {resolved.path} (mode 0600): current-cluster {resolved.name}, namespace "
           f"{cluster.namespace or '(kubeconfig default)'}" + (f", queue {cluster.queue}" if cluster.queue else "")
@@ -73,12 +72,8 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> JobClient:
-    resolved = cluster_config.resolve(args.config, args.current_cluster)
-    if resolved.cluster.type == "local":
-        from aidi import local  # the embedded runner: same interface, jobs kept in a work folder (docs/local.md)
-
-        return local.client(resolved, getattr(args, "namespace", None))  # type: ignore[return-value]
-    return JobClient.for_cluster(resolved, getattr(args, "namespace", None))
+    resolved = gpucluster.resolve(args.config, args.current_cluster)
+    return connect(resolved, getattr(args, "namespace", None))
 
 
 def _follow_hint(args: argparse.Namespace) -> str:
@@ -98,11 +93,15 @@ def run_submit(args: argparse.Namespace) -> int:
     password = None
     if args.password_file:
         password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    resolved = cluster_config.resolve(args.config, args.current_cluster)
-    result = submit(job_file, resolved, open_dataspace=_open_dataspace, max_bytes=args.max_package_size << 20,
-                    password=password)
+    resolved = gpucluster.resolve(args.config, args.current_cluster)
+    client = connect(resolved, job_file.job.metadata.namespace)
+    try:
+        result = submit(job_file, resolved, client, open_dataspace=_open_dataspace,
+                        max_bytes=args.max_package_size << 20, password=password)
+    finally:
+        client.close()
     if args.json:
-        common.print_json(result.to_json())
+        cmdline.print_json(result.to_json())
         return 0
     cmd = _follow_hint(args)
     print(f"submitted TrainJob {result.name} to cluster {result.cluster} (namespace {result.namespace})")
@@ -128,7 +127,7 @@ def run_list(args: argparse.Namespace) -> int:
                      "gpusPerWorker": spec.get("gpusPerWorker", 1), "priority": spec.get("priority", 3),
                      "started": status.get("startTime"), "project": spec.get("projectId")})
     if args.json:
-        common.print_json(rows)
+        cmdline.print_json(rows)
         return 0
     if not rows:
         print(f"no TrainJobs in namespace {client.namespace}")
@@ -145,7 +144,7 @@ def run_status(args: argparse.Namespace) -> int:
     job = client.get_job(args.job)
     rep = explain.report(job, client.job_pods(args.job))
     if args.json:
-        common.print_json(rep.to_json())
+        cmdline.print_json(rep.to_json())
     else:
         print("\n".join(explain.render(rep, args.job)))
     return 0
@@ -197,7 +196,7 @@ def run_delete(args: argparse.Namespace) -> int:
     client = _client(args)
     removed = jobs.delete(client, args.job)
     if args.json:
-        common.print_json({"deleted": removed})
+        cmdline.print_json({"deleted": removed})
     else:
         print(f"deleted {', '.join(removed)} (its pods go with it)")
     return 0
@@ -212,7 +211,7 @@ def run_wait(args: argparse.Namespace) -> int:
 
     result = jobs.wait(client, args.job, timeout=args.timeout, interval=args.interval, on_change=show)
     if args.json:
-        common.print_json(result.to_json())
+        cmdline.print_json(result.to_json())
     else:
         detail = f" ({result.reason}: {result.message})" if result.reason or result.message else ""
         verdict = "timed out" if result.exit_code == jobs.EXIT_TIMEOUT else result.phase
@@ -226,22 +225,22 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--current-cluster", metavar="NAME", help="use this cluster instead of current-cluster")
 
 
-def _job_command(sub: argparse._SubParsersAction, name: str, handler: common.Handler, help_text: str,
+def _job_command(sub: argparse._SubParsersAction, name: str, handler: cmdline.Handler, help_text: str,
                  epilog: str | None = None, json_flag: bool = True) -> argparse.ArgumentParser:
-    parser = common.subcommand(sub, name, handler, help_text, epilog=epilog)
+    parser = cmdline.subcommand(sub, name, handler, help_text, epilog=epilog)
     parser.add_argument("job", metavar="JOB", help="the job's name (JOB_NAME)")
     _cluster_flags(parser)
     parser.add_argument("-n", "--namespace", help="namespace (default: the cluster's appid)")
     if json_flag:
-        common.add_json(parser)
+        cmdline.add_json(parser)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.new_parser("traincli", DESCRIPTION, EPILOG)
+    parser = cmdline.new_parser("traincli", DESCRIPTION, EPILOG)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    init = common.subcommand(
+    init = cmdline.subcommand(
         sub, "init", run_init, "save the cluster and its credential to ~/.hobot/gpucluster.yaml",
         epilog="TOKEN is APPID:APPKEY — the namespace (or NAMESPACE/QUEUE) and a bearer token — or APPID alone to\n"
                "use your kubeconfig. `-t -` reads it from stdin, keeping it out of `ps` and shell history.\n\n"
@@ -253,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("-t", "--token", default="", help="APPID:APPKEY, APPID, or - to read it from stdin")
     init.add_argument("-c", "--config", metavar="CFG", help="file to write (default: ~/.hobot/gpucluster.yaml)")
-    init.add_argument("--name", default=cluster_config.DEFAULT_CLUSTER_NAME,
-                      help=f"the cluster's name in the file (default: {cluster_config.DEFAULT_CLUSTER_NAME})")
+    init.add_argument("--name", default=gpucluster.DEFAULT_CLUSTER_NAME,
+                      help=f"the cluster's name in the file (default: {gpucluster.DEFAULT_CLUSTER_NAME})")
     init.add_argument("--server", help="API server URL, e.g. https://k8s.example.com:6443")
     tls = init.add_mutually_exclusive_group()
     tls.add_argument("--certificate-authority", metavar="FILE", help="CA bundle that signed the server's certificate")
@@ -262,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--type", choices=["kubernetes", "local"], default="kubernetes",
                       help="kubernetes (default) or local: the embedded single-machine runner")
 
-    validate = common.subcommand(
+    validate = cmdline.subcommand(
         sub, "validate", run_validate, "check a job file and print the TrainJob it would submit",
         epilog="exit codes: 0 valid, 2 invalid (every problem is listed with its field and fix)",
     )
@@ -270,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml",
                           help="format of the printed TrainJob (default: yaml)")
 
-    sub_submit = common.subcommand(
+    sub_submit = cmdline.subcommand(
         sub, "submit", run_submit, "pack, encrypt and upload the code, then create the job",
         epilog="UPLOAD_DIR is packed (minus what .aidiignore lists), encrypted with JOB_PASSWD and uploaded to\n"
                "the dataspace configured by `hitc init`; the password goes to the Secret <job>-code only.\n\n"
@@ -284,12 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub_submit.add_argument("--password-file", metavar="FILE",
                             help="password for a TrainJob manifest whose aidi.io/upload-dir annotation names a "
                                  "code folder (train_job.yaml carries its own JOB_PASSWD)")
-    common.add_json(sub_submit)
+    cmdline.add_json(sub_submit)
 
-    lister = common.subcommand(sub, "list", run_list, "list the jobs in the namespace")
+    lister = cmdline.subcommand(sub, "list", run_list, "list the jobs in the namespace")
     _cluster_flags(lister)
     lister.add_argument("-n", "--namespace", help="namespace (default: the cluster's appid)")
-    common.add_json(lister)
+    cmdline.add_json(lister)
 
     _job_command(sub, "status", run_status, "phase, conditions, pods, and why a job is stuck or failed")
     logs = _job_command(sub, "logs", run_logs, "print (or follow) a worker's log", json_flag=False,
@@ -315,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run(build_parser(), argv)
+    return cmdline.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

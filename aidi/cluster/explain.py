@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aidi import podspec
-
-TERMINAL_PHASES = ("Succeeded", "Failed")
+from aidi.jobs import podspec
+from aidi.jobs.lifecycle import FINISHED
 
 # Container and pod reasons Kubernetes reports, as a user would want them explained.
 _REASONS: dict[str, str] = {
@@ -205,6 +204,6 @@ def render(rep: JobReport, job_hint: str) -> list[str]:
                 lines.append(f"    {pod.reason}" + (f": {pod.message}" if pod.message else ""))
             if pod.explanation:
                 lines.append(f"    → {pod.explanation.replace('JOB', job_hint)}")
-    elif rep.phase not in TERMINAL_PHASES and not rep.suspended:
+    elif rep.phase not in FINISHED and not rep.suspended:
         lines.append("pods:       none yet")
     return lines

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aidi import podspec
 from aidi.api import aidi_form
-from aidi.cluster.explain import TERMINAL_PHASES
-from aidi.cluster.kube import CANCEL_ANNOTATION, JobClient
+from aidi.cluster.client import JobClient
+from aidi.cluster.kube import CANCEL_ANNOTATION
 from aidi.errors import ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec
+from aidi.jobs.lifecycle import FINISHED
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -46,7 +47,7 @@ def cancel(client: JobClient, name: str) -> str:
     """Stop the job's pods and keep its record. Returns the phase it was in."""
     job = client.get_job(name)
     phase = phase_of(job)
-    if phase in TERMINAL_PHASES:
+    if phase in FINISHED:
         raise UsageError(f"job {name} already {phase}; nothing to cancel (`traincli delete {name}` removes it)")
     if is_cancelled(job):
         return "Cancelled"

@@ -1,6 +1,7 @@
 """The Kubernetes calls behind `traincli`: TrainJobs (CustomObjectsApi), their Secret, pods and logs.
 
-One :class:`JobClient` per command, built from the resolved ``gpucluster.yaml`` entry: a bearer token
+One :class:`KubeJobClient` (the Kubernetes ``aidi.cluster.client.JobClient``) per command, built from the
+resolved ``gpucluster.yaml`` entry: a bearer token
 (appkey) against ``server``, or the kubeconfig (in-cluster or ``~/.kube/config``) when there is no appkey.
 API failures become ``aidi.errors`` classes with a sentence saying what to do.
 """
@@ -15,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aidi import podspec
 from aidi.api import trainjob as tj
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.errors import AidiError, AuthError, ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def api_client(resolved: ResolvedCluster) -> tuple[Any, str]:
     return client.ApiClient(configuration), cluster.namespace or DEFAULT_NAMESPACE
 
 
-class JobClient:
+class KubeJobClient:
     """TrainJobs, their code Secret, and their pods in one namespace."""
 
     def __init__(self, api: Any, namespace: str) -> None:
@@ -122,7 +123,7 @@ class JobClient:
         self.core = client.CoreV1Api(api)
 
     @classmethod
-    def for_cluster(cls, resolved: ResolvedCluster, namespace: str | None = None) -> JobClient:
+    def for_cluster(cls, resolved: ResolvedCluster, namespace: str | None = None) -> KubeJobClient:
         api, default_ns = api_client(resolved)
         return cls(api, namespace or default_ns)
 
@@ -149,7 +150,8 @@ class JobClient:
 
     def get_job(self, name: str) -> dict[str, Any]:
         with api_errors(f"get TrainJob {name}", self._job_missing(name)):
-            return self.custom.get_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name)
+            found = self.custom.get_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name)
+        return _object(found, f"get TrainJob {name}")
 
     def job_exists(self, name: str) -> bool:
         try:
@@ -160,15 +162,17 @@ class JobClient:
 
     def list_jobs(self) -> list[dict[str, Any]]:
         with api_errors(f"list TrainJobs in {self.namespace}"):
-            found = self.custom.list_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL)
+            found = _object(self.custom.list_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace,
+                                                                      tj.PLURAL), f"list TrainJobs in {self.namespace}")
         # Servers that scope by namespace still return it per item; keep only ours (kmock returns all).
         items = [i for i in found.get("items", []) if i.get("metadata", {}).get("namespace") in (None, self.namespace)]
         return sorted(items, key=lambda i: i["metadata"]["name"])
 
     def patch_job(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         with api_errors(f"patch TrainJob {name}", self._job_missing(name)):
-            return self.custom.patch_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name,
-                                                              patch)
+            found = self.custom.patch_namespaced_custom_object(tj.GROUP, tj.VERSION, self.namespace, tj.PLURAL, name,
+                                                               patch)
+        return _object(found, f"patch TrainJob {name}")
 
     def delete_job(self, name: str) -> None:
         from kubernetes import client
@@ -244,12 +248,20 @@ class JobClient:
     def stream_log(self, pod: str, container: str | None, tail: int | None = None) -> Iterator[bytes]:
         """Follow a pod's log (``-f``): yields chunks until the container ends."""
         with api_errors(f"follow the log of pod {pod}", f"pod {pod} is gone"):
-            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True,
-                                                         tail_lines=tail, _preload_content=False)
+            # Without preloading the client returns the urllib3 response (its annotation says str).
+            response: Any = self.core.read_namespaced_pod_log(pod, self.namespace, container=container, follow=True,
+                                                              tail_lines=tail, _preload_content=False)
         try:
             yield from response.stream(4096)
         finally:
             response.release_conn()
+
+
+def _object(answer: object, what: str) -> dict[str, Any]:
+    """The JSON object the API server answered with (the client types custom objects as ``object``)."""
+    if not isinstance(answer, dict):
+        raise AidiError(f"{what}: the API server answered with {type(answer).__name__}, not an object")
+    return answer
 
 
 def _belongs_to(pod: dict[str, Any], job: str, namespace: str) -> bool:

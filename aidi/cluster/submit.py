@@ -6,8 +6,6 @@ encryption key, nowhere else: not the CR, not a log line, not a child process's 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import tempfile
 from collections.abc import Callable
@@ -15,17 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aidi import codepkg
 from aidi.api import aidi_form
 from aidi.api import trainjob as tj
 from aidi.api.loader import JobFile
-from aidi.cluster.config import ResolvedCluster
-from aidi.cluster.kube import JobClient
+from aidi.cluster.client import JobClient
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.errors import UsageError
+from aidi.jobs import codepkg
 
 log = logging.getLogger(__name__)
-
-LOCAL_RUNNER_MODULE = "aidi.local"
 
 
 @dataclass
@@ -48,30 +44,15 @@ def package_key(namespace: str, job: str, sha256: str) -> str:
     return f"codepkgs/{namespace}/{job}/{sha256}.tar.gz.enc"
 
 
-def _local_runner(job_file: JobFile, resolved: ResolvedCluster, **options: Any) -> SubmitResult:
-    """Hand the job to the embedded runner: ``aidi.local.submit(job_file, resolved, **options) -> SubmitResult``
-    (``options``: ``open_dataspace``, ``max_bytes``, ``password``, as :func:`submit` takes them)."""
-    if importlib.util.find_spec(LOCAL_RUNNER_MODULE) is None:
-        raise UsageError(f"cluster {resolved.name!r} in {resolved.path} is `type: local`, the embedded single-machine "
-                         "runner, which this version of aidi does not include yet; point current-cluster at a "
-                         "Kubernetes cluster (`traincli init -t APPID:APPKEY --server URL`)")
-    return importlib.import_module(LOCAL_RUNNER_MODULE).submit(job_file, resolved, **options)
-
-
-def submit(job_file: JobFile, resolved: ResolvedCluster, *, open_dataspace: Callable[[], Any],
-           max_bytes: int = codepkg.DEFAULT_MAX_BYTES, password: str | None = None,
-           client: JobClient | None = None) -> SubmitResult:
-    """Submit a validated job to ``resolved``. ``open_dataspace`` is called only when there is code to upload.
+def submit(job_file: JobFile, resolved: ResolvedCluster, client: JobClient, *, open_dataspace: Callable[[], Any],
+           max_bytes: int = codepkg.DEFAULT_MAX_BYTES, password: str | None = None) -> SubmitResult:
+    """Submit a validated job through ``client`` (:func:`aidi.cluster.client.connect` of ``resolved``): the same
+    steps on Kubernetes and on the local cluster. ``open_dataspace`` is called only when there is code to upload.
 
     ``password`` is for a CR whose code folder is named by the ``aidi.io/upload-dir`` annotation; the AIDI form
     carries its own (JOB_PASSWD).
     """
-    if resolved.cluster.type == "local" and client is None:
-        # The local runner calls back here with its own client (the same steps, on this machine).
-        return _local_runner(job_file, resolved, open_dataspace=open_dataspace, max_bytes=max_bytes,
-                             password=password)
     job = job_file.job.model_copy(deep=True)
-    client = client or JobClient.for_cluster(resolved, job.metadata.namespace)
     name, namespace = job.metadata.name, client.namespace
     job.metadata.namespace = namespace
     if resolved.cluster.queue and not job.spec.queue_name:

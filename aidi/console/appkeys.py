@@ -141,8 +141,8 @@ class AppKeyIssuer:
         for account in found.items:
             meta = account.metadata
             # Filter here too: the selector is a hint (test servers ignore it), and the namespace as well.
-            if (meta.labels or {}).get(LABEL) != "true" or meta.namespace not in (None, namespace) \
-                    or not meta.name.startswith(PREFIX):
+            if meta is None or meta.name is None or (meta.labels or {}).get(LABEL) != "true" \
+                    or meta.namespace not in (None, namespace) or not meta.name.startswith(PREFIX):
                 continue
             notes = meta.annotations or {}
             queue = notes.get(ANNOTATION_QUEUE)
@@ -160,7 +160,7 @@ class AppKeyIssuer:
         with api_errors(f"read ServiceAccount {namespace}/{name}", f"no APP KEY {key_id} in {namespace}"):
             account = self.core.read_namespaced_service_account(name, namespace)
         # RBAC cannot limit deletion to our accounts; this check does: only APP KEY accounts are deleted.
-        if (account.metadata.labels or {}).get(LABEL) != "true":
+        if account.metadata is None or (account.metadata.labels or {}).get(LABEL) != "true":
             raise NotFoundError(f"no APP KEY {key_id} in {namespace}")
         self._delete(namespace, name)
 

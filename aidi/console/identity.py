@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi.cluster.config import Cluster, ResolvedCluster, parse_token
-from aidi.cluster.kube import JobClient, api_errors
+from aidi.cluster.client import JobClient, connect
+from aidi.cluster.gpucluster import Cluster, ResolvedCluster, parse_token
+from aidi.cluster.kube import KubeJobClient, api_errors
 from aidi.console.settings import ConsoleSettings
 from aidi.dataspace import DataspaceConfig
 from aidi.errors import AidiError, AuthError, NotFoundError, UsageError
@@ -47,22 +48,13 @@ class Identity:
         if self._client is None:
             if self.cluster is None:
                 raise UsageError(self.cluster_problem or "no Kubernetes cluster is configured")
-            self._client = job_client(self.cluster, self.namespace)
+            self._client = connect(self.cluster, self.namespace)
         return self._client
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-
-
-def job_client(resolved: ResolvedCluster, namespace: str | None = None) -> JobClient:
-    """A Kubernetes JobClient, or the local runner's client (same methods) for a ``type: local`` cluster."""
-    if resolved.cluster.type == "local":
-        from aidi import local  # the embedded single-machine runner (docs/local.md)
-
-        return local.client(resolved, namespace)  # type: ignore[return-value]
-    return JobClient.for_cluster(resolved, namespace)
 
 
 def token_subject(token: str) -> str | None:
@@ -96,8 +88,9 @@ def login_cluster(settings: ConsoleSettings, token: str) -> Identity:
     except ValueError:
         raise AuthError(f"{appid!r} is not a namespace (APPID is NAMESPACE or NAMESPACE/QUEUE)") from None
     resolved = ResolvedCluster(name="console", cluster=cluster, path=Path("console login"))
+    kube = KubeJobClient.for_cluster(resolved)  # the console's own cluster: Kubernetes, never the local runner
     identity = Identity(namespace=cluster.namespace or "", queue=cluster.queue,
-                        user=token_subject(appkey) or cluster.namespace or appid, cluster=resolved)
+                        user=token_subject(appkey) or cluster.namespace or appid, cluster=resolved, _client=kube)
     try:
         identity.jobs().list_jobs()
     except AuthError:
@@ -106,11 +99,11 @@ def login_cluster(settings: ConsoleSettings, token: str) -> Identity:
     except AidiError:
         identity.close()
         raise
-    identity.dataspace, identity.dataspace_problem = team_dataspace(settings, identity.jobs())
+    identity.dataspace, identity.dataspace_problem = team_dataspace(settings, kube)
     return identity
 
 
-def team_dataspace(settings: ConsoleSettings, client: JobClient) -> tuple[DataspaceConfig | None, str | None]:
+def team_dataspace(settings: ConsoleSettings, client: KubeJobClient) -> tuple[DataspaceConfig | None, str | None]:
     """The team's dataspace credential: the Secret its job pods read, read with the user's own token."""
     if settings.dataspace is None:
         return None, "the console has no dataspace configured (--dataspace-endpoint)"
@@ -142,7 +135,7 @@ def login_local(settings: ConsoleSettings, token: str) -> Identity:
     client, problem = None, settings.local_cluster_problem
     if resolved is not None:
         try:
-            client = job_client(resolved)   # the namespace may come from the kubeconfig
+            client = connect(resolved)   # the namespace may come from the kubeconfig
         except AidiError as exc:
             resolved, problem = None, str(exc)
     if resolved is None and not problem:

@@ -12,11 +12,11 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from aidi.codepkg import human_bytes
 from aidi.console.appkeys import AppKey
 from aidi.console.i18n import text
 from aidi.console.views import TABS, DatasetRow, JobDetail, JobRow
 from aidi.dataspace import Manifest
+from aidi.jobs.codepkg import human_bytes
 
 
 def h(value: object) -> str:

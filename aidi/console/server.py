@@ -22,8 +22,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from aidi.cluster.config import Cluster, ResolvedCluster
-from aidi.cluster.kube import api_client
+from aidi.cluster.gpucluster import Cluster, ResolvedCluster
+from aidi.cluster.kube import KubeJobClient, api_client
 from aidi.console import pages, views
 from aidi.console.appkeys import AppKeyIssuer, gpucluster_snippet
 from aidi.console.i18n import pick_language
@@ -379,9 +379,10 @@ def _issuer(request: web.Request) -> tuple[AppKeyIssuer, bool]:
     if not settings.appkeys_enabled:
         raise UsageError("APP KEYs are not enabled on this console")
     if settings.mode == "local":
-        if identity.cluster is not None and identity.cluster.cluster.type == "local":
+        client = identity.jobs()
+        if not isinstance(client, KubeJobClient):
             raise UsageError("APP KEYs are credentials for a Kubernetes cluster; the local runner needs none")
-        return AppKeyIssuer(identity.jobs().api, settings.team_role, settings.appkey_ttl_seconds), False
+        return AppKeyIssuer(client.api, settings.team_role, settings.appkey_ttl_seconds), False
     token = settings.issuer_token()
     if not token:
         raise UsageError(f"the console has no ServiceAccount token at {settings.issuer_token_file}; APP KEYs "

@@ -16,9 +16,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from aidi.cluster.config import ResolvedCluster
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.dataspace import DataspaceConfig
 from aidi.errors import UsageError
 
@@ -67,13 +67,13 @@ class ConsoleSettings:
 
     @classmethod
     def local(cls, cluster: ResolvedCluster | None = None, dataspace: DataspaceConfig | None = None,
-              problem: str | None = None, **changes: object) -> ConsoleSettings:
+              problem: str | None = None, **changes: Any) -> ConsoleSettings:
         """One user on this machine: a fresh login token, the user's own cluster entry and dataspace."""
         public = cluster.cluster.server if cluster else None
         ca = cluster.cluster.certificate_authority if cluster else None
         return cls(mode="local", local_cluster=cluster, local_cluster_problem=problem,
                    dataspace=dataspace or DataspaceConfig.load(), public_server=public, public_ca_file=ca,
-                   login_token=secrets.token_urlsafe(24), **changes)  # type: ignore[arg-type]
+                   login_token=secrets.token_urlsafe(24), **changes)
 
     @classmethod
     def in_cluster_server(cls) -> str | None:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aidi.cluster import explain, jobs
-from aidi.cluster.kube import JobClient, api_errors
+from aidi.cluster.client import JobClient
+from aidi.cluster.kube import api_errors
 from aidi.console.identity import Identity
 from aidi.dataspace import Dataspace, Manifest, open_dataspace
 from aidi.errors import AidiError, NotFoundError
@@ -97,7 +98,7 @@ def dataset_detail(identity: Identity, name: str, type_: str, version: str | Non
 
 
 def list_models(identity: Identity) -> list[dict[str, Any]]:
-    from aidi.models import ModelRegistry
+    from aidi.dataspace.registry import ModelRegistry
 
     ds = _open(identity)
     try:

@@ -13,7 +13,6 @@ Layout and guarantees: docs/architecture.md ("Dataspace layout") and docs/datasp
 
 from __future__ import annotations
 
-from aidi.dataspace.config import DataspaceConfig
 from aidi.dataspace.datasets import (
     BINDING_TYPES,
     DATASET_TYPES,
@@ -25,6 +24,7 @@ from aidi.dataspace.datasets import (
     TransferProgress,
     TransferResult,
 )
+from aidi.dataspace.endpoint import DataspaceConfig
 from aidi.dataspace.store import ObjectInfo, ObjectStore
 
 __all__ = [

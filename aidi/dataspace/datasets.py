@@ -43,7 +43,7 @@ MANIFEST = "_manifest.json"
 PENDING = "_pending.json"
 DELETED = "_deleted.json"
 MANIFEST_FORMAT = "aidi.dataspace/v1"
-# Dataset and model names, and version folders (models use the same rules: aidi/models.py).
+# Dataset and model names, and version folders (models use the same rules: aidi/dataspace/registry.py).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 

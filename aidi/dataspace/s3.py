@@ -9,6 +9,7 @@ bucket missing (``NotFoundError``). The secret key appears in none of them.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
 import logging
@@ -27,9 +28,12 @@ from minio import time as minio_time
 from minio.credentials import Credentials
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from aidi.dataspace.config import DataspaceConfig
+from aidi.dataspace.endpoint import DataspaceConfig
 from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_key
 from aidi.errors import AidiError, AuthError, ConnectionFailed, IntegrityError, NotFoundError
+
+# minio's type for a header's value.
+HeaderValue = str | list[str] | tuple[str]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,8 @@ class _Minio(Minio):
     method of minio 7.2 (pinned <8 in pyproject.toml; every S3 test goes through it).
     """
 
-    def _build_headers(self, host: str, headers: dict | None = None, body: bytes | None = None,
-                       creds: Credentials | None = None) -> tuple[dict, object]:
+    def _build_headers(self, host: str, headers: dict[str, HeaderValue] | None = None, body: bytes | None = None,
+                       creds: Credentials | None = None) -> tuple[dict[str, HeaderValue], datetime.datetime]:
         headers = headers or {}
         known = headers.pop(_KNOWN_SHA256, None)
         if known is None or creds is None:
@@ -203,13 +207,14 @@ class S3Store(ObjectStore):
         """With a ``sha256`` in ``metadata``, the PUT is signed with it instead of hashing ``data`` again."""
         check_key(key)
         metadata = dict(metadata or {})
+        headers_meta: dict[str, HeaderValue] = dict(metadata)
         if metadata.get("sha256") and len(data) <= self.part_size:
             headers = {"Content-Type": "application/octet-stream", _KNOWN_SHA256: metadata["sha256"],
                        **{META_PREFIX + name: value for name, value in metadata.items()}}
             self._call(f"upload {key}", lambda: self.client._put_object(self.bucket, key, data, headers=dict(headers)))
         else:
             self._call(f"upload {key}", lambda: self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), metadata=metadata))
+                self.bucket, key, io.BytesIO(data), len(data), metadata=headers_meta))
         return ObjectInfo(key=key, size=len(data), metadata=metadata)
 
     def get_bytes(self, key: str) -> bytes:
@@ -295,6 +300,8 @@ class S3Store(ObjectStore):
                 page = self.client._list_multipart_uploads(self.bucket, prefix=prefix, key_marker=key_marker,
                                                            upload_id_marker=upload_marker)
                 for upload in page.uploads:
+                    if upload.upload_id is None:
+                        continue  # a listing entry without an id cannot be aborted (nor resumed)
                     self.client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id)
                     aborted += 1
                 if not page.is_truncated:

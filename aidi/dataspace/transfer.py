@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from aidi.dataspace.store import BytesCallback
 
@@ -62,7 +62,7 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]
         raise
     if errors:
         raise errors[0]
-    return results  # type: ignore[return-value]
+    return cast(list[R], results)  # no worker failed, so every slot holds its result
 
 
 class Meter:

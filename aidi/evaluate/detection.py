@@ -23,7 +23,7 @@ from aidi.evaluate.formats import Box, GroundTruth, Predictions
 AP_METHODS = ("voc11", "all_point", "coco101")
 COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 # Where tp/fp/fn are counted by default: the trainer's validation counts at the same score
-# (aidi_trainer.evaluate.SCORE_THRESHOLD), so `aidi eval` and metrics.json agree.
+# (aidi_trainer.validation.SCORE_THRESHOLD), so `aidi eval` and metrics.json agree.
 DEFAULT_SCORE_THRESHOLD = 0.3
 
 

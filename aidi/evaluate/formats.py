@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from aidi.api.errors import FieldError, SpecError, from_pydantic
 from aidi.errors import NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
@@ -25,6 +39,8 @@ TASKS = ("detection", "parsing")
 IGNORE_LABEL = 255
 
 Box = tuple[float, float, float, float]
+StrictNumber = StrictInt | StrictFloat  # JSON numbers, not booleans or numeric strings
+T = TypeVar("T")
 
 
 class FormatError(UsageError):
@@ -96,55 +112,129 @@ def read_json(path: str | Path) -> Any:
         raise FormatError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def _require(where: str, data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in data:
-        raise FormatError(f"{where}: missing field '{key}' (see docs/phase2.md)")
-    value = data[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise FormatError(f"{where}.{key}: expected {names}, got {type(value).__name__} {value!r:.60}")
+# The two JSON formats' schemas (docs/phase2.md). Keys they do not name are left alone (a file may carry
+# notes of its own); what they name must have the right shape, and every problem is reported at once.
+
+
+def _check_box(value: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    xmin, ymin, xmax, ymax = value
+    if xmax < xmin or ymax < ymin:
+        raise ValueError(f"expected xmin <= xmax and ymin <= ymax, got {list(value)} (is it COCO's [x, y, width, "
+                         "height]? convert with xmax = x + width)")
     return value
 
 
-def _box(where: str, value: Any) -> Box:
-    if (not isinstance(value, list | tuple) or len(value) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
-        raise FormatError(f"{where}: expected [xmin, ymin, xmax, ymax] in pixels, got {value!r:.80}")
-    xmin, ymin, xmax, ymax = (float(v) for v in value)
-    if xmax < xmin or ymax < ymin:
-        raise FormatError(f"{where}: expected xmin <= xmax and ymin <= ymax, got {list(value)} "
-                          "(is it COCO's [x, y, width, height]? convert with xmax = x + width)")
-    return xmin, ymin, xmax, ymax
+PixelBox = Annotated[tuple[StrictNumber, StrictNumber, StrictNumber, StrictNumber], AfterValidator(_check_box)]
+ClassRef = Annotated[StrictStr | StrictInt, Field(description="a class name from `classes`, or its index")]
+ImageId = Annotated[StrictStr | StrictInt, Field(description="unique within the file")]
 
 
-def _class_index(where: str, value: Any, classes: Sequence[str]) -> int:
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class _GtObjectDoc(_Item):
+    class_: ClassRef = Field(alias="class")
+    box: PixelBox = Field(description="[xmin, ymin, xmax, ymax] in pixels")
+    ignore: bool = False
+
+
+class _GtImageDoc(_Item):
+    id: ImageId
+    width: StrictInt = Field(ge=1)
+    height: StrictInt = Field(ge=1)
+    image: StrictStr | None = Field(None, description="the picture, relative to the JSON file")
+    objects: list[_GtObjectDoc] = Field(default_factory=list)
+    mask: StrictStr | None = Field(None, description="the mask PNG, relative to the JSON file (parsing)")
+
+
+class _DetectionDoc(_Item):
+    class_: ClassRef = Field(alias="class")
+    box: PixelBox = Field(description="[xmin, ymin, xmax, ymax] in pixels")
+    score: StrictNumber
+
+
+class _PrImageDoc(_Item):
+    id: ImageId
+    detections: list[_DetectionDoc] = Field(default_factory=list)
+    mask: StrictStr | None = Field(None, description="the mask PNG, relative to the JSON file (parsing)")
+    source_id: StrictStr | StrictInt | None = None
+    width: StrictInt | None = None
+    height: StrictInt | None = None
+
+
+class _FileDoc(_Item):
+    task: Literal["detection", "parsing"]
+    classes: list[Annotated[StrictStr, StringConstraints(min_length=1)]] = Field(
+        min_length=1, description="the class names; an object's class is one of them")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str]) -> list[str]:
+        repeated = sorted({c for i, c in enumerate(classes) if c in classes[:i]})
+        if repeated:
+            raise ValueError(f"class names must be distinct; repeated: {', '.join(repeated)}")
+        return classes
+
+
+class _GtFileDoc(_FileDoc):
+    format: Literal["aidi-gt/1"]
+    ignore_label: StrictInt = IGNORE_LABEL
+    images: list[_GtImageDoc]
+
+
+class _PrFileDoc(_FileDoc):
+    format: Literal["aidi-pr/1"]
+    model: str | None = None
+    images: list[_PrImageDoc]
+
+
+DocModel = TypeVar("DocModel", bound=_Item)
+
+
+def _validate(path: Path, data: dict[str, Any], model: type[DocModel]) -> DocModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(str(path), from_pydantic(exc, model)) from None
+
+
+def _class_index(value: str | int, classes: Sequence[str]) -> int:
     if isinstance(value, str):
+        if value not in classes:
+            raise ValueError(f"unknown class {value!r}; the file's classes are {list(classes)}")
+        return classes.index(value)
+    if not 0 <= value < len(classes):
+        raise ValueError(f"expected a class name from {list(classes)} (or its index), got {value!r}")
+    return value
+
+
+class _Problems:
+    """The checks across fields (unique ids, class references, mask paths), gathered like pydantic's."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.errors = path, list[FieldError]()
+
+    def check(self, where: str, test: Callable[..., T], *args: Any) -> T | None:
         try:
-            return classes.index(value)
-        except ValueError:
-            raise FormatError(f"{where}: unknown class {value!r}; the file's classes are {list(classes)}") from None
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
-        return value
-    raise FormatError(f"{where}: expected a class name from {list(classes)} (or its index), got {value!r}")
+            return test(*args)
+        except ValueError as exc:
+            self.errors.append(FieldError(where, str(exc)))
+            return None
+
+    def unique(self, where: str, image_id: str, seen: set[str]) -> None:
+        if image_id in seen:
+            self.errors.append(FieldError(where, f"image id {image_id!r} appears twice; ids must be unique"))
+        seen.add(image_id)
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise SpecError(str(self.path), self.errors)
 
 
-def _classes(where: str, data: dict[str, Any]) -> list[str]:
-    classes = _require(where, data, "classes", list)
-    if not classes or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
-        raise FormatError(f"{where}.classes: expected a non-empty list of distinct class names, got {classes!r:.80}")
-    return classes
-
-
-def _task(where: str, data: dict[str, Any]) -> str:
-    task = _require(where, data, "task", str)
-    if task not in TASKS:
-        raise FormatError(f"{where}.task: expected one of {list(TASKS)}, got {task!r}")
-    return task
-
-
-def _relative(base: Path, value: Any, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise FormatError(f"{where}: expected a file path relative to the JSON file, got {value!r}")
+def _relative(base: Path, value: str | None) -> Path:
+    if not value:
+        raise ValueError("expected a file path relative to the JSON file")
     return (base / value) if not Path(value).is_absolute() else Path(value)
 
 
@@ -157,34 +247,22 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
     if not isinstance(data, dict) or data.get("format") != GT_FORMAT:
         raise FormatError(f"{path}: expected a ground-truth file with \"format\": \"{GT_FORMAT}\" or a COCO "
                           "annotation file (images, annotations, categories); see docs/phase2.md")
-    where = str(path)
-    task, classes = _task(where, data), _classes(where, data)
-    ignore_label = data.get("ignore_label", IGNORE_LABEL)
-    base = path.parent
-    images: list[GtImage] = []
-    seen: set[str] = set()
-    for i, item in enumerate(_require(where, data, "images", list)):
-        at = f"{where}: images[{i}]"
-        if not isinstance(item, dict):
-            raise FormatError(f"{at}: expected an object, got {item!r:.60}")
-        image_id = str(_require(at, item, "id", (str, int)))
-        if image_id in seen:
-            raise FormatError(f"{at}.id: image id {image_id!r} appears twice; ids must be unique")
-        seen.add(image_id)
-        gt = GtImage(image_id, int(_require(at, item, "width", int)), int(_require(at, item, "height", int)))
-        if item.get("image"):
-            gt.image = _relative(base, item["image"], f"{at}.image")
-        if task == "detection":
-            for j, obj in enumerate(item.get("objects", [])):
-                ot = f"{at}.objects[{j}]"
-                if not isinstance(obj, dict):
-                    raise FormatError(f"{ot}: expected an object with class and box, got {obj!r:.60}")
-                gt.objects.append(GtObject(_class_index(f"{ot}.class", obj.get("class"), classes),
-                                           _box(f"{ot}.box", obj.get("box")), bool(obj.get("ignore", False))))
+    doc = _validate(path, data, _GtFileDoc)
+    problems, seen, images = _Problems(path), set[str](), list[GtImage]()
+    for i, item in enumerate(doc.images):
+        at = f"images[{i}]"
+        problems.unique(f"{at}.id", str(item.id), seen)
+        gt = GtImage(str(item.id), item.width, item.height,
+                     image=_relative(path.parent, item.image) if item.image else None)
+        if doc.task == "detection":
+            for j, obj in enumerate(item.objects):
+                cls = problems.check(f"{at}.objects[{j}].class", _class_index, obj.class_, doc.classes)
+                gt.objects.append(GtObject(cls or 0, _floats(obj.box), obj.ignore))
         else:
-            gt.mask = _relative(base, item.get("mask"), f"{at}.mask")
+            gt.mask = problems.check(f"{at}.mask", _relative, path.parent, item.mask)
         images.append(gt)
-    return GroundTruth(task, classes, images, path, int(ignore_label))
+    problems.raise_any()
+    return GroundTruth(doc.task, doc.classes, images, path, doc.ignore_label)
 
 
 def load_predictions(path: str | Path) -> Predictions:
@@ -194,31 +272,29 @@ def load_predictions(path: str | Path) -> Predictions:
     if not isinstance(data, dict) or data.get("format") != PR_FORMAT:
         raise FormatError(f"{path}: expected a predictions file with \"format\": \"{PR_FORMAT}\" (as `aidi predict` "
                           "writes it); see docs/phase2.md")
-    where = str(path)
-    task, classes = _task(where, data), _classes(where, data)
-    images: dict[str, PrImage] = {}
-    for i, item in enumerate(_require(where, data, "images", list)):
-        at = f"{where}: images[{i}]"
-        if not isinstance(item, dict):
-            raise FormatError(f"{at}: expected an object, got {item!r:.60}")
-        image_id = str(_require(at, item, "id", (str, int)))
-        if image_id in images:
-            raise FormatError(f"{at}.id: image id {image_id!r} appears twice; ids must be unique")
-        pr = PrImage(image_id, source_id=str(item["source_id"]) if item.get("source_id") is not None else None)
-        if isinstance(item.get("width"), int) and isinstance(item.get("height"), int):
-            pr.size = (item["width"], item["height"])
-        if task == "detection":
-            for j, det in enumerate(item.get("detections", [])):
-                dt = f"{at}.detections[{j}]"
-                if not isinstance(det, dict):
-                    raise FormatError(f"{dt}: expected an object with class, box and score, got {det!r:.60}")
-                score = _require(dt, det, "score", (int, float))
-                pr.detections.append(Detection(_class_index(f"{dt}.class", det.get("class"), classes),
-                                               _box(f"{dt}.box", det.get("box")), float(score)))
+    doc = _validate(path, data, _PrFileDoc)
+    problems, images = _Problems(path), dict[str, PrImage]()
+    for i, item in enumerate(doc.images):
+        at = f"images[{i}]"
+        image_id = str(item.id)
+        problems.unique(f"{at}.id", image_id, set(images))
+        pr = PrImage(image_id, source_id=str(item.source_id) if item.source_id is not None else None)
+        if item.width is not None and item.height is not None:
+            pr.size = (item.width, item.height)
+        if doc.task == "detection":
+            for j, det in enumerate(item.detections):
+                cls = problems.check(f"{at}.detections[{j}].class", _class_index, det.class_, doc.classes)
+                pr.detections.append(Detection(cls or 0, _floats(det.box), float(det.score)))
         else:
-            pr.mask = _relative(path.parent, item.get("mask"), f"{at}.mask")
+            pr.mask = problems.check(f"{at}.mask", _relative, path.parent, item.mask)
         images[image_id] = pr
-    return Predictions(task, classes, images, path, data.get("model"))
+    problems.raise_any()
+    return Predictions(doc.task, doc.classes, images, path, doc.model)
+
+
+def _floats(box: tuple[float, float, float, float]) -> Box:
+    xmin, ymin, xmax, ymax = (float(v) for v in box)
+    return xmin, ymin, xmax, ymax
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -283,38 +359,66 @@ def _rel(target: Path, base: Path) -> str:
 # ------------------------------------------------------------------------------------------ converters
 
 
+class _CocoCategory(_Item):
+    id: StrictInt
+    name: StrictStr
+
+
+class _CocoImage(_Item):
+    id: ImageId
+    width: StrictInt = Field(ge=1)
+    height: StrictInt = Field(ge=1)
+    file_name: StrictStr | None = None
+
+
+def _non_negative_size(value: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    if value[2] < 0 or value[3] < 0:
+        raise ValueError(f"expected [x, y, width, height] with width, height >= 0, got {list(value)}")
+    return value
+
+
+class _CocoAnnotation(_Item):
+    image_id: ImageId
+    category_id: StrictInt
+    bbox: Annotated[tuple[StrictNumber, StrictNumber, StrictNumber, StrictNumber],
+                    AfterValidator(_non_negative_size)] = Field(description="[x, y, width, height] in pixels")
+    iscrowd: int = 0
+    ignore: int = 0
+
+
+class _CocoDoc(_Item):
+    images: list[_CocoImage]
+    annotations: list[_CocoAnnotation]
+    categories: list[_CocoCategory]
+
+
 def gt_from_coco(data: dict[str, Any], path: Path | None = None, image_root: Path | None = None) -> GroundTruth:
     """A COCO annotation document (``bbox`` = ``[x, y, width, height]``) as detection ground truth.
 
     Classes are the categories in id order; ``iscrowd`` and ``ignore`` objects become ignored boxes (a
     detection on one is neither a hit nor a false positive, as in COCO).
     """
-    where = str(path or "COCO annotations")
-    categories = sorted(_require(where, data, "categories", list), key=lambda c: c["id"])
-    classes = [str(c["name"]) for c in categories]
-    cat_index = {c["id"]: i for i, c in enumerate(categories)}
+    where = Path(path or "COCO annotations")
+    doc = _validate(where, data, _CocoDoc)
+    categories = sorted(doc.categories, key=lambda c: c.id)
+    classes = [c.name for c in categories]
+    cat_index = {c.id: i for i, c in enumerate(categories)}
     root = image_root or (path.parent if path else Path("."))
-    images: dict[Any, GtImage] = {}
-    for i, item in enumerate(_require(where, data, "images", list)):
-        at = f"{where}: images[{i}]"
-        image_id = _require(at, item, "id", (int, str))
-        file_name = item.get("file_name")
-        images[image_id] = GtImage(str(image_id), int(_require(at, item, "width", int)),
-                                   int(_require(at, item, "height", int)),
-                                   image=(root / file_name) if file_name else None)
-    for i, ann in enumerate(_require(where, data, "annotations", list)):
-        at = f"{where}: annotations[{i}]"
-        image = images.get(ann.get("image_id"))
+    images = {item.id: GtImage(str(item.id), item.width, item.height,
+                               image=(root / item.file_name) if item.file_name else None) for item in doc.images}
+    problems = _Problems(where)
+    for i, ann in enumerate(doc.annotations):
+        at = f"annotations[{i}]"
+        image = images.get(ann.image_id)
         if image is None:
-            raise FormatError(f"{at}.image_id: no image with id {ann.get('image_id')!r}")
-        if ann.get("category_id") not in cat_index:
-            raise FormatError(f"{at}.category_id: no category with id {ann.get('category_id')!r}")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise FormatError(f"{at}.bbox: expected [x, y, width, height], got {bbox!r:.60}")
-        x, y, w, h = (float(v) for v in bbox)
-        image.objects.append(GtObject(cat_index[ann["category_id"]], _box(f"{at}.bbox", [x, y, x + w, y + h]),
-                                      bool(ann.get("iscrowd", 0) or ann.get("ignore", 0))))
+            problems.errors.append(FieldError(f"{at}.image_id", f"no image with id {ann.image_id!r}"))
+        if ann.category_id not in cat_index:
+            problems.errors.append(FieldError(f"{at}.category_id", f"no category with id {ann.category_id!r}"))
+        if image is not None and ann.category_id in cat_index:
+            x, y, w, h = (float(v) for v in ann.bbox)
+            image.objects.append(GtObject(cat_index[ann.category_id], (x, y, x + w, y + h),
+                                          bool(ann.iscrowd or ann.ignore)))
+    problems.raise_any()
     return GroundTruth("detection", classes, list(images.values()), path, coco=True)
 
 

@@ -60,7 +60,9 @@ def evaluate_parsing(gt: GroundTruth, pr: Predictions) -> dict[str, Any]:
         if pr_image is None or pr_image.mask is None:
             raise FormatError(f"{pr.source}: no predicted mask for image {image.id!r}; predict every image of the "
                               "ground truth")
-        gt_mask = read_mask(image.mask, f"{gt.source}: image {image.id}")   # type: ignore[arg-type]
+        if image.mask is None:
+            raise FormatError(f"{gt.source}: image {image.id!r} has no mask; parsing ground truth names one per image")
+        gt_mask = read_mask(image.mask, f"{gt.source}: image {image.id}")
         pr_mask = class_map[read_mask(pr_image.mask, f"{pr.source}: image {image.id}")]
         if gt_mask.shape != pr_mask.shape:
             raise FormatError(f"{pr.source}: image {image.id}: predicted mask is {pr_mask.shape[1]}x{pr_mask.shape[0]}"
@@ -71,10 +73,10 @@ def evaluate_parsing(gt: GroundTruth, pr: Predictions) -> dict[str, Any]:
         total += matrix
         out_of_range += wrong_ids
         labelled = int(valid.sum())
-        ious = [v for v in iou_from_confusion(matrix, wrong_ids) if v is not None]
+        image_ious = [v for v in iou_from_confusion(matrix, wrong_ids) if v is not None]
         images.append({"id": image.id, "pixels": labelled,
                        "accuracy": float(np.trace(matrix) / labelled) if labelled else None,
-                       "miou": float(np.mean(ious)) if ious else None})
+                       "miou": float(np.mean(image_ious)) if image_ious else None})
     ious = iou_from_confusion(total, out_of_range)
     present = [v for v in ious if v is not None]
     labelled = int(total.sum() + out_of_range.sum())

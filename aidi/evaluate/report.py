@@ -82,8 +82,11 @@ def parsing_images(gt: GroundTruth, pr: Predictions, per_image: list[dict[str, A
     items = []
     for image, stats in zip(gt.images, per_image, strict=True):
         name = _safe_name(image.id)
-        gt_mask = read_mask(image.mask, image.id)  # type: ignore[arg-type]
-        pr_mask = class_map[read_mask(pr.images[image.id].mask, image.id)]  # type: ignore[arg-type]
+        gt_path, pr_path = image.mask, pr.images[image.id].mask
+        if gt_path is None or pr_path is None:
+            continue  # evaluation refused such a pair already; nothing to draw
+        gt_mask = read_mask(gt_path, image.id)
+        pr_mask = class_map[read_mask(pr_path, image.id)]
         wrong = (gt_mask != pr_mask) & (gt_mask != gt.ignore_label)
         error = np.where(wrong[..., None], np.array([225, 29, 72], np.uint8), np.array([40, 40, 40], np.uint8))
         error[gt_mask == gt.ignore_label] = (255, 255, 255)

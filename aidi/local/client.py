@@ -1,4 +1,4 @@
-"""The local cluster behind `traincli`: the same methods as ``aidi.cluster.kube.JobClient``, on a work folder.
+"""The local cluster behind `traincli`: the ``aidi.cluster.client.JobClient`` interface, on a work folder.
 
 ``traincli submit | list | status | logs | cancel | resume | wait | delete`` and ``aidi.cluster.jobs`` call
 these exactly as they call the Kubernetes client; where the API server would store an object, this
@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aidi.cluster.config import ResolvedCluster
-from aidi.cluster.explain import TERMINAL_PHASES
+from aidi.cluster.gpucluster import ResolvedCluster
 from aidi.cluster.kube import DEFAULT_NAMESPACE, ConflictError
 from aidi.errors import NotFoundError
-from aidi.local import devices
-from aidi.local.status import STOP_GRACE_SECONDS, kill_group, set_condition, suspended_status
+from aidi.jobs.lifecycle import FINISHED
+from aidi.local import devices, jobfile
+from aidi.local.pods import STOP_GRACE_SECONDS, kill_group
 from aidi.local.store import Namespace, default_workdir, merge_patch, read_json, update_json, write_json
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class LocalJobClient:
         job = self.ns.read_job(name)
         status = job.get("status") or {}
         pid = self._supervisor_pid(name)
-        if pid and status.get("phase") not in (*TERMINAL_PHASES, "Suspended") and not _alive(pid):
+        if pid and status.get("phase") not in (*FINISHED, "Suspended") and not _alive(pid):
             job = self._runner_lost(name, pid)
         return job
 
@@ -121,13 +121,8 @@ class LocalJobClient:
                    f"{self.ns.job_dir(name) / 'supervisor.log'}. Submit the job again")
 
         def lost(job: dict[str, Any]) -> None:
-            status = job.setdefault("status", {})
-            if status.get("phase") in (*TERMINAL_PHASES, "Suspended"):
-                return
-            status.update(phase="Failed", reason="RunnerLost", message=message,
-                          completionTime=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            set_condition(status, "Failed", True, "RunnerLost", message)
-            set_condition(status, "Running", False, "RunnerLost", message)
+            if (job.get("status") or {}).get("phase") not in (*FINISHED, "Suspended"):
+                jobfile.fail(job, "RunnerLost", message, dt.datetime.now(dt.UTC))
 
         return update_json(self.ns.job_file(name), lost)
 
@@ -152,7 +147,7 @@ class LocalJobClient:
         phase = (job.get("status") or {}).get("phase")
         if suspended and not was_suspended:
             self._stop_supervisor(name)
-        elif was_suspended and not suspended and phase not in TERMINAL_PHASES:
+        elif was_suspended and not suspended and phase not in FINISHED:
             self._start_supervisor(name)
         return self.get_job(name)
 
@@ -170,7 +165,7 @@ class LocalJobClient:
         self._kill_containers(name)
         if (self.ns.read_job(name).get("status") or {}).get("phase") != "Suspended" and \
                 (self.ns.read_job(name).get("spec") or {}).get("suspend"):
-            update_json(self.ns.job_file(name), lambda job: suspended_status(job.setdefault("status", {})))
+            update_json(self.ns.job_file(name), lambda job: jobfile.suspend(job, dt.datetime.now(dt.UTC)))
             for pod_json in (self.ns.job_dir(name) / "pods").glob("*/pod.json"):
                 pod_json.unlink(missing_ok=True)
 
@@ -249,7 +244,7 @@ class LocalJobClient:
         except FileNotFoundError:
             return True  # the pod was deleted (cancel)
         status = pod.get("status") or {}
-        if status.get("phase") in TERMINAL_PHASES:
+        if status.get("phase") in FINISHED:
             return True
         for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             if cs["name"] == (container or "trainer"):

@@ -1,4 +1,4 @@
-"""A pod manifest (from ``aidi.podspec``, as the operator builds it) turned into local processes.
+"""A pod manifest (from ``aidi.jobs.podspec``, as the operator builds it) turned into local processes.
 
 The pod's volumes become folders under ``<pod>/fs``, each at its mount path: ``/job/code`` is
 ``<pod>/fs/job/code``, ``/data_space/input`` is ``<pod>/fs/data_space/input``, and so on (``/dev/shm``
@@ -11,6 +11,7 @@ same in the text files of the unpacked code package (configs such as ``datasets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi import podspec
+from aidi.jobs import podspec
 from aidi.local.store import Namespace
 
 HOST_PATHS = ("/dev/shm",)  # mounts that keep the host's folder
+STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this, as the kubelet's terminationGracePeriodSeconds
 MAX_REWRITE_BYTES = 1 << 20
 # Variables of the submitting shell that a pod must not inherit: the pod sets its own.
 _POD_OWNED_PREFIXES = ("AIDI_", "DMLC_")
@@ -152,6 +154,12 @@ def start(run: ContainerRun, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
         return subprocess.Popen(run.argv, env=run.env, cwd=run.cwd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal a container's whole process group (the shell and everything it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
 def rewrite_code_files(code_dir: Path, paths: PathMap) -> list[str]:

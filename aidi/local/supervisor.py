@@ -1,19 +1,23 @@
 """The process that runs one TrainJob on this machine: ``python -m aidi.local.supervisor JOB_DIR``.
 
-``traincli submit`` starts it detached (its own session) and returns. It builds the job's pods with
-``aidi.podspec`` — the operator's builder — runs each pod's init containers one after another and then its
-containers side by side as local processes (``aidi.local.pods``), and writes the pods' states into
-``pod.json`` and the job's status into ``job.json`` in the operator's model (``TrainJobStatus``): the same
-phases, conditions, reasons and messages. SIGTERM (``traincli cancel``) stops every container's process
-group and leaves the job ``Suspended``, as the operator does for ``spec.suspend``.
+``traincli submit`` starts it detached (its own session) and returns. It works as the operator does, with
+processes for pods: it observes its pods (each one's ``pod.json``, a kubelet-style pod status), asks the
+operator's lifecycle (:func:`aidi.jobs.lifecycle.decide`) what to do, and carries the plan out — builds the
+pods to create with ``aidi.jobs.podspec`` (the operator's builder) and runs each one's init containers one
+after another and then its containers side by side as local processes (``aidi.local.pods``), stops and
+forgets the pods to delete, keeps a failed pod's log tail, and writes the status into ``job.json``. So the
+phases, conditions, reasons and messages are the operator's, decided by the same code. SIGTERM
+(``traincli cancel``) counts as ``spec.suspend``: the pods are deleted and the job is ``Suspended``.
 
-One difference from the operator: a failed job is not restarted (``backoffLimit`` applies on a cluster);
-a run you are debugging should fail once, with its log.
+One difference from the operator, asked of the lifecycle by ``gang_restarts=False``: a failed job is not
+restarted (``backoffLimit`` applies on a cluster); a run you are debugging should fail once, with its log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import datetime as dt
 import logging
 import shutil
 import signal
@@ -21,21 +25,28 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aidi import podspec
 from aidi.api import trainjob as tj
+from aidi.jobs import lifecycle, podspec
+from aidi.local import jobfile
 from aidi.local import pods as localpods
-from aidi.local.status import STOP_GRACE_SECONDS, kill_group, now_stamp, set_condition, suspended_status
+from aidi.local.pods import STOP_GRACE_SECONDS, kill_group
 from aidi.local.store import Namespace, read_json, update_json, write_json
 
 log = logging.getLogger("aidi.local")
 
 LOG_TAIL_LINES = 40
 POLL_SECONDS = 0.5
-NO_RESTART = "; the local runner does not restart jobs (backoffLimit applies on a cluster)"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def now_stamp() -> str:
+    return lifecycle.timestamp(_now())
 
 
 def _exit_code(returncode: int) -> int:
@@ -51,16 +62,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "".join(text.splitlines(keepends=True)[-lines:])
 
 
-@dataclass
-class Failure:
-    container: str
-    exit_code: int | None
-    reason: str
-    message: str = ""
-
-
 class PodRunner(threading.Thread):
-    """One pod: volumes, init containers in order, then the containers together."""
+    """One pod, as a kubelet runs it: volumes, init containers in order, then the containers together.
+
+    What it reports is the pod's ``status`` (phase, container states, exit codes), read by the lifecycle."""
 
     def __init__(self, sup: Supervisor, member: podspec.Member, manifest: dict[str, Any]) -> None:
         super().__init__(name=manifest["metadata"]["name"], daemon=True)
@@ -68,10 +73,9 @@ class PodRunner(threading.Thread):
         self.name_ = manifest["metadata"]["name"]
         self.dir = sup.job_dir / "pods" / self.name_
         self.fs = self.dir / "fs"
-        self.phase = "Pending"
-        self.failure: Failure | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the pod is changed here and read by the supervisor's loop
+        self.stopped = threading.Event()
         self.pod: dict[str, Any] = {}
 
     # -------------------------------------------------------------------------------- pod.json
@@ -99,6 +103,16 @@ class PodRunner(threading.Thread):
         with self.lock:
             write_json(self.dir / "pod.json", self.pod)
 
+    def snapshot(self) -> dict[str, Any]:
+        """The pod as the kubelet would report it now."""
+        with self.lock:
+            return copy.deepcopy(self.pod)
+
+    def forget(self) -> None:
+        """The pod is deleted: its record goes; its logs and files stay for the user to read."""
+        with self.lock:
+            (self.dir / "pod.json").unlink(missing_ok=True)
+
     def _status_of(self, name: str) -> dict[str, Any]:
         status = self.pod["status"]
         for cs in [*(status.get("initContainerStatuses") or []), *status["containerStatuses"]]:
@@ -107,8 +121,9 @@ class PodRunner(threading.Thread):
         raise KeyError(name)
 
     def _set_state(self, name: str, state: dict[str, Any], ready: bool = False) -> None:
-        cs = self._status_of(name)
-        cs["state"], cs["ready"] = state, ready
+        with self.lock:
+            cs = self._status_of(name)
+            cs["state"], cs["ready"] = state, ready
 
     # ------------------------------------------------------------------------------------- run
 
@@ -117,13 +132,21 @@ class PodRunner(threading.Thread):
             self._run()
         except Exception as exc:  # a bug or an OS error must end the job with a reason, not hang it
             log.exception("pod %s", self.name_)
-            self._fail(Failure("", None, "RunnerError", f"the local runner failed: {type(exc).__name__}: {exc}"))
+            self._fail("RunnerError", f"the local runner failed: {type(exc).__name__}: {exc}")
 
-    def _fail(self, failure: Failure) -> None:
-        self.failure = failure
-        self.phase = "Failed"
-        self.pod.setdefault("status", {})["phase"] = "Failed"
-        self.save()
+    def _fail(self, reason: str | None = None, message: str = "") -> None:
+        """The pod failed; ``reason``/``message`` when no container's exit code says why (as the kubelet's)."""
+        with self.lock:
+            status = self.pod.setdefault("status", {})
+            status["phase"] = "Failed"
+            if reason:
+                status["reason"], status["message"] = reason, message
+            self.save()
+
+    def _set_phase(self, phase: str) -> None:
+        with self.lock:
+            self.pod["status"]["phase"] = phase
+            self.save()
 
     def _run(self) -> None:
         spec = self.manifest["spec"]
@@ -135,13 +158,13 @@ class PodRunner(threading.Thread):
             if problems or run.problems:
                 message = "; ".join(problems + run.problems)
                 self._set_state(init["name"], {"waiting": {"reason": "CreateContainerConfigError", "message": message}})
-                self._fail(Failure(init["name"], None, "CreateContainerConfigError", message))
+                self._fail("CreateContainerConfigError", message)
                 return
             code = self._run_one(run)
             if code is None:
                 return  # stopped
             if code != 0:
-                self._fail(Failure(init["name"], code, "Error"))
+                self._fail()  # its exit code is in its container status
                 return
             if init["name"] == podspec.FETCH_CODE_CONTAINER:
                 self._map_code_paths(paths)
@@ -151,25 +174,18 @@ class PodRunner(threading.Thread):
         if problems:
             message = "; ".join(problems)
             self._set_state(runs[0].name, {"waiting": {"reason": "CreateContainerConfigError", "message": message}})
-            self._fail(Failure(runs[0].name, None, "CreateContainerConfigError", message))
+            self._fail("CreateContainerConfigError", message)
             return
         for run in runs:
             self._start(run)
-        self.phase = "Running"
-        self.pod["status"]["phase"] = "Running"
-        self.save()
+        self._set_phase("Running")
         codes = {run.name: self._wait(run.name) for run in runs}
         if any(code is None for code in codes.values()):
             return  # stopped
-        bad = [(name, code) for name, code in codes.items() if code != 0]
-        if bad:
-            # The trainer's own failure is the interesting one; the sync container only follows it.
-            bad.sort(key=lambda nc: nc[0] != podspec.MAIN_CONTAINER)
-            self._fail(Failure(bad[0][0], bad[0][1], "Error"))
+        if any(code != 0 for code in codes.values()):
+            self._fail()  # the exit codes are in the container statuses (the trainer's is read first)
             return
-        self.phase = "Succeeded"
-        self.pod["status"]["phase"] = "Succeeded"
-        self.save()
+        self._set_phase("Succeeded")
 
     def _map_code_paths(self, paths: localpods.PathMap) -> None:
         code_dir = paths.host(podspec.WORKING_PATH)
@@ -183,13 +199,13 @@ class PodRunner(threading.Thread):
     def _start(self, run: localpods.ContainerRun) -> None:
         log_path = self.dir / "logs" / f"{run.name}.log"
         with self.lock:
-            if self.sup.stopping.is_set():
+            if self.stopped.is_set():
                 return
             proc = localpods.start(run, log_path)
             self.procs[run.name] = proc
-        self.pod["local"]["pids"][run.name] = proc.pid
-        self._set_state(run.name, {"running": {"startedAt": now_stamp()}}, ready=True)
-        self.save()
+            self.pod["local"]["pids"][run.name] = proc.pid
+            self._set_state(run.name, {"running": {"startedAt": now_stamp()}}, ready=True)
+            self.save()
 
     def _wait(self, name: str) -> int | None:
         proc = self.procs.get(name)
@@ -197,13 +213,14 @@ class PodRunner(threading.Thread):
             return None
         started = self._status_of(name)["state"].get("running", {}).get("startedAt")
         returncode = proc.wait()
-        if self.sup.stopping.is_set():
+        if self.stopped.is_set():
             return None
         code = _exit_code(returncode)
-        self._set_state(name, {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                              "startedAt": started, "finishedAt": now_stamp()}})
-        self.pod["local"]["pids"].pop(name, None)
-        self.save()
+        with self.lock:
+            self._set_state(name, {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                                  "startedAt": started, "finishedAt": now_stamp()}})
+            self.pod["local"]["pids"].pop(name, None)
+            self.save()
         return code
 
     def _run_one(self, run: localpods.ContainerRun) -> int | None:
@@ -213,6 +230,7 @@ class PodRunner(threading.Thread):
     def stop(self) -> None:
         """SIGTERM every container's process group, then SIGKILL what is left after the grace period."""
         with self.lock:
+            self.stopped.set()
             procs = list(self.procs.values())
         for proc in procs:
             kill_group(proc.pid, signal.SIGTERM)
@@ -224,25 +242,18 @@ class PodRunner(threading.Thread):
 
 
 class Supervisor:
+    """Observe the pods, decide with the operator's lifecycle, carry the plan out; until the job ends."""
+
     def __init__(self, job_dir: Path) -> None:
         self.job_dir = job_dir
         self.runner = read_json(job_dir / "runner.json")
         self.namespace = Namespace(Path(self.runner["workdir"]), self.runner["namespace"])
         self.job_file = job_dir / "job.json"
-        self.stopping = threading.Event()
-        self.cancelled = False
-        self.pods: list[PodRunner] = []
+        self.stopping = threading.Event()  # SIGTERM: stop as for spec.suspend
+        self.pods: dict[str, PodRunner] = {}
         self.extra_env: dict[str, str] = dict(self.runner.get("env") or {})
-
-    # ---------------------------------------------------------------------------------- status
-
-    def update_status(self, change: Any) -> dict[str, Any]:
-        def apply(job: dict[str, Any]) -> None:
-            status = job.setdefault("status", {})
-            change(status)
-            status["observedGeneration"] = job["metadata"].get("generation", 1)
-
-        return update_json(self.job_file, apply)
+        self.settings = podspec.PodSettings(dataspace_endpoint=self.runner["dataspace"]["endpoint"],
+                                            dataspace_bucket=self.runner["dataspace"]["bucket"])
 
     def base_env(self, paths: localpods.PathMap, member: podspec.Member) -> dict[str, str]:
         """The host's environment plus what the job image would supply; the pod's env comes on top."""
@@ -257,41 +268,64 @@ class Supervisor:
     # -------------------------------------------------------------------------------------- run
 
     def run(self) -> int:
-        job_data = read_json(self.job_file)
-        job = tj.TrainJob.model_validate({k: v for k, v in job_data.items() if k != "status"})
-        if job.spec.suspend:
-            self.update_status(suspended_status)
-            self._delete_pod_records()
-            return 0
+        while True:
+            data = read_json(self.job_file)
+            job = jobfile.job_of(data)
+            if self.stopping.is_set():
+                job.spec.suspend = True  # `traincli cancel` (or delete): stop as the operator does for suspend
+            observed = [lifecycle.pod_state(pod.snapshot()) for pod in self.pods.values()]
+            plan = lifecycle.decide(job, jobfile.status_of(data), observed, _now(), jobfile.generation_of(data),
+                                    gang_restarts=False)
+            self._carry_out(job, data, plan)
+            phase = plan.status.phase
+            if phase in lifecycle.FINISHED:
+                self._stop_pods(forget=False)  # nothing outlives the supervisor, whatever cleanPodPolicy keeps
+                log.info("job %s %s: %s", job.metadata.name, phase, plan.status.message)
+                return 0 if phase == "Succeeded" else 1
+            if phase == "Suspended":
+                self._forget_pod_records()
+                return 0
+            self.stopping.wait(POLL_SECONDS)
 
-        def started(status: dict[str, Any]) -> None:
-            if status.get("phase") == "Suspended":
-                set_condition(status, "Suspended", False, "Resumed", "the job was resumed")
-            message = _created_message(job.spec)
-            members = podspec.members(job.spec)
-            status.update(phase="Pending", reason="PodsCreated",
-                          message=f"created {len(members)} pod{'s' if len(members) != 1 else ''}; "
-                                  "waiting for them to start",
-                          startTime=now_stamp(), restarts=0,
-                          workers={"pending": podspec.worker_count(job.spec), "active": 0, "succeeded": 0,
-                                   "failed": 0})
-            status.pop("completionTime", None)
-            set_condition(status, "Created", True, "PodsCreated", message)
-
-        self.update_status(started)
-        settings = podspec.PodSettings(dataspace_endpoint=self.runner["dataspace"]["endpoint"],
-                                       dataspace_bucket=self.runner["dataspace"]["bucket"])
-        deadline = job.spec.active_deadline_seconds
-        uid = job_data["metadata"].get("uid")
-        for member in podspec.members(job.spec):
-            manifest = podspec.build_pod(job, member, settings, owner_uid=uid, deadline_seconds=deadline)
+    def _carry_out(self, job: tj.TrainJob, data: dict[str, Any], plan: lifecycle.Plan) -> None:
+        """In the operator's order: keep the failed pod's log, delete, create, write the status."""
+        if plan.failed_pod:
+            self._keep_log_tail(plan)
+        # Once the job has ended its pods are stopped but keep their records, so that `traincli status` and
+        # `logs` still show them (a cluster keeps the logs of finished pods; here they are on disk anyway).
+        ended = plan.status.phase in lifecycle.FINISHED
+        for name in plan.delete:
+            runner = self.pods.get(name)
+            if runner is not None:
+                runner.stop()
+                runner.join(timeout=STOP_GRACE_SECONDS)
+                if not ended:
+                    runner.forget()
+                    del self.pods[name]
+        for member in plan.create:
+            manifest = podspec.build_pod(job, member, self.settings, attempt=plan.status.restarts,
+                                         owner_uid=data["metadata"].get("uid"), deadline_seconds=plan.deadline_left)
             self._localize_dmlc(manifest)
             runner = PodRunner(self, member, manifest)
             runner.write_initial()
-            self.pods.append(runner)
-        for runner in self.pods:
+            self.pods[runner.name_] = runner
             runner.start()
-        return self._watch(job, deadline)
+        for type_, reason, message in plan.events:
+            log.info("%s %s: %s", type_, reason, message)
+        new = plan.status.to_wire()
+        if new != data.get("status"):
+            update_json(self.job_file, lambda job_data: job_data.__setitem__("status", new))
+
+    def _keep_log_tail(self, plan: lifecycle.Plan) -> None:
+        """The failed container's last lines go into status.lastFailure, as the operator keeps them."""
+        failure, runner = plan.status.last_failure, self.pods.get(plan.failed_pod or "")
+        if failure is None or runner is None:
+            return
+        state = lifecycle.pod_state(runner.snapshot())
+        container = state.failure.container if state.failure and state.failure.container else podspec.MAIN_CONTAINER
+        tail = log_tail(runner.dir / "logs" / f"{container}.log")
+        if tail:
+            failure.log_tail = tail
 
     def _localize_dmlc(self, manifest: dict[str, Any]) -> None:
         """ps-lite's scheduler address: the pod's DNS name (headless Service) becomes this machine."""
@@ -303,129 +337,27 @@ class Supervisor:
                 elif var["name"] == "DMLC_PS_ROOT_PORT" and port:
                     var["value"] = str(port)
 
-    def _watch(self, job: tj.TrainJob, deadline: int | None) -> int:
-        start = time.monotonic()
-        running_reported = False
-        total = podspec.worker_count(job.spec)
-        while True:
-            if self.stopping.is_set():
-                return self._on_cancel()
-            workers = [p for p in self.pods if p.member.role == "worker"]
-            failed = [p for p in self.pods if p.failure is not None]
-            if failed:
-                return self._finish_failed(job, sorted(failed, key=lambda p: p.member.role != "worker")[0])
-            if all(p.phase == "Succeeded" for p in workers):
-                return self._finish_succeeded(job)
-            if deadline is not None and time.monotonic() - start >= deadline:
-                message = f"the job ran longer than activeDeadlineSeconds ({deadline} s); its pods were stopped"
-                return self._finish(job, "Failed", "DeadlineExceeded", message, stop=True)
-            if not running_reported and all(p.phase in ("Running", "Succeeded") for p in self.pods):
-                running_reported = True
-                message = f"{total}/{total} worker{'s' if total != 1 else ''} running"
+    def _stop_pods(self, forget: bool) -> None:
+        runners = list(self.pods.values())
+        for runner in runners:
+            runner.stop()
+        for runner in runners:
+            runner.join(timeout=STOP_GRACE_SECONDS)
+            if forget:
+                runner.forget()
 
-                def running(status: dict[str, Any], message: str = message) -> None:
-                    status.update(phase="Running", reason="AllWorkersRunning", message=message)
-                    set_condition(status, "Running", True, "AllWorkersRunning", message)
-                    set_condition(status, "Restarting", False, "Running", message)
-
-                self.update_status(running)
-            self._count()
-            time.sleep(POLL_SECONDS)
-
-    def _counts(self) -> dict[str, int]:
-        counts = {"pending": 0, "active": 0, "succeeded": 0, "failed": 0}
-        for p in self.pods:
-            if p.member.role != "worker":
-                continue
-            key = {"Running": "active", "Succeeded": "succeeded", "Failed": "failed"}.get(p.phase, "pending")
-            counts[key] += 1
-        return counts
-
-    def _count(self) -> None:
-        counts = self._counts()
-        current = (read_json(self.job_file).get("status") or {}).get("workers")
-        if current != counts:
-            self.update_status(lambda status: status.update(workers=counts))
-
-    def _stop_pods(self) -> None:
-        self.stopping.set()
-        for p in self.pods:
-            p.stop()
-        for p in self.pods:
-            p.join(timeout=STOP_GRACE_SECONDS)
-
-    def _finish(self, job: tj.TrainJob, phase: str, reason: str, message: str, stop: bool = False,
-                extra: dict[str, Any] | None = None) -> int:
-        if stop:
-            self._stop_pods()
-        counts = self._counts()
-
-        def finished(status: dict[str, Any]) -> None:
-            status.update(phase=phase, reason=reason, message=message, completionTime=now_stamp(), workers=counts)
-            status.update(extra or {})
-            set_condition(status, phase, True, reason, message)
-            set_condition(status, "Running", False, reason, message)
-            set_condition(status, "Restarting", False, reason, message)
-
-        self.update_status(finished)
-        log.info("job %s %s: %s", job.metadata.name, phase, message)
-        return 0 if phase == "Succeeded" else 1
-
-    def _finish_succeeded(self, job: tj.TrainJob) -> int:
-        # Parameter servers and the scheduler only serve the workers: stop them, as cleanPodPolicy does.
-        others = [p for p in self.pods if p.member.role != "worker"]
-        if others:
-            self.stopping.set()
-            for p in others:
-                p.stop()
-        total = podspec.worker_count(job.spec)
-        message = f"{total}/{total} worker{'s' if total != 1 else ''} succeeded"
-        extra: dict[str, Any] = {}
-        out = job.spec.data_space.output
-        if out is not None:
-            extra["outputs"] = {"dataset": out.name, "type": out.type}
-            message += f"; outputs synced to dataset {out.name} ({out.type})"
-        return self._finish(job, "Succeeded", "AllWorkersSucceeded", message, extra=extra)
-
-    def _finish_failed(self, job: tj.TrainJob, pod: PodRunner) -> int:
-        f = pod.failure
-        assert f is not None
-        short = pod.member.short()
-        if f.exit_code is None:
-            reason, message = f.reason, f"{short} failed ({f.reason})" + (f": {f.message}" if f.message else "")
-        else:
-            where = "" if f.container in ("", podspec.MAIN_CONTAINER) else f" in {f.container}"
-            reason = "WorkerFailed" if pod.member.role == "worker" else "ParameterServerFailed"
-            message = f"{short} exited with code {f.exit_code}{where}"
-        tail = log_tail(pod.dir / "logs" / f"{f.container}.log") if f.container else ""
-        failure = {"pod": pod.name_, "reason": f.reason, "message": message, "logTail": tail}
-        if f.exit_code is not None:
-            failure["exitCode"] = f.exit_code
-        return self._finish(job, "Failed", reason, message + NO_RESTART, stop=True, extra={"lastFailure": failure})
-
-    def _on_cancel(self) -> int:
-        self._stop_pods()
-        self.update_status(suspended_status)
-        self._delete_pod_records()
-        return 0
-
-    def _delete_pod_records(self) -> None:
+    def _forget_pod_records(self) -> None:
         """The operator deletes a suspended job's pods; here their records go, their logs and files stay."""
         for pod_json in (self.job_dir / "pods").glob("*/pod.json"):
             pod_json.unlink(missing_ok=True)
 
+    def fail(self, message: str) -> None:
+        """The supervisor itself failed: stop everything and say so in the status."""
+        self._stop_pods(forget=False)
+        update_json(self.job_file, lambda data: jobfile.fail(data, "RunnerError", message, _now()))
+
     def on_sigterm(self, signum: int, frame: Any) -> None:
-        self.cancelled = True
         self.stopping.set()
-
-
-def _created_message(spec: tj.TrainJobSpec) -> str:
-    count = podspec.worker_count(spec)
-    parts = [f"{count} worker{'s' if count != 1 else ''}"]
-    if podspec.uses_parameter_servers(spec):
-        servers = spec.parameter_servers or count
-        parts.append(f"{servers} parameter server{'s' if servers != 1 else ''} and a scheduler")
-    return "created " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return sup.run()
     except Exception as exc:
         log.exception("the local runner failed")
-        message = f"the local runner failed: {type(exc).__name__}: {exc}"
-        sup._stop_pods()
-        sup.update_status(lambda status: (status.update(phase="Failed", reason="RunnerError", message=message,
-                                                        completionTime=now_stamp()),
-                                          set_condition(status, "Failed", True, "RunnerError", message)))
+        sup.fail(f"the local runner failed: {type(exc).__name__}: {exc}")
         return 1
 
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 
 from aidi import recordio
-from aidi.pack.config import PackConfig
 from aidi.pack.images import BadImage, is_jpeg, jpeg_size, open_image, reencode
+from aidi.pack.pack_config import PackConfig
 from aidi.pack.sources import Item
 
 

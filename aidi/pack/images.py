@@ -76,7 +76,7 @@ def _unreadable(exc: Exception) -> BadImage:
 
 def open_image(data: bytes) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as exc:
         raise _unreadable(exc) from None
@@ -87,7 +87,7 @@ def reencode(data: bytes, resize: int | tuple[int, int] | None, quality: int) ->
                                                                                         tuple[int, int]]:
     """Decode, resize and encode as JPEG; return (JPEG, original size, packed size)."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         original = image.size
         target = target_size(*original, resize)
         if image.format == "JPEG" and resize is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from aidi import __version__, recordio
 from aidi.errors import AidiError
 from aidi.pack import workers
-from aidi.pack.config import PackConfig
+from aidi.pack.pack_config import PackConfig
 from aidi.pack.sources import fingerprint, in_val
 
 MANIFEST = "manifest.json"

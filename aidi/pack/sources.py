@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aidi.errors import NotFoundError, UsageError
-from aidi.pack.config import PackConfig
+from aidi.pack.pack_config import PackConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -64,7 +64,7 @@ def _box(ann: dict, index: dict[object, str], classes: dict[str, int]) -> tuple[
                       f"{', '.join(classes)} — add it to `classes` or drop the annotation")
     bbox = ann.get("bbox")
     try:
-        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+        x, y, w, h = (float(v) for v in bbox or ())  # None: the ValueError below
     except (TypeError, ValueError):
         return None, f"annotation {ann_id}: expected bbox [x, y, width, height], got {bbox!r}"
     return Box(classes[name], x, y, w, h, ann_id), None

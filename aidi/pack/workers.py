@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.queues import Queue
 
-from aidi.pack.config import PackConfig
 from aidi.pack.encode import Encoded, encode
+from aidi.pack.pack_config import PackConfig
 from aidi.pack.sources import Item, items
 
 BATCH = 32
@@ -94,7 +94,7 @@ def _processes(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
         def send() -> None:
             while len(sent) < WINDOW_PER_WORKER * jobs:
                 number, batch = next(source, (None, None))
-                if batch is None:
+                if number is None or batch is None:
                     return
                 sent[number] = batch
                 tasks.put((number, batch))

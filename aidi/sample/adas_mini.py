@@ -27,7 +27,7 @@ DEFAULT_SIZE = (192, 128)
 JPEG_QUALITY = 90
 MAX_OBJECTS = 4
 
-Progress = Callable[[int], None]
+OnImage = Callable[[int], None]
 
 
 @dataclass
@@ -52,7 +52,8 @@ def _rng(seed: int, scene: str, index: int) -> np.random.Generator:
 
 
 def _jitter(rng: np.random.Generator, colour: RGB, amount: int = 18) -> RGB:
-    return tuple(int(v) for v in np.clip(np.array(colour) + rng.integers(-amount, amount + 1, 3), 0, 255))  # type: ignore[return-value]
+    r, g, b = (int(v) for v in np.clip(np.array(colour) + rng.integers(-amount, amount + 1, 3), 0, 255))
+    return r, g, b
 
 
 def _finish(rng: np.random.Generator, canvas: Image.Image, noise: float = 6.0) -> Image.Image:
@@ -211,7 +212,7 @@ def lane_parsing_image(index: int, seed: int, size: tuple[int, int]) -> tuple[Im
 def _coco(scene: str, entries: list[tuple[str, int, list[tuple[int, Box]]]], size: tuple[int, int],
           seed: int) -> dict[str, object]:
     classes = DETECTION_CLASSES[scene]
-    annotations = []
+    annotations: list[dict[str, object]] = []
     for image_id, (_, _, objects) in enumerate(entries, 1):
         for cls, (x0, y0, x1, y1) in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
@@ -269,7 +270,7 @@ def _make(task: tuple[Path, str, int, int, tuple[int, int]]) -> list[tuple[int, 
 
 def generate(out: str | os.PathLike[str], images: int = DEFAULT_IMAGES, seed: int = 0,
              size: tuple[int, int] = DEFAULT_SIZE, scenes: Iterable[str] = SCENE_NAMES,
-             progress: Progress | None = None, jobs: int | None = None) -> SampleSummary:
+             progress: OnImage | None = None, jobs: int | None = None) -> SampleSummary:
     """Write the synthetic adas_mini under ``out`` (one folder per scene), drawing in ``jobs`` processes
     (default: all cores); return what was written. The bytes do not depend on ``jobs``."""
     if images < 1:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aidi.cli import common
+from aidi import cmdline
 
 DESCRIPTION = """\
 Multitask quantization training in 4 steps: 0 float with BN (with-bn), 1 backbone BN folded and
@@ -52,7 +52,7 @@ def default_ctx() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.new_parser("quanti_training_2step_fusion_bn.sh", DESCRIPTION, EPILOG)
+    parser = cmdline.new_parser("quanti_training_2step_fusion_bn.sh", DESCRIPTION, EPILOG)
     parser.add_argument("--config", required=True, type=Path, help="the training config (a Python file)")
     parser.add_argument("--ctx", default=None,
                         help="`cpu` or GPU ids, e.g. `0,1,2,3` (default: every GPU MXNet sees, else cpu)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "datasets.yaml beside the config)")
     parser.add_argument("--check", action="store_true",
                         help="check the config, datasets and devices, print the plan and exit without training")
-    common.add_json(parser)
+    cmdline.add_json(parser)
     parser.set_defaults(func=run_train)
     return parser
 
@@ -85,9 +85,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     # Folded BatchNorms keep their (unused) parameters so every step's checkpoint loads into one network.
     warnings.filterwarnings("ignore", message=".*is not used by any computation.*")
-    from aidi_trainer.config import check_classes, load_config, load_datasets
     from aidi_trainer.pipeline import Pipeline
     from aidi_trainer.runtime import make_runtime, parse_ctx
+    from aidi_trainer.train_config import check_classes, load_config, load_datasets
 
     _configure_logging()
     config = load_config(args.config, args.pipeline_test, args.datasets)
@@ -101,11 +101,11 @@ def run_train(args: argparse.Namespace) -> int:
                 "output": str(output), "pipeline_test": args.pipeline_test,
                 "tasks": {name: task.classes for name, task in config.tasks.items()},
                 "rec": {split: {s: str(f.rec) for s, f in found.items()} for split, found in files.items()}}
-        common.print_json(plan) if args.json else print("\n".join(f"{k}: {v}" for k, v in plan.items()))
+        cmdline.print_json(plan) if args.json else print("\n".join(f"{k}: {v}" for k, v in plan.items()))
         return 0
     metrics = Pipeline(config, make_runtime(ctxs), output, args.pipeline_test).run()
     if args.json:
-        common.print_json(metrics)
+        cmdline.print_json(metrics)
     elif metrics.get("steps"):
         print(f"4 steps done in {metrics.get('seconds', 0)} s; checkpoints, export models and metrics.json "
               f"in {output}")
@@ -113,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run(build_parser(), argv)
+    return cmdline.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

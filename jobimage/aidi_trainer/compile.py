@@ -25,6 +25,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def build_qdq(graph: IntGraph, input_size: tuple[int, int], output_names: list[s
 # ------------------------------------------------------------------------------------------ checking
 
 
-def sample_images(recs: list[str | Path], samples: int, input_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def sample_images(recs: Sequence[str | Path], samples: int, input_size: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Normalised ``(N, 3, H, W)`` images as predict feeds them: the first ``samples`` of each rec, or random."""
     import cv2
 
@@ -239,7 +240,7 @@ def sample_images(recs: list[str | Path], samples: int, input_size: tuple[int, i
 
 
 def _matched(a: np.ndarray, b: np.ndarray) -> int:
-    from aidi_trainer.evaluate import iou
+    from aidi_trainer.validation import iou
 
     used = np.zeros(len(b), bool)
     hits = 0
@@ -255,7 +256,7 @@ def _matched(a: np.ndarray, b: np.ndarray) -> int:
 
 def compare(reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str], kinds: list[str],
             stride: int) -> dict[str, Any]:
-    from aidi_trainer.evaluate import decode_detections
+    from aidi_trainer.validation import decode_detections
 
     per_output = {}
     for name, kind, ref, got in zip(names, kinds, reference, candidate, strict=True):
@@ -286,8 +287,8 @@ def compile_model(model: str | Path, target: str, out: Path, rec: list[str] | No
                   dataspace_config: str | None = None, fuse_relu: bool = False) -> dict[str, Any]:
     """Compile, check, write ``model.onnx`` + ``compile.log`` + ``compile.json``; optionally store them with a
     released model version."""
-    from aidi_trainer.config import load_config
     from aidi_trainer.predict import load_model
+    from aidi_trainer.train_config import load_config
 
     if target != "onnx":
         raise UsageError(f"--target {target!r}: only onnx is supported")
@@ -363,7 +364,7 @@ def _log_text(report: dict[str, Any]) -> str:
 
 def _store(name: str, version: str, out: Path, report: dict[str, Any], dataspace_config: str | None) -> str:
     from aidi.dataspace import DataspaceConfig, open_dataspace
-    from aidi.models import ModelRegistry
+    from aidi.dataspace.registry import ModelRegistry
 
     ds = open_dataspace(DataspaceConfig.load(dataspace_config))
     registry = ModelRegistry(ds.store, uploader=ds.uploader)

@@ -25,8 +25,8 @@ import numpy as np
 from mxnet import gluon
 
 from aidi.recordio import unpack_detection, unpack_parsing
-from aidi_trainer.config import SceneFiles, TaskConfig
 from aidi_trainer.model import DET
+from aidi_trainer.train_config import SceneFiles, TaskConfig
 
 cv2.setNumThreads(1)  # parallelism comes from the loader's threads; OpenCV's own pool would oversubscribe
 

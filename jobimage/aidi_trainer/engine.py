@@ -146,7 +146,7 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
         log.info("[%s] resuming after epoch %d/%d from %s", plan.name, start_epoch, plan.epochs, out)
         result.resumed_from_epoch = start_epoch
     scale = len(runtime.ctxs) * runtime.num_workers
-    progress = Progress(plan, result, trainer, start_epoch)
+    progress = StepMonitor(plan, result, trainer, start_epoch)
     for epoch in range(start_epoch, plan.epochs):
         progress.new_epoch()
         pending = None
@@ -200,7 +200,7 @@ def _launch(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[s
     return Launched(step_no, names, stacked, samples, len(runtime.ctxs))
 
 
-class Progress:
+class StepMonitor:
     """Loss bookkeeping, the non-finite check and the progress lines of one step."""
 
     def __init__(self, plan: StepPlan, result: StepResult, trainer: gluon.Trainer, start_epoch: int) -> None:

@@ -27,13 +27,13 @@ import numpy as np
 
 from aidi.errors import AidiError
 from aidi_trainer import quant
-from aidi_trainer.config import STEP_NAMES, TrainConfig, check_classes, load_datasets
 from aidi_trainer.data import TaskDataset, make_loader, train_batches
 from aidi_trainer.engine import StepPlan, atomic_save, iterations_per_epoch, saved_epoch, train_step
-from aidi_trainer.evaluate import evaluate_task
 from aidi_trainer.intmodel import IntNet
 from aidi_trainer.model import AllHeads, MultiTaskNet
 from aidi_trainer.runtime import Runtime
+from aidi_trainer.train_config import STEP_NAMES, TrainConfig, check_classes, load_datasets
+from aidi_trainer.validation import evaluate_task
 
 log = logging.getLogger("aidi_trainer")
 

@@ -6,7 +6,7 @@ order. The rec's ``manifest.json`` (written by ``aidi pack``) names its scene; t
 that scene is the one read, and only that scene's classes are reported (a branch may concatenate the
 classes of several scenes). Images go in exactly as in validation: resized to the config's
 ``input_size``, normalised to [-1, 1]; the decoding and NMS are the trainer's own
-(:func:`aidi_trainer.evaluate.decode_detections`), and boxes are mapped back to the original pixels.
+(:func:`aidi_trainer.validation.decode_detections`), and boxes are mapped back to the original pixels.
 Parsing logits are upsampled bilinearly to the image's size, then arg-maxed into a PNG mask.
 """
 
@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import cv2
@@ -27,10 +28,10 @@ from aidi import recordio
 from aidi.errors import NotFoundError, UsageError
 from aidi.evaluate.formats import PR_FORMAT, iter_rec, write_json
 from aidi.progress import Progress
-from aidi_trainer.config import TaskConfig, TrainConfig, load_config
 from aidi_trainer.data import Crop, decode_image, normalise
-from aidi_trainer.evaluate import decode_detections
 from aidi_trainer.model import DET
+from aidi_trainer.train_config import TaskConfig, TrainConfig, load_config
+from aidi_trainer.validation import decode_detections
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ class _quiet_mxnet:
         self._catch.__enter__()
         warnings.simplefilter("ignore")
 
-    def __exit__(self, *exc: object) -> None:
-        self._catch.__exit__(*exc)
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._catch.__exit__(kind, exc, tb)
 
 
 def scene_of(rec: Path) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def predict(model: str | Path, rec: str | Path, out: str | Path, config_path: st
                 logits = output.asnumpy()
                 for (key, record), picture, logit in zip(batch, pictures, logits, strict=True):
                     mask_path = masks_dir / f"{key}.png"
-                    _write_mask(mask_path, logit, picture.shape[:2])
+                    _write_mask(mask_path, logit, (picture.shape[0], picture.shape[1]))
                     images.append({**_image_fields(key, record, picture),
                                    "mask": mask_path.relative_to(out.parent).as_posix()})
             bar.update(len(batch))

@@ -126,13 +126,19 @@ class ConvUnit(Calibrated):
             self.in_scale = self.params.get("in_scale", shape=(1,), init=mx.init.One(),
                                             grad_req="null", differentiable=False)
 
+    def _batchnorm(self) -> Any:
+        """The BatchNorm, which a unit built with one keeps until fold() merges it into the conv."""
+        assert self.bn is not None, "a unit without BatchNorm is built folded"
+        return self.bn
+
     def _conv(self, F: Any, x: Any, weight: Any, bias: Any | None) -> Any:
         return F.Convolution(x, weight, bias, kernel=(self.kernel,) * 2, stride=(self.stride,) * 2,
                              pad=(self.pad,) * 2, num_filter=self.channels, no_bias=bias is None)
 
     def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any, in_scale: Any, out_scale: Any) -> Any:
         if self.mode == FLOAT or self.calibrating:
-            y = self.bn(self._conv(F, x, weight, None)) if not self.folded else self._conv(F, x, weight, bias)
+            conv = self._conv(F, x, weight, None if not self.folded else bias)
+            y = self._batchnorm()(conv) if not self.folded else conv
             y = F.relu(y) if self.relu else y
             self.observe(y)
             return y
@@ -149,7 +155,7 @@ class ConvUnit(Calibrated):
     def fold(self) -> None:
         """Merge the BatchNorm's statistics and affine into the conv, and start fake-quantizing."""
         if not self.folded:
-            bn = self.bn
+            bn = self._batchnorm()
             gamma, beta = _device_mean(bn.gamma), _device_mean(bn.beta)
             mean, var = _device_mean(bn.running_mean), _device_mean(bn.running_var)
             factor = gamma / np.sqrt(var + bn._kwargs["eps"])

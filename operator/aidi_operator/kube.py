@@ -115,7 +115,7 @@ class KubeApi:
         if status == 404:
             return None
         self._check("GET", path, status, payload)
-        return payload
+        return _object(payload)
 
     async def list(self, path: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Items at ``path`` with these labels. Filtered here too: some servers (kmock) ignore selectors."""
@@ -144,7 +144,7 @@ class KubeApi:
         if status == 404:
             return None
         self._check("PATCH", path, status, payload)
-        return payload
+        return _object(payload)
 
     async def delete(self, path: str) -> bool:
         """True when deleted now, False when it was already gone. Children go in the background."""
@@ -169,15 +169,21 @@ class KubeApi:
         status, payload = await self._request("GET", path, params=params, text=True)
         if status >= 400:
             return None
-        return payload
+        return str(payload)
+
+
+def _object(payload: Any) -> dict[str, Any] | None:
+    """The object an answer carries, if it carries one (some test servers answer a status patch with nothing)."""
+    return payload if isinstance(payload, dict) else None
 
 
 def _api_message(payload: Any) -> str:
     if isinstance(payload, str):
+        text = payload
         try:
-            payload = json.loads(payload)
+            payload = json.loads(text)
         except ValueError:
-            return payload.strip()[:500]
+            return text.strip()[:500]
     if isinstance(payload, dict):
         return str(payload.get("message") or payload.get("reason") or payload)[:500]
     return str(payload)[:500]

@@ -20,10 +20,9 @@ from typing import Any
 import kopf
 
 import aidi_operator  # noqa: F401  (registers the handlers)
-from aidi import __version__
-from aidi.cli import common
+from aidi import __version__, cmdline
 from aidi.errors import UsageError
-from aidi.podspec import PodSettings
+from aidi.jobs.podspec import PodSettings
 from aidi_operator.startup import OperatorSettings, OperatorState, connection_info, kopf_settings
 
 DESCRIPTION = """\
@@ -46,7 +45,7 @@ def _env(name: str, default: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = PodSettings()
-    p = common.new_parser("aidi-operator", DESCRIPTION, EPILOG)
+    p = cmdline.new_parser("aidi-operator", DESCRIPTION, EPILOG)
     p.add_argument("--version", action="version", version=f"aidi-operator {__version__}")
     p.add_argument("-n", "--namespace", dest="namespaces", action="append", metavar="NS",
                    help="watch only this namespace (repeatable; globs like team-* work) "
@@ -136,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run(build_parser(), argv)
+    return cmdline.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from aidi.podspec import PodSettings
+from aidi.jobs.podspec import PodSettings
 from aidi_operator.kube import KubeApi
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,13 @@ ANNOTATION_PREFIX = "aidi.io"
 FINALIZER = "aidi.io/trainjob"
 
 JobKey = tuple[str, str]  # (namespace, name)
+
+
+def job_key(namespace: str | None, name: str) -> JobKey:
+    """TrainJobs and pods are namespaced: kopf passes their namespace (its handlers' type allows None)."""
+    if namespace is None:
+        raise kopf.PermanentError(f"{name}: a namespaced object arrived without a namespace")
+    return namespace, name
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,16 @@ class OperatorState:
 
 
 def state_of(memo: Any) -> OperatorState:
-    return memo.state
+    state: OperatorState = memo.state
+    return state
 
 
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     """kopf's own settings: nothing that blocks deletion, nothing written outside our annotations."""
     ks = kopf.OperatorSettings()
-    # No handler of ours needs a finalizer (no timers, daemons or mandatory deletion handlers): a TrainJob
-    # is deleted, and its children garbage-collected, even while the operator is down.
+    # kopf adds its finalizer only for handlers that need one (timers, daemons, mandatory deletion handlers);
+    # none of ours do, so a TrainJob is deleted, and its children garbage-collected, even while the operator is
+    # down. This only names the finalizer kopf would use, in our own domain, should a handler ever need it.
     ks.persistence.finalizer = FINALIZER
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -103,11 +112,11 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-async def start(memo: kopf.Memo, logger: kopf.Logger, trainjob_index: kopf.Index, pod_index: kopf.Index,
-                **_: Any) -> None:
+async def start(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     state = state_of(memo)
     state.api = KubeApi(lambda: connection_info(state.settings))
-    state.jobs, state.pods = trainjob_index, pod_index
+    # kopf passes each index as a keyword named after its handler (trainjobs.trainjob_index, pods.pod_index).
+    state.jobs, state.pods = kwargs["trainjob_index"], kwargs["pod_index"]
     where = ", ".join(state.settings.namespaces) or "all namespaces"
     logger.info(f"aidi-operator watching TrainJobs in {where}; job image {state.settings.pods.job_image}")
 

@@ -7,17 +7,16 @@ import contextlib
 import copy
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
-from aidi import podspec
 from aidi.api import trainjob as tj
 from aidi.api.errors import from_pydantic
-from aidi_operator import lifecycle
+from aidi.jobs import lifecycle, podspec
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
-from aidi_operator.startup import JobKey, OperatorState, state_of
+from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
 
 log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
@@ -26,28 +25,29 @@ MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
 
 
 @kopf.index(*RESOURCE)
-def trainjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[JobKey, dict[str, Any]]:
-    return {(namespace, name): copy.deepcopy(dict(body))}
+def trainjob_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[JobKey, dict[str, Any]]:
+    return {job_key(namespace, name): copy.deepcopy(dict(body))}
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-async def on_trainjob(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_trainjob(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     state = state_of(memo)
     state.indexed = True
-    await reconcile(state, (namespace, name), copy.deepcopy(dict(body)))
+    await reconcile(state, job_key(namespace, name), copy.deepcopy(dict(body)))
 
 
 @kopf.on.event(*RESOURCE)
-async def on_trainjob_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
+                            **_: Any) -> None:
     """Deletion: the garbage collector removes the children of a TrainJob; we do too, without waiting."""
     if event.get("type") != "DELETED":
         return
-    state = state_of(memo)
-    async with state.lock((namespace, name)):
-        await delete_children(state, namespace, name)
-    state.forget((namespace, name))
+    state, key = state_of(memo), job_key(namespace, name)
+    async with state.lock(key):
+        await delete_children(state, *key)
+    state.forget(key)
 
 
 @kopf.on.startup()
@@ -76,6 +76,7 @@ async def resync(state: OperatorState) -> None:
 
 
 def _indexed_job(state: OperatorState, key: JobKey) -> dict[str, Any] | None:
+    body: dict[str, Any]
     for body in (state.jobs or {}).get(key, []):
         return body
     return None
@@ -120,7 +121,9 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
         await _keep_log_tail(state, key, plan)
     await _write_status(state, key, body, old_wire, plan.status)
     for type_, reason, message in plan.events:
-        kopf.event(body, type=type_, reason=reason, message=message[:MAX_EVENT_MESSAGE])
+        # The body is the API server's raw object, as kopf.Body wraps it.
+        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason,
+                   message=message[:MAX_EVENT_MESSAGE])
     if plan.delete_job:
         await delete_children(state, namespace, name)
         await api.delete(trainjob_path(namespace, name))

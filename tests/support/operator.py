@@ -21,8 +21,8 @@ from aidi_operator.kube import KubeApi, core_path, trainjob_path
 from aidi_operator.main import operate
 from aidi_operator.startup import OperatorSettings
 
-from aidi import podspec
 from aidi.api import trainjob as tj
+from aidi.jobs import podspec
 
 T = TypeVar("T")
 

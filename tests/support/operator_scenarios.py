@@ -14,7 +14,7 @@ from typing import Any
 
 from aidi_operator.kube import core_path
 
-from aidi import podspec
+from aidi.jobs import podspec
 from tests.support.operator import Cluster, eventually
 
 

@@ -1,13 +1,13 @@
-"""The lifecycle decisions as a pure function: pod states in, plan and user-facing messages out."""
+"""The lifecycle decisions (aidi.jobs.lifecycle, shared by both runners) as a pure function: pod states in,
+plan and user-facing messages out."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from aidi_operator.lifecycle import decide, pod_state
-
 from aidi.api import trainjob as tj
+from aidi.jobs.lifecycle import decide, pod_state
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 

@@ -15,14 +15,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidi import dsref
-from aidi.aidi_yaml import read_sections
+from pydantic import Field, ValidationInfo, field_validator
+
+from aidi.api.sections import Section, Sections, Text, load_sections
 from aidi.api.trainjob import DNS1123_LABEL, MAX_JOB_NAME
+from aidi.dataspace import refs as dsref
 from aidi.errors import UsageError
 
 POD_OUTPUT = "/data_space/output"
-REQUIRED_KEYS = ("TASK_NAME", "GT", "PR")
-OPTIONAL_KEYS = ("IOU_THRESHOLD", "SCORE_THRESHOLD", "CLASSES", "OUTPUT", "DOCKER_IMAGE", "PROJECT_ID", "PRIORITY")
+
+
+def _dataspace_ref(value: str, info: ValidationInfo) -> str:
+    if not dsref.is_ref(value):
+        kind = str(info.field_name).lower()
+        raise ValueError(f"{value!r}: the job reads from the dataspace; give dataspace://NAME/TYPE/VERSION[/PATH] "
+                         f"(upload with `hitc dataspace upload -d NAME -t {kind} -f FILE.json`)")
+    return dsref.check(value)
+
+
+class EvalTaskRequired(Section):
+    TASK_NAME: Text = Field(description=f"names the job: lower-case letters, digits and '-' (at most {MAX_JOB_NAME})")
+    GT: Text = Field(description="the ground truth: dataspace://NAME/gt/VERSION[/PATH]")
+    PR: Text = Field(description="the predictions: dataspace://NAME/pr/VERSION[/PATH]")
+
+    @field_validator("TASK_NAME")
+    @classmethod
+    def _job_name(cls, name: str) -> str:
+        if not re.match(DNS1123_LABEL, name) or len(name) > MAX_JOB_NAME:
+            raise ValueError(f"{name!r}: use lower-case letters, digits and '-' (at most {MAX_JOB_NAME}); it names "
+                             "the job")
+        return name
+
+    _refs = field_validator("GT", "PR")(_dataspace_ref)
+
+
+class EvalTaskOptional(Section):
+    IOU_THRESHOLD: float = Field(0.5, ge=0.0, le=1.0, description="a detection matches at this IoU or above")
+    SCORE_THRESHOLD: float = Field(0.3, ge=0.0, le=1.0, description="detections scoring below this are dropped")
+    CLASSES: list[str] = Field(default_factory=list, description="only these classes (default: all)")
+    OUTPUT: str | None = Field(None, description="the dataset the results become (default: TASK_NAME)")
+    DOCKER_IMAGE: str | None = None
+    PROJECT_ID: str | None = None
+    PRIORITY: int = Field(3, ge=1, le=5, description="1-5, 5 highest")
+
+
+class EvalTaskFile(Sections):
+    """``eval_task.yaml`` (docs/phase2.md)."""
+
+    REQUIRED: EvalTaskRequired
+    OPTIONAL: EvalTaskOptional = Field(default_factory=EvalTaskOptional)
 
 
 @dataclass
@@ -40,36 +81,11 @@ class EvalTask:
 
 
 def load_eval_task(path: str | Path) -> EvalTask:
-    path = Path(path)
-    required, optional = read_sections(path, "eval_task.yaml", REQUIRED_KEYS, OPTIONAL_KEYS)
-    name = required["TASK_NAME"]
-    if not re.match(DNS1123_LABEL, name) or len(name) > MAX_JOB_NAME:
-        raise UsageError(f"{path}: REQUIRED.TASK_NAME {name!r}: use lower-case letters, digits and '-' (at most "
-                         f"{MAX_JOB_NAME}); it names the job")
-    task = EvalTask(name=name, gt=required["GT"].strip(), pr=required["PR"].strip(), output=name)
-    for key, ref in (("GT", task.gt), ("PR", task.pr)):
-        if dsref.is_ref(ref):
-            dsref.parse(ref, f"{path}: REQUIRED.{key}")
-        else:
-            raise UsageError(f"{path}: REQUIRED.{key} {ref!r}: the job reads from the dataspace; give "
-                             "dataspace://NAME/TYPE/VERSION[/PATH] (upload with `hitc dataspace upload -d NAME -t "
-                             f"{key.lower()} -f FILE.json`)")
-    for key, attr, low, high in (("IOU_THRESHOLD", "iou", 0.0, 1.0), ("SCORE_THRESHOLD", "score_threshold", 0.0, 1.0),
-                                 ("PRIORITY", "priority", 1, 5)):
-        if key in optional:
-            value = optional[key]
-            if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
-                raise UsageError(f"{path}: OPTIONAL.{key}: expected a number in [{low}, {high}], got {value!r}")
-            setattr(task, attr, type(getattr(task, attr))(value))
-    if "CLASSES" in optional:
-        classes = optional["CLASSES"]
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise UsageError(f"{path}: OPTIONAL.CLASSES must be a list of class names")
-        task.classes = classes
-    for key, attr in (("OUTPUT", "output"), ("DOCKER_IMAGE", "image"), ("PROJECT_ID", "project_id")):
-        if optional.get(key) is not None:
-            setattr(task, attr, str(optional[key]))
-    return task
+    doc = load_sections(Path(path), "eval_task.yaml", EvalTaskFile)
+    req, opt = doc.REQUIRED, doc.OPTIONAL
+    return EvalTask(name=req.TASK_NAME, gt=req.GT, pr=req.PR, iou=opt.IOU_THRESHOLD,
+                    score_threshold=opt.SCORE_THRESHOLD, classes=opt.CLASSES, output=opt.OUTPUT or req.TASK_NAME,
+                    image=opt.DOCKER_IMAGE, project_id=opt.PROJECT_ID, priority=opt.PRIORITY)
 
 
 def eval_command(task: EvalTask, out: str = POD_OUTPUT) -> list[str]:

@@ -1,6 +1,6 @@
 """The demo (`make demo`): the whole AIDI workflow on this machine, with the commands a user types.
 
-    python -m aidi.local.demo [--workdir work/demo] [--images 200]
+    python -m aidi.demo [--workdir work/demo] [--images 200]
 
 sample adas_mini → pack the 8 scenes → upload them to the local dataspace → `traincli submit -f
 examples/train_job.yaml` to a `local` cluster → pipeline-test training through the 4 steps → predict →
@@ -28,10 +28,10 @@ from typing import IO, Any
 
 import yaml
 
-from aidi.cli import common
+from aidi import cmdline
 from aidi.errors import AidiError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 JOB_FILE = REPO / "examples" / "train_job.yaml"
 TOOLKIT = REPO / "examples" / "auto_matrix_development_toolkit"
 TRAIN_CONFIG = TOOLKIT / "scripts" / "auto_matrix_algo" / "configs" / "4pe_resize" / "multitask.py"
@@ -279,12 +279,12 @@ def summary_table(results: list[StepResult], total: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = common.new_parser(
-        "python -m aidi.local.demo",
+    parser = cmdline.new_parser(
+        "python -m aidi.demo",
         "The whole AIDI workflow on this machine, on the embedded defaults (a local dataspace folder and a "
         "local cluster), inside one work folder.",
-        "example:\n  make demo                                    # = python -m aidi.local.demo --workdir work/demo\n"
-        "  python -m aidi.local.demo --workdir /tmp/d --images 100\nReference: docs/local.md",
+        "example:\n  make demo                                    # = python -m aidi.demo --workdir work/demo\n"
+        "  python -m aidi.demo --workdir /tmp/d --images 100\nReference: docs/local.md",
     )
     parser.add_argument("--workdir", type=Path, default=Path("work/demo"),
                         help="the demo's folder (default: work/demo); re-running reuses it")
@@ -301,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run(build_parser(), argv)
+    return cmdline.run(build_parser(), argv)
 
 
 if __name__ == "__main__":

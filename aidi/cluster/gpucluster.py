@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from aidi.api.errors import SpecError, from_pydantic
 from aidi.errors import UsageError
 
 CONFIG_ENV = "AIDI_GPUCLUSTER_CONFIG"
@@ -60,6 +61,11 @@ class Cluster(BaseModel):
         if not _NAMESPACE.match(namespace) or len(namespace) > 63 or (queue and "/" in queue):
             raise ValueError(f"{value!r} is not NAMESPACE or NAMESPACE/QUEUE (lower-case letters, digits, '-')")
         return value
+
+    @property
+    def runs_here(self) -> bool:
+        """A `type: local` cluster: jobs run on this machine (docs/local.md), not on Kubernetes."""
+        return self.type == "local"
 
     @property
     def namespace(self) -> str | None:
@@ -106,10 +112,7 @@ def load(path: str | Path | None = None) -> GpuClusterConfig:
     try:
         return GpuClusterConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}" for err in exc.errors()
-        )
-        raise UsageError(f"{path}: {problems}. See docs/traincli.md for the format") from None
+        raise SpecError(str(path), from_pydantic(exc, GpuClusterConfig)) from None
 
 
 def save(config: GpuClusterConfig, path: str | Path | None = None) -> Path:

@@ -12,6 +12,7 @@ after it was released without becoming a new version.
 
 from __future__ import annotations
 
+import builtins
 import fnmatch
 import getpass
 import hashlib
@@ -24,8 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aidi import dsref
-from aidi.aidi_yaml import read_sections
+from pydantic import Field, field_validator
+
+from aidi.api.sections import Section, Sections, Text, load_sections
+from aidi.dataspace import refs as dsref
 from aidi.dataspace.datasets import LATEST, NAME_RE, PENDING, VERSION_RE
 from aidi.dataspace.store import ObjectStore
 from aidi.dataspace.transfer import run_parallel
@@ -126,42 +129,65 @@ def _now() -> str:
 # ------------------------------------------------------------------------------------- model_append.yaml
 
 
+class ModelAppendRequired(Section):
+    MODEL_NAME: Text = Field(description="letters, digits, '.', '_' and '-' (at most 128)")
+    MODEL_PATH: Text = Field(description="a folder or file relative to this file, or dataspace://NAME/TYPE/VERSION[/PATH]")
+
+    @field_validator("MODEL_NAME")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        try:
+            return check_model_name(name)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("MODEL_PATH")
+    @classmethod
+    def _dataspace_ref(cls, source: str) -> str:
+        return dsref.check(source) if dsref.is_ref(source) else source
+
+
+class ModelAppendOptional(Section):
+    FILES: list[str] = Field(default_factory=list, description="file names or glob patterns (default: every file)")
+    SOURCE_JOB: str | None = None
+    METRICS: dict[str, Any] = Field(default_factory=dict, description="figures to keep, e.g. {map: 0.81}")
+    EVAL_RESULTS: dict[str, str] = Field(default_factory=dict, description="a name to a results.json of `aidi eval`, "
+                                                                           "e.g. {vehicle: eval/vehicle/results.json}")
+    DESCRIPTION: str | None = None
+
+    @field_validator("FILES", mode="before")
+    @classmethod
+    def _one_pattern(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else (value or [])
+
+    @field_validator("METRICS", "EVAL_RESULTS", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value: Any) -> Any:
+        return value or {}
+
+
+class ModelAppendFile(Sections):
+    """``model_append.yaml`` (docs/phase2.md)."""
+
+    REQUIRED: ModelAppendRequired
+    OPTIONAL: ModelAppendOptional = Field(default_factory=ModelAppendOptional)
+
+
 def load_append_spec(path: str | Path) -> AppendSpec:
     """Read ``model_append.yaml``: AIDI-style ``REQUIRED`` / ``OPTIONAL`` sections, paths relative to it."""
     path = Path(path)
-    required, optional = read_sections(path, "model_append.yaml", ("MODEL_NAME", "MODEL_PATH"),
-                                       ("FILES", "SOURCE_JOB", "METRICS", "EVAL_RESULTS", "DESCRIPTION"))
-    spec = AppendSpec(name=required["MODEL_NAME"])
-    try:
-        check_model_name(spec.name)
-    except UsageError as exc:
-        raise UsageError(f"{path}: REQUIRED.MODEL_NAME: {exc}") from None
-    source = required["MODEL_PATH"].strip()
-    if dsref.is_ref(source):
-        spec.dataspace = dsref.parse(source, f"{path}: REQUIRED.MODEL_PATH")
+    doc = load_sections(path, "model_append.yaml", ModelAppendFile)
+    req, opt = doc.REQUIRED, doc.OPTIONAL
+    spec = AppendSpec(name=req.MODEL_NAME, files=opt.FILES, source_job=opt.SOURCE_JOB, metrics=dict(opt.METRICS),
+                      description=opt.DESCRIPTION)
+    if dsref.is_ref(req.MODEL_PATH):
+        spec.dataspace = dsref.parse(req.MODEL_PATH, f"{path}: REQUIRED.MODEL_PATH")
     else:
-        spec.path = (path.parent / source).resolve()
+        spec.path = (path.parent / req.MODEL_PATH).resolve()
         if not spec.path.exists():
-            raise NotFoundError(f"{path}: REQUIRED.MODEL_PATH {source!r}: {spec.path} does not exist")
-    files = optional.get("FILES") or []
-    if isinstance(files, str):
-        files = [files]
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        raise UsageError(f"{path}: OPTIONAL.FILES must be a list of file names or glob patterns")
-    spec.files = files
-    for key, attr in (("SOURCE_JOB", "source_job"), ("DESCRIPTION", "description")):
-        if optional.get(key) is not None:
-            setattr(spec, attr, str(optional[key]))
-    metrics = optional.get("METRICS") or {}
-    if not isinstance(metrics, dict):
-        raise UsageError(f"{path}: OPTIONAL.METRICS must be a mapping, e.g. {{map: 0.81}}")
-    spec.metrics = dict(metrics)
-    results = optional.get("EVAL_RESULTS") or {}
-    if not isinstance(results, dict):
-        raise UsageError(f"{path}: OPTIONAL.EVAL_RESULTS must map a name to a results.json of `aidi eval`, e.g. "
-                         "{vehicle: eval/vehicle/results.json}")
-    for label, file in results.items():
-        spec.metrics[str(label)] = eval_summary(path.parent / str(file), f"{path}: OPTIONAL.EVAL_RESULTS.{label}")
+            raise NotFoundError(f"{path}: REQUIRED.MODEL_PATH {req.MODEL_PATH!r}: {spec.path} does not exist")
+    for label, file in opt.EVAL_RESULTS.items():
+        spec.metrics[str(label)] = eval_summary(path.parent / file, f"{path}: OPTIONAL.EVAL_RESULTS.{label}")
     return spec
 
 
@@ -317,7 +343,7 @@ class ModelRegistry:
         record.artifacts = self._artifacts(name, version)
         return record
 
-    def _artifacts(self, name: str, version: str) -> list[dict[str, Any]]:
+    def _artifacts(self, name: str, version: str) -> builtins.list[dict[str, Any]]:
         found = []
         for info in self.store.list(self.prefix(name, version) + "compiled/", recursive=True):
             if info.key.endswith("/" + ARTIFACT_RECORD):
@@ -325,7 +351,7 @@ class ModelRegistry:
         return found
 
     def download(self, name: str, version: str, dest: str | Path,
-                 with_artifacts: bool = False) -> tuple[ModelVersion, list[Path]]:
+                 with_artifacts: bool = False) -> tuple[ModelVersion, builtins.list[Path]]:
         """Fetch a version's files into ``dest``, each checked against its md5 and sha256."""
         record = self.show(name, version)
         dest = Path(dest).resolve()

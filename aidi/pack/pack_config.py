@@ -19,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aidi.errors import UsageError
-from aidi.pyconfig import run_config_file
+from aidi.api.errors import SpecError, from_pydantic
+from aidi.api.pyconfig import run_config_file
 
 
 class PackConfig(BaseModel):
@@ -74,5 +74,4 @@ def load_config(path: str | os.PathLike[str], **overrides: object) -> PackConfig
     try:
         return PackConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise UsageError(f"{file}: {problems} (see docs/packing.md for the config format)") from None
+        raise SpecError(str(file), from_pydantic(exc, PackConfig)) from None

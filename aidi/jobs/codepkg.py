@@ -375,14 +375,14 @@ def _check_member(member: tarfile.TarInfo, dest: Path, source: str) -> None:
         if os.path.isabs(link) or not (target.parent / link).resolve().is_relative_to(dest):
             raise refuse(f"a symlink to {link!r}, outside the package")
     elif member.islnk():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or ".." in link.parts or not (dest / link).resolve().is_relative_to(dest):
+        hard = PurePosixPath(member.linkname)
+        if hard.is_absolute() or ".." in hard.parts or not (dest / hard).resolve().is_relative_to(dest):
             raise refuse(f"a hard link to {member.linkname!r}, outside the package")
     elif not (member.isfile() or member.isdir()):
         raise refuse("a device, pipe or other special file")
 
 
-def unpack(archive: str | Path, dest: str | Path) -> int:
+def unpack(archive: str | Path, dest: str | os.PathLike[str]) -> int:
     """Unpack the tar.gz ``archive`` into ``dest`` after checking every entry. Returns the number of files."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -395,8 +395,10 @@ def unpack(archive: str | Path, dest: str | Path) -> int:
                 _check_member(member, dest, source)
             # The standard library's own "data" filter too, as a second line: it also drops setuid bits
             # (Python 3.11.4 and later; our checks above stand alone before that).
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest, members=members, **extra)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise IntegrityError(f"{source}: refusing to unpack: {exc}") from None
@@ -404,7 +406,8 @@ def unpack(archive: str | Path, dest: str | Path) -> int:
     return sum(1 for m in members if m.isfile())
 
 
-def unpack_encrypted(package: str | Path, password: str, dest: str | Path, sha256: str | None = None) -> int:
+def unpack_encrypted(package: str | Path, password: str, dest: str | os.PathLike[str],
+                     sha256: str | None = None) -> int:
     """Verify (sha256 if given), decrypt and safely unpack an encrypted package into ``dest``. Returns file count.
 
     The whole package is authenticated before a single file is written, so a bad package leaves nothing behind.

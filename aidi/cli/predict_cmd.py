@@ -1,19 +1,20 @@
 """`aidi predict` and `aidi compile`: run and compile trained models.
 
-Both need MXNet, which workstations may not have: the work lives in the trainer package
-(``aidi_trainer.predict``, ``aidi_trainer.compile``), imported only when one of these commands runs, so
-``aidi`` itself starts without MXNet.
+Both need MXNet, which workstations may not have: the work lives in the trainer package. ``aidi`` never
+imports it by name (dependencies point one way); the trainer offers these two functions as the entry points
+of group ``aidi.trainer`` (pyproject.toml), loaded only when one of these commands runs, so ``aidi`` itself
+starts without MXNet.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from aidi.cli import common
+from aidi import cmdline
 from aidi.errors import UsageError
 
 PREDICT_EPILOG = """\
@@ -37,9 +38,19 @@ difference per output, detection and pixel agreement). Exit code 1 when the chec
 """
 
 
-def trainer_module(name: str) -> ModuleType:
+# The trainer's entry points (pyproject.toml, [project.entry-points."aidi.trainer"]).
+TRAINER_ENTRY_POINTS = "aidi.trainer"
+
+
+def trainer_function(name: str) -> Callable[..., Any]:
+    """``predict`` or ``compile`` from the installed trainer package, with MXNet imported only now."""
+    found = entry_points(group=TRAINER_ENTRY_POINTS, name=name)
     try:
-        return importlib.import_module(f"aidi_trainer.{name}")
+        if not found:
+            raise ImportError(f"no entry point {name!r} in group {TRAINER_ENTRY_POINTS!r}: the trainer package "
+                              "is not installed")
+        function: Callable[..., Any] = next(iter(found)).load()
+        return function
     except ImportError as exc:
         raise UsageError(f"this command runs the model with MXNet, which cannot be imported here ({exc}); install "
                          "the trainer extra (pip install 'aidi[trainer,compile]', Python 3.11) or run it in the job "
@@ -47,11 +58,11 @@ def trainer_module(name: str) -> ModuleType:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    result = trainer_module("predict").predict(
+    result = trainer_function("predict")(
         args.model, args.rec, args.out, config_path=args.config, task=args.task, scene=args.scene, ctx=args.ctx,
         score_min=args.score_min, top_k=args.top_k)
     if args.json:
-        common.print_json(result)
+        cmdline.print_json(result)
         return 0
     what = f"{result['detections']} detections" if result["detections"] is not None else "masks"
     print(f"{result['out']}: {result['images']} images of scene {result['scene']} (branch {result['branch']}), "
@@ -60,12 +71,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    report = trainer_module("compile").compile_model(
+    report = trainer_function("compile")(
         args.model, args.target, Path(args.out), rec=args.rec, config_path=args.config, samples=args.samples,
         model_name=args.model_name, model_version=args.model_version, dataspace_config=args.dataspace_config,
         fuse_relu=args.fuse_relu)
     if args.json:
-        common.print_json(report)
+        cmdline.print_json(report)
     else:
         print(report["summary"])
     return 0 if report["check"]["passed"] else 1
@@ -73,7 +84,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     from_config = "the training config the model was trained with (default: configs/4pe_resize/multitask.py)"
-    pr = common.subcommand(sub, "predict", run_predict, "predict a packed rec file with an exported model (MXNet)",
+    pr = cmdline.subcommand(sub, "predict", run_predict, "predict a packed rec file with an exported model (MXNet)",
                            epilog=PREDICT_EPILOG)
     pr.add_argument("--model", required=True, metavar="PREFIX",
                     help="export prefix, e.g. output/fusion-bn-c2-export-last (its -symbol.json and -0000.params)")
@@ -85,9 +96,9 @@ def add_commands(sub: Any) -> None:
     pr.add_argument("--ctx", default="cpu", help="cpu (default) or a GPU id")
     pr.add_argument("--score-min", type=float, default=0.05, help="drop detections scoring below this (default 0.05)")
     pr.add_argument("--top-k", type=int, default=100, help="detections kept per image before NMS (default 100)")
-    common.add_json(pr)
+    cmdline.add_json(pr)
 
-    co = common.subcommand(sub, "compile", run_compile,
+    co = cmdline.subcommand(sub, "compile", run_compile,
                            "compile the integer-inference model to ONNX (QDQ) and check it against MXNet",
                            epilog=COMPILE_EPILOG)
     co.add_argument("--model", required=True, metavar="PREFIX", help="e.g. output/int-inference-export-last")
@@ -104,4 +115,4 @@ def add_commands(sub: Any) -> None:
     co.add_argument("--model-version", default="latest", help="its version (default: latest)")
     co.add_argument("--dataspace-config", metavar="CONFIG",
                     help="dataspace config for --model-name (default: ~/.olympus/config.yaml)")
-    common.add_json(co)
+    cmdline.add_json(co)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from aidi.cli import common
+from aidi import cmdline
 
 EVAL_EPILOG = """\
 examples:
@@ -38,14 +38,15 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from aidi import dsref, evaluate
+    from aidi import evaluate
+    from aidi.dataspace import refs as dsref
 
     out_dir = Path(args.out) if args.out else None
     if dsref.is_ref(args.gt) or dsref.is_ref(args.pr):
         # Inputs are fetched beside, never into, the output folder (a pod syncs that folder to the dataspace).
         with tempfile.TemporaryDirectory(prefix="aidi-eval-inputs-") as tmp:
             from aidi.dataspace import DataspaceConfig, open_dataspace
-            from aidi.evaltask import resolve_input
+            from aidi.evaluate.task import resolve_input
 
             dataspace = open_dataspace(DataspaceConfig.load())
             args.gt = str(resolve_input(args.gt, dataspace, Path(tmp), "gt"))
@@ -61,7 +62,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pr = evaluate.load_predictions(args.pr)
     outcome = evaluate.evaluate(gt, pr, args.iou, args.score_thr, out_dir, report=not args.no_report)
     if args.json:
-        common.print_json(outcome.results)
+        cmdline.print_json(outcome.results)
         return 0
     print_table(outcome.results)
     s = outcome.results["summary"]
@@ -88,7 +89,7 @@ def run_gt(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    ev = common.subcommand(sub, "eval", run_eval, "score predictions against ground truth (AP, recall, mIoU, report)",
+    ev = cmdline.subcommand(sub, "eval", run_eval, "score predictions against ground truth (AP, recall, mIoU, report)",
                            epilog=EVAL_EPILOG)
     ev.add_argument("--gt", required=True,
                     help="ground truth: aidi-gt/1 JSON, COCO JSON, a .rec file, or dataspace://NAME/TYPE/VERSION[/PATH]")
@@ -101,8 +102,8 @@ def add_commands(sub: Any) -> None:
     ev.add_argument("--out", help="folder for results.json and report.html (default: print only)")
     ev.add_argument("--classes", help="class names, comma-separated, when GT is a .rec without a manifest beside it")
     ev.add_argument("--no-report", action="store_true", help="write results.json only")
-    common.add_json(ev)
-    gt = common.subcommand(sub, "gt", run_gt, "write the ground truth (aidi-gt/1) of a packed .rec file",
+    cmdline.add_json(ev)
+    gt = cmdline.subcommand(sub, "gt", run_gt, "write the ground truth (aidi-gt/1) of a packed .rec file",
                            epilog="example:\n  aidi gt --rec data/rec/vehicle/val.rec --out eval/val_gt.json\n"
                                   "images go to <out stem>_images/, parsing masks to <out stem>_masks/")
     gt.add_argument("--rec", required=True, help="a .rec file written by `aidi pack` (its .idx beside it)")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aidi import codepkg
 from aidi.api import trainjob as tj
 from aidi.dataspace import LATEST, Dataspace, DataspaceConfig, TransferProgress, TransferResult, open_dataspace
 from aidi.errors import UsageError
+from aidi.jobs import codepkg
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ _DATASET_REF = re.compile(tj.DATASET_NAME[:-1] + r":(" + "|".join(tj.DATASET_TYP
                           + tj.DATASET_VERSION[1:])
 
 
-class Progress:
+class TransferLog:
     """Logs transfer progress every few seconds: files, bytes and rate."""
 
     def __init__(self, what: str, every: float = 5.0) -> None:
@@ -133,7 +133,7 @@ def fetch_data(refs: list[str], dest: str | os.PathLike[str], config: DataspaceC
             base = Path(dest) / name / type_
             target = base / manifest.version
             result = dataspace.download_dataset(name, type_, manifest.version, target, jobs=jobs,
-                                                progress=Progress(f"{name}:{type_}:{manifest.version}"))
+                                                progress=TransferLog(f"{name}:{type_}:{manifest.version}"))
             if version == LATEST:
                 _link_latest(base, manifest.version)
             log.info("%s:%s:%s → %s: %d files, %s (%d already there)", name, type_, manifest.version, target,
@@ -163,7 +163,7 @@ def sync_output(src: str | os.PathLike[str], name: str, type_: str, config: Data
         return None
     dataspace = open_dataspace(config or DataspaceConfig.from_env(), jobs=jobs)
     try:
-        result = dataspace.upload_dataset(name, type_, src, jobs=jobs, progress=Progress(f"sync {name}:{type_}"))
+        result = dataspace.upload_dataset(name, type_, src, jobs=jobs, progress=TransferLog(f"sync {name}:{type_}"))
     finally:
         dataspace.close()
     if result.unchanged:

@@ -1,8 +1,10 @@
 """The job's lifecycle as a pure function: (job, last status, observed pods, now) → a plan.
 
-No API calls here: ``trainjobs.reconcile`` observes, calls :func:`decide`, and carries the plan out. Every
-decision is taken from the current state, so running it twice on the same state gives the same plan
-(kopf coalesces events, and an operator restarted mid-job must neither duplicate pods nor lose status).
+Both runners use it: the operator (``aidi_operator.trainjobs.reconcile``) observes pods through the API server,
+the local runner (``aidi.local.supervisor``) observes its processes written as pods; each calls :func:`decide`
+and carries the plan out. No I/O here. Every decision is taken from the current state, so running it twice
+on the same state gives the same plan (kopf coalesces events, and an operator restarted mid-job must neither
+duplicate pods nor lose status).
 
 Phases: ``Pending → Running → Succeeded | Failed``, plus ``Restarting`` (a failed gang being replaced)
 and ``Suspended``. Reasons and messages are written for the user reading ``kubectl describe tj``.
@@ -12,12 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from aidi import podspec
 from aidi.api import trainjob as tj
+from aidi.jobs import podspec
 
 FINISHED = ("Succeeded", "Failed")
+# Why a runner that does not restart gangs (``decide(..., gang_restarts=False)``) failed the job at once.
+NO_GANG_RESTARTS = "the local runner does not restart jobs (backoffLimit applies on a cluster)"
 # Pod/container reasons that mean "cannot start until someone fixes something".
 _WAITING_PROBLEMS = {
     "ErrImagePull": "cannot pull image",
@@ -151,7 +155,7 @@ def parse_time(value: str | None) -> dt.datetime | None:
 def set_condition(status: tj.TrainJobStatus, type_: str, true: bool, reason: str, message: str,
                   now: dt.datetime) -> None:
     """Upsert a condition; lastTransitionTime moves only when its status flips."""
-    value = "True" if true else "False"
+    value: Literal["True", "False"] = "True" if true else "False"
     for cond in status.conditions:
         if cond.type == type_:
             if cond.status != value:
@@ -164,8 +168,8 @@ def set_condition(status: tj.TrainJobStatus, type_: str, true: bool, reason: str
                                           last_transition_time=timestamp(now)))
 
 
-def _set_phase(status: tj.TrainJobStatus, phase: str, reason: str, message: str) -> None:
-    status.phase, status.reason, status.message = phase, reason, message  # type: ignore[assignment]
+def _set_phase(status: tj.TrainJobStatus, phase: tj.Phase, reason: str, message: str) -> None:
+    status.phase, status.reason, status.message = phase, reason, message
 
 
 def describe_failure(pod: PodState) -> tuple[str, str]:
@@ -240,8 +244,12 @@ def _pending_message(pods: list[PodState], expected: int) -> tuple[str, str]:
 
 
 def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], now: dt.datetime,
-           generation: int | None = None) -> Plan:
-    """The next step of the job, from what is observed now."""
+           generation: int | None = None, gang_restarts: bool = True) -> Plan:
+    """The next step of the job, from what is observed now.
+
+    ``gang_restarts=False`` (the local runner): a failed gang is not restarted, whatever ``backoffLimit`` says;
+    a run being debugged fails once, with its log.
+    """
     spec = job.spec
     st = status.model_copy(deep=True)
     st.observed_generation = generation
@@ -299,10 +307,10 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
 
     failed = sorted((p for p in current if p.failed), key=lambda p: (p.role != "worker", p.role, p.index))
     if failed:
-        return _on_failure(plan, job, failed[0], current, now)
+        return _on_failure(plan, job, failed[0], current, now, gang_restarts)
     lost = _lost_pod(job, st, current)
     if lost is not None:
-        return _on_failure(plan, job, lost, current, now)
+        return _on_failure(plan, job, lost, current, now, gang_restarts)
 
     workers = [p for p in current if p.role == "worker"]
     if len(workers) == podspec.worker_count(spec) and all(p.succeeded for p in workers):
@@ -371,7 +379,8 @@ def _created_message(spec: tj.TrainJobSpec) -> str:
     return "created " + ", ".join(parts)
 
 
-def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodState], now: dt.datetime) -> Plan:
+def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodState], now: dt.datetime,
+                gang_restarts: bool) -> Plan:
     spec, st = job.spec, plan.status
     reason, message = describe_failure(pod)
     f = pod.failure
@@ -380,7 +389,7 @@ def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodSt
     plan.failed_pod = pod.name
     if reason == "DeadlineExceeded":
         return _finish(plan, spec, current, now, "Failed", "DeadlineExceeded", message, stop_all=True)
-    if _retryable(spec.restart_policy, pod) and st.restarts < spec.backoff_limit:
+    if gang_restarts and _retryable(spec.restart_policy, pod) and st.restarts < spec.backoff_limit:
         st.restarts += 1
         text = f"{message}; restarting the whole gang (restart {st.restarts} of {spec.backoff_limit})"
         plan.delete = [p.name for p in current if not p.deleting]
@@ -393,23 +402,37 @@ def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodSt
     if not _retryable(spec.restart_policy, pod):
         text = f"{message}; restartPolicy {spec.restart_policy} does not restart it"
         final = reason
+    elif not gang_restarts:
+        text, final = f"{message}; {NO_GANG_RESTARTS}", reason
     else:
         text = f"{message}; backoffLimit ({spec.backoff_limit}) reached after {st.restarts} restarts"
         final = "BackoffLimitExceeded"
     return _finish(plan, spec, current, now, "Failed", final, text)
 
 
-def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.datetime, phase: str, reason: str,
+def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.datetime, phase: tj.Phase, reason: str,
             message: str, stop_all: bool = False) -> Plan:
     st = plan.status
     _count_status(st, pods, [])
-    _set_phase(st, phase, reason, message)
-    st.completion_time = timestamp(now)
-    set_condition(st, phase, True, reason, message, now)
-    set_condition(st, "Running", False, reason, message, now)
-    set_condition(st, "Restarting", False, reason, message, now)
+    _end(st, phase, reason, message, now)
     plan.create = []
     stopped = [p.name for p in pods if not p.deleting and not p.finished] if stop_all else []
     plan.delete = sorted(set(stopped) | set(_after_finish(spec, pods)))
     plan.events.append(("Normal" if phase == "Succeeded" else "Warning", reason, message))
     return plan
+
+
+def _end(st: tj.TrainJobStatus, phase: tj.Phase, reason: str, message: str, now: dt.datetime) -> None:
+    _set_phase(st, phase, reason, message)
+    st.completion_time = timestamp(now)
+    set_condition(st, phase, True, reason, message, now)
+    set_condition(st, "Running", False, reason, message, now)
+    set_condition(st, "Restarting", False, reason, message, now)
+
+
+def runner_failed(status: tj.TrainJobStatus, reason: str, message: str, now: dt.datetime) -> tj.TrainJobStatus:
+    """The runner itself cannot go on (the local supervisor crashed, ``RunnerError``, or vanished,
+    ``RunnerLost``): the job is Failed with that reason, as for any other end."""
+    st = status.model_copy(deep=True)
+    _end(st, "Failed", reason, message, now)
+    return st

@@ -39,6 +39,16 @@ def parse(text: str, where: str = "") -> DatasetRef:
     return DatasetRef(parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else "")
 
 
+def check(text: str) -> str:
+    """``text`` if it is a well-formed reference; for schemas (pydantic validators), a ValueError with
+    :func:`parse`'s words otherwise."""
+    try:
+        parse(text)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 def fetch(ref: DatasetRef, dataspace: Any, dest: str | Path) -> tuple[Path, str]:
     """Download the version ``ref`` names into ``dest``; return the local path of ``ref.path`` and the
     version it resolved to (``latest`` → ``v3``)."""

@@ -39,6 +39,13 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> None:
+    """Columns padded to their widest cell, as ``kubectl get`` prints them."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print(indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def new_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog,
