@@ -137,6 +137,9 @@ class Plan:
     failed_pod: str | None = None  # fetch this pod's log tail into status.lastFailure and an Event
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     deadline_left: int | None = None  # seconds, for the pods' own activeDeadlineSeconds
+    # When time alone will change the decision (the run-time limit, the TTL after finishing): the runner
+    # decides again then. Every other change comes with an event.
+    wake_at: dt.datetime | None = None
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -264,9 +267,10 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
     if st.phase in FINISHED:
         plan.delete = _after_finish(spec, pods)
         done = parse_time(st.completion_time)
-        if spec.ttl_seconds_after_finished is not None and done is not None and \
-                now >= done + dt.timedelta(seconds=spec.ttl_seconds_after_finished):
-            plan.delete_job = True
+        if spec.ttl_seconds_after_finished is not None and done is not None:
+            expiry = done + dt.timedelta(seconds=spec.ttl_seconds_after_finished)
+            plan.delete_job = now >= expiry
+            plan.wake_at = None if plan.delete_job else expiry
         return plan
 
     if spec.suspend:
@@ -328,7 +332,8 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
         st.start_time = timestamp(now)
         start = now
     if deadline is not None and start is not None:
-        plan.deadline_left = max(1, int((start + dt.timedelta(seconds=deadline) - now).total_seconds()))
+        plan.wake_at = start + dt.timedelta(seconds=deadline)
+        plan.deadline_left = max(1, int((plan.wake_at - now).total_seconds()))
     _count_status(st, current, plan.create)
     if plan.create:
         set_condition(st, "Created", True, "PodsCreated", _created_message(spec), now)
@@ -419,6 +424,9 @@ def _finish(plan: Plan, spec: tj.TrainJobSpec, pods: list[PodState], now: dt.dat
     stopped = [p.name for p in pods if not p.deleting and not p.finished] if stop_all else []
     plan.delete = sorted(set(stopped) | set(_after_finish(spec, pods)))
     plan.events.append(("Normal" if phase == "Succeeded" else "Warning", reason, message))
+    done = parse_time(st.completion_time)
+    plan.wake_at = None if spec.ttl_seconds_after_finished is None or done is None else (
+        done + dt.timedelta(seconds=spec.ttl_seconds_after_finished))
     return plan
 
 

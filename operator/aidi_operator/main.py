@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "[env AIDI_DATASPACE_SECRET; default: %(default)s]")
     p.add_argument("--liveness-port", type=int, default=int(_env("AIDI_LIVENESS_PORT", "8080")),
                    help="serve GET /healthz on this port, 0 for none [env AIDI_LIVENESS_PORT; default: %(default)s]")
-    p.add_argument("--resync-seconds", type=float, default=float(_env("AIDI_RESYNC_SECONDS", "10")),
-                   help="reconcile every job this often even without events (deadlines, TTLs) "
+    p.add_argument("--resync-seconds", type=float, default=float(_env("AIDI_RESYNC_SECONDS", "300")),
+                   help="a safety net: reconcile every job this often even without events (deadlines, TTLs "
+                        "and retries are woken when due) "
                         "[env AIDI_RESYNC_SECONDS; default: %(default)s]")
     p.add_argument("--log-tail-lines", type=int, default=int(_env("AIDI_LOG_TAIL_LINES", "50")),
                    help="log lines of a failed pod kept in status.lastFailure [default: %(default)s]")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces = args.namespaces or [n.strip() for n in os.environ.get("AIDI_NAMESPACES", "").split(",") if n.strip()]
     if args.resync_seconds <= 0:
-        raise UsageError("--resync-seconds must be positive, e.g. --resync-seconds 10")
+        raise UsageError("--resync-seconds must be positive, e.g. --resync-seconds 300")
     return OperatorSettings(
         pods=PodSettings(job_image=args.job_image, fetch_image=args.fetch_image,
                          dataspace_endpoint=args.dataspace_endpoint, dataspace_bucket=args.dataspace_bucket,

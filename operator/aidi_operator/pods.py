@@ -16,9 +16,10 @@ OURS: dict[str, Any] = {podspec.LABEL_JOB: kopf.PRESENT, podspec.LABEL_MANAGED_B
 
 
 @kopf.index("pods", labels=OURS)
-def pod_index(namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[JobKey, PodState]:
+async def pod_index(namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[JobKey, PodState]:
     """(namespace, job) → the compact state of each of its pods. kopf fills it before any handler runs,
-    so a restarted operator sees every existing pod before deciding what to create."""
+    so a restarted operator sees every existing pod before deciding what to create. Async: a sync index
+    function costs a hop through kopf's thread pool on every event."""
     return {job_key(namespace, labels[podspec.LABEL_JOB]): pod_state(dict(body))}
 
 
@@ -26,4 +27,4 @@ def pod_index(namespace: str | None, body: kopf.Body, labels: kopf.Labels, **_: 
 async def on_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     state = state_of(memo)
     state.indexed = True
-    await trainjobs.reconcile(state, job_key(namespace, labels[podspec.LABEL_JOB]))
+    await trainjobs.reconcile_or_retry(state, job_key(namespace, labels[podspec.LABEL_JOB]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,9 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     liveness_port: int = 8080  # 0: no liveness endpoint
     liveness_host: str = "0.0.0.0"  # the kubelet probes the pod IP
-    resync_seconds: float = 10.0  # how often every job is reconciled even without events (deadlines, TTL)
+    # A safety net: every job is reconciled this often even without events. Deadlines, TTLs and retries
+    # do not wait for it; each job is woken when its own next one is due.
+    resync_seconds: float = 300.0
     log_tail_lines: int = 50
     server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
 
@@ -53,6 +56,20 @@ class OperatorState:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # kopf calls resource handlers only once every index is filled; the resync waits for the first one.
     indexed: bool = False
+    # When each job is next due without an event (a deadline, a TTL, a retry), on the loop's clock; the
+    # heap holds (due, key) with stale entries skipped when popped.
+    due: dict[JobKey, float] = field(default_factory=dict)
+    due_heap: list[tuple[float, JobKey]] = field(default_factory=list)
+    due_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self, key: JobKey, delay: float) -> None:
+        """Reconcile ``key`` in ``delay`` seconds (or sooner, if it is due sooner already)."""
+        when = asyncio.get_running_loop().time() + max(0.0, delay)
+        if self.due.get(key, float("inf")) <= when:
+            return
+        self.due[key] = when
+        heapq.heappush(self.due_heap, (when, key))
+        self.due_changed.set()
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -60,6 +77,7 @@ class OperatorState:
     def forget(self, key: JobKey) -> None:
         self.locks.pop(key, None)
         self.statuses.pop(key, None)
+        self.due.pop(key, None)
 
 
 def state_of(memo: Any) -> OperatorState:

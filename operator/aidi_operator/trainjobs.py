@@ -1,4 +1,4 @@
-"""TrainJob handlers: every event, a pod change or the periodic resync runs one idempotent reconcile."""
+"""TrainJob handlers: every event, a pod change, a due deadline, TTL or retry runs one idempotent reconcile."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import heapq
 import logging
-from typing import Any, cast
+import socket
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -22,42 +24,99 @@ log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
 CREATE_RETRY_DELAY = 10.0
 MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
+EVENT_SOURCE = "aidi-operator"
 
 
+# What a reconcile reads of a TrainJob: not kopf's or kubectl's bookkeeping (managedFields, the
+# last-applied-configuration annotation hold the whole object again, per job, for as long as it exists).
+_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations", "deletionTimestamp")
+_BOOKKEEPING_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", "aidi.io/last-handled-configuration")
+
+
+def lean(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
+    """The parts of a TrainJob the reconcile reads, copied (kopf reuses nothing of it, we keep it indexed)."""
+    meta = body.get("metadata") or {}
+    kept = {k: copy.deepcopy(meta[k]) for k in _METADATA if k in meta}
+    if kept.get("annotations"):
+        kept["annotations"] = {k: v for k, v in kept["annotations"].items() if k not in _BOOKKEEPING_ANNOTATIONS}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
+            "spec": copy.deepcopy(body.get("spec")), "status": copy.deepcopy(body.get("status"))}
+
+
+# Async: a sync index function costs a hop through kopf's thread pool on every event.
 @kopf.index(*RESOURCE)
-def trainjob_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[JobKey, dict[str, Any]]:
-    return {job_key(namespace, name): copy.deepcopy(dict(body))}
-
-
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-async def on_trainjob(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    state = state_of(memo)
-    state.indexed = True
-    await reconcile(state, job_key(namespace, name), copy.deepcopy(dict(body)))
+async def trainjob_index(namespace: str | None, name: str, body: kopf.Body,
+                         **_: Any) -> dict[JobKey, dict[str, Any]]:
+    return {job_key(namespace, name): lean(body)}
 
 
 @kopf.on.event(*RESOURCE)
-async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo,
-                            **_: Any) -> None:
-    """Deletion: the garbage collector removes the children of a TrainJob; we do too, without waiting."""
-    if event.get("type") != "DELETED":
-        return
+async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body,
+                            memo: kopf.Memo, **_: Any) -> None:
+    """Every change of a TrainJob — and, when the operator starts, every existing one — reconciles it.
+
+    Only event handlers, no kopf change handlers: those would write kopf's bookkeeping annotations on
+    every job (a write and one more event per job) and make kopf diff every body. The reconcile works
+    from the current state anyway, and retries are ours (``reconcile_or_retry``).
+    Deletion: the garbage collector removes the children of a TrainJob; we do too, without waiting.
+    """
     state, key = state_of(memo), job_key(namespace, name)
-    async with state.lock(key):
-        await delete_children(state, *key)
-    state.forget(key)
+    state.indexed = True
+    if event.get("type") == "DELETED":
+        async with state.lock(key):
+            await delete_children(state, *key)
+        state.forget(key)
+        return
+    if _own_echo(state, key, body):
+        return
+    await reconcile_or_retry(state, key, lean(body))
+
+
+def _own_echo(state: OperatorState, key: JobKey, body: kopf.Body) -> bool:
+    """The event only shows our own last status write: the spec is the one that status was decided for."""
+    uid, written = state.statuses.get(key, (None, None))
+    meta = body.get("metadata") or {}
+    return (written is not None and uid == meta.get("uid") and body.get("status") == written
+            and written.get("observedGeneration") == meta.get("generation"))
 
 
 @kopf.on.startup()
-async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+async def start_background(memo: kopf.Memo, **_: Any) -> None:
     state = state_of(memo)
+    state.tasks.append(asyncio.create_task(wakeups(state), name="aidi wake-ups"))
     state.tasks.append(asyncio.create_task(resync(state), name="aidi resync"))
 
 
+async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, Any] | None = None) -> None:
+    """Reconcile; what may heal (the API server busy or refusing for now) is retried after its delay."""
+    try:
+        await reconcile(state, key, body)
+    except kopf.TemporaryError as exc:
+        log.warning(f"{key[0]}/{key[1]}: {exc}; retrying in {exc.delay or CREATE_RETRY_DELAY:.0f} s")
+        state.wake(key, exc.delay or CREATE_RETRY_DELAY)
+    except Exception:
+        log.exception(f"{key[0]}/{key[1]}: reconcile failed; retrying in {CREATE_RETRY_DELAY:.0f} s")
+        state.wake(key, CREATE_RETRY_DELAY)
+
+
+async def wakeups(state: OperatorState) -> None:
+    """Reconcile each job when its next deadline, TTL or retry is due: nothing on a timer for jobs with none."""
+    loop = asyncio.get_running_loop()
+    while True:
+        now = loop.time()
+        while state.due_heap and state.due_heap[0][0] <= now:
+            when, key = heapq.heappop(state.due_heap)
+            if state.due.get(key) == when:  # else stale: rescheduled or forgotten since
+                del state.due[key]
+                await reconcile_or_retry(state, key)
+        state.due_changed.clear()
+        timeout = state.due_heap[0][0] - loop.time() if state.due_heap else None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.due_changed.wait(), timeout)
+
+
 async def resync(state: OperatorState) -> None:
-    """Reconcile every job now and then: deadlines and TTLs expire without any event announcing it.
+    """A safety net: reconcile every job now and then, in case an event was missed.
 
     A plain task rather than kopf timers, because kopf puts a finalizer on objects with timers, and a
     finalizer would block deleting TrainJobs while the operator is down.
@@ -67,12 +126,8 @@ async def resync(state: OperatorState) -> None:
         if not state.indexed:
             continue  # before kopf has indexed every pod, a job's pods could look missing
         for key in list(state.jobs or {}):
-            try:
-                await reconcile(state, key)
-            except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                log.warning(f"{key[0]}/{key[1]}: {exc}")
-            except Exception:
-                log.exception(f"{key[0]}/{key[1]}: reconcile failed; retrying at the next resync")
+            await reconcile_or_retry(state, key)
+            await asyncio.sleep(0)  # a job with nothing to do awaits nothing: let events in between
 
 
 def _indexed_job(state: OperatorState, key: JobKey) -> dict[str, Any] | None:
@@ -120,10 +175,9 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     if plan.failed_pod:
         await _keep_log_tail(state, key, plan)
     await _write_status(state, key, body, old_wire, plan.status)
-    for type_, reason, message in plan.events:
-        # The body is the API server's raw object, as kopf.Body wraps it.
-        kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason,
-                   message=message[:MAX_EVENT_MESSAGE])
+    await post_events(api, body, plan.events)
+    if plan.wake_at is not None:
+        state.wake(key, (plan.wake_at - now).total_seconds())
     if plan.delete_job:
         await delete_children(state, namespace, name)
         await api.delete(trainjob_path(namespace, name))
@@ -232,3 +286,29 @@ async def _delete_podgroup(api: KubeApi, namespace: str, name: str) -> None:
     # No Volcano in this cluster (or no RBAC for it): then nothing of ours can be there.
     with contextlib.suppress(ApiRefused):
         await api.delete(group_path(podspec.PODGROUP_API_VERSION, namespace, "podgroups", name))
+
+
+async def post_events(api: KubeApi, body: dict[str, Any], events: list[tuple[str, str, str]]) -> None:
+    """Kubernetes Events on the TrainJob (`kubectl describe`), from any task: kopf's posting works only
+    inside its handlers. A refused Event (the namespace being deleted) loses nothing else."""
+    if not events:
+        return
+    meta = body.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    involved = {"apiVersion": tj.API_VERSION, "kind": tj.KIND, "name": meta.get("name"), "namespace": namespace,
+                "uid": meta.get("uid")}
+
+    async def post(type_: str, reason: str, message: str) -> None:
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"generateName": f"{meta.get('name')}.", "namespace": namespace},
+                 "involvedObject": involved, "type": type_, "reason": reason,
+                 "message": message[:MAX_EVENT_MESSAGE], "source": {"component": EVENT_SOURCE},
+                 "reportingComponent": EVENT_SOURCE, "reportingInstance": socket.gethostname(),
+                 "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        try:
+            await api.create(core_path(namespace, "events"), event)
+        except (ApiRefused, kopf.TemporaryError) as exc:
+            log.warning(f"{namespace}/{meta.get('name')}: event {reason} not posted: {exc}")
+
+    await asyncio.gather(*(post(*e) for e in events))

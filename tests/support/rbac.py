@@ -13,7 +13,7 @@ from typing import Any
 Rule = tuple[str, str, str]  # (API group, resource, verb)
 
 NEEDED_IN_JOB_NAMESPACES: frozenset[Rule] = frozenset({
-    *{("aidi.io", "trainjobs", v) for v in ("list", "watch", "patch", "delete")},  # watch; kopf's annotations; TTL
+    *{("aidi.io", "trainjobs", v) for v in ("list", "watch", "delete")},  # watch them; TTL deletes
     ("aidi.io", "trainjobs/status", "patch"),  # the status
     *{("", "pods", v) for v in ("list", "watch", "create", "delete")},  # the job's pods
     ("", "pods/log", "get"),  # a failed pod's last lines
