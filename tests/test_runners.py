@@ -33,6 +33,8 @@ class Scenario:
     expected: Outcome
     local: Outcome | None = None  # where the local runner differs by design
     conditions: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (status, reason), both runners
+    # Conditions that depend on timing, not on the rules: left out of the comparison of the two runners.
+    timing: tuple[str, ...] = ()
 
 
 NO_RESTART = "the local runner does not restart jobs (backoffLimit applies on a cluster)"
@@ -52,7 +54,9 @@ SCENARIOS = [
     Scenario("deadline", {"activeDeadlineSeconds": 2}, None,
              ("Failed", "DeadlineExceeded",
               "the job ran longer than activeDeadlineSeconds (2 s); its pods were stopped"),
-             conditions={"Failed": ("True", "DeadlineExceeded")}),
+             conditions={"Failed": ("True", "DeadlineExceeded")},
+             # Whether the worker was seen running before the 2 s ran out depends on the machine's load.
+             timing=("Running",)),
     Scenario("suspended", {"suspend": True}, None, ("Suspended", "Suspended", SUSPENDED),
              conditions={"Suspended": ("True", "Suspended")}),
 ]
@@ -126,4 +130,6 @@ async def test_the_operator_and_the_local_runner_agree_on_every_scenario(
             assert _conditions(operator[s.name]).get(type_) == expected, (s.name, type_)
             assert _conditions(local[s.name]).get(type_) == expected, (s.name, type_)
         if s.local is None:  # the same words, and the same conditions, from both
-            assert _conditions(local[s.name]) == _conditions(operator[s.name]), s.name
+            both = [{k: v for k, v in _conditions(found[s.name]).items() if k not in s.timing}
+                    for found in (local, operator)]
+            assert both[0] == both[1], s.name
