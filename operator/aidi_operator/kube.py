@@ -83,7 +83,10 @@ class KubeApi:
         return self._session
 
     async def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
-                       content_type: str = "application/json", text: bool = False) -> tuple[int, Any]:
+                       content_type: str = "application/json", text: bool = False,
+                       parse: bool = True) -> tuple[int, Any]:
+        """(HTTP status, payload): the JSON answer, its text (errors, ``text``), or None (``parse=False``:
+        a write whose answer — the whole object again — nobody reads is not decoded)."""
         for attempt in (1, 2):
             session = self._connect()
             data = None if body is None else json.dumps(body)
@@ -94,8 +97,12 @@ class KubeApi:
                     if resp.status == 401 and attempt == 1:
                         await self.close()  # credentials expired: log in again once
                         continue
-                    payload = await (resp.text() if text or resp.status >= 400 else resp.json(content_type=None))
-                    return resp.status, payload
+                    if text or resp.status >= 400:
+                        return resp.status, await resp.text()
+                    if not parse:
+                        await resp.read()
+                        return resp.status, None
+                    return resp.status, await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise kopf.TemporaryError(f"{method} {path}: the API server did not answer ({exc})",
                                           delay=RETRY_DELAY) from exc
@@ -132,7 +139,7 @@ class KubeApi:
 
     async def create(self, path: str, body: dict[str, Any]) -> bool:
         """True when created, False when it already existed (both mean: it is there now)."""
-        status, payload = await self._request("POST", path, body=body)
+        status, payload = await self._request("POST", path, body=body, parse=False)
         if status == 409:
             return False
         self._check("POST", path, status, payload)
@@ -149,7 +156,7 @@ class KubeApi:
     async def delete(self, path: str) -> bool:
         """True when deleted now, False when it was already gone. Children go in the background."""
         options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
-        status, payload = await self._request("DELETE", path, body=options)
+        status, payload = await self._request("DELETE", path, body=options, parse=False)
         if status == 404:
             return False
         self._check("DELETE", path, status, payload)

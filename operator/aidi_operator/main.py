@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     logging.getLogger().handlers.clear()  # kopf installs its own log format
     kopf.configure(verbose=args.verbose, log_prefix=True)
+    if not args.verbose:
+        # kopf logs "Handler ... succeeded" for every event of every job and pod: with thousands of jobs,
+        # noise that costs CPU. Failures are warnings and still show; our own logs are not kopf's.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # What is loaded by now (modules, classes, kopf, pydantic's validators: ~50,000 objects) lives as long
     # as the process. A full collection stops the event loop while it scans every tracked object, and
     # while the loop stands still no child gets created; measured: 70-95 ms of CPU per full collection

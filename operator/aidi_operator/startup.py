@@ -85,6 +85,20 @@ def state_of(memo: Any) -> OperatorState:
     return state
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change handlers, so no diffs: kopf would otherwise deep-copy every object (managedFields and all)
+    on every event to build an "essence" nothing reads (10 % of the operator's CPU at 600 jobs)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     """kopf's own settings: nothing that blocks deletion, nothing written outside our annotations."""
     ks = kopf.OperatorSettings()
@@ -93,8 +107,7 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     # down. This only names the finalizer kopf would use, in our own domain, should a handler ever need it.
     ks.persistence.finalizer = FINALIZER
     ks.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    ks.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    ks.persistence.diffbase_storage = NoDiffBase()
     # Kubernetes Events for warnings only; the lifecycle posts its own events for users.
     ks.posting.level = logging.WARNING
     ks.watching.server_timeout = 300

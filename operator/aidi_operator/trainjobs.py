@@ -264,8 +264,7 @@ async def _write_status(state: OperatorState, key: JobKey, body: dict[str, Any],
     if new == old:
         return
     patch: dict[str, Any] = {k: None for k in old if k not in new} | new
-    written = await _api(state).patch(trainjob_path(*key, sub="status"), {"status": patch})
-    if written is not None:
+    if await _api(state).patch(trainjob_path(*key, sub="status"), {"status": patch}):
         state.statuses[key] = (body.get("metadata", {}).get("uid"), new)
 
 
