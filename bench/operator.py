@@ -14,7 +14,7 @@ On kmock (the default; issue 6's targets: p99 under 2 s, RSS under 200 MB), two 
 same run on the same server, with the operator stopped:
 
 - *server alone*: the client makes the operator's own requests for each job (its pods and Service at once,
-  then the status write and kopf's two annotation patches) the moment the job is created. What remains is
+  then the status write) the moment the job is created. What remains is
   the API server's cost of that traffic; the operator's figure minus this one is the operator's own.
 - *pods only*: the client creating each job's pods itself, nothing else — the server's create → watch floor.
 
@@ -147,10 +147,8 @@ async def _operator_traffic(api: KubeApi, body: dict[str, Any]) -> None:
     if service is not None:
         creates.append((core_path(namespace, "services"), service))
     await asyncio.gather(*(api.create(path, obj) for path, obj in creates))
+    # The operator writes nothing on a job but its status (no kopf bookkeeping annotations).
     await api.patch(trainjob_path(namespace, name, sub="status"), {"status": {"phase": "Pending"}})
-    annotations = {"aidi.io/kopf-managed": "yes", "aidi.io/last-handled-configuration": json.dumps(body["spec"])}
-    for _ in range(2):  # kopf stores its diff base twice per job on kmock (no resourceVersion to tell events apart)
-        await api.patch(trainjob_path(namespace, name), {"metadata": {"annotations": annotations}})
 
 
 async def server_alone(api: KubeApi, namespace: str, jobs: int, workers: int) -> list[float]:
