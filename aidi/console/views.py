@@ -16,6 +16,7 @@ from aidi.cluster.kube import api_errors
 from aidi.console.identity import Identity
 from aidi.dataspace import Dataspace, Manifest, open_dataspace
 from aidi.errors import AidiError, NotFoundError
+from aidi.jobs.lifecycle import parse_time
 
 TABS = ("running", "finished", "failed")
 
@@ -117,20 +118,11 @@ def list_models(identity: Identity) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------- jobs
 
 
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def duration_seconds(start: str | None, end: str | None, now: datetime.datetime | None = None) -> int | None:
-    began = _parse_time(start)
+    began = parse_time(start)
     if began is None:
         return None
-    ended = _parse_time(end) or now or datetime.datetime.now(datetime.UTC)
+    ended = parse_time(end) or now or datetime.datetime.now(datetime.UTC)
     return max(0, int((ended - began).total_seconds()))
 
 

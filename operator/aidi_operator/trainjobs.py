@@ -294,7 +294,7 @@ async def post_events(api: KubeApi, body: dict[str, Any], events: list[tuple[str
         return
     meta = body.get("metadata") or {}
     namespace = meta.get("namespace") or "default"
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = lifecycle.timestamp(dt.datetime.now(dt.UTC))
     involved = {"apiVersion": tj.API_VERSION, "kind": tj.KIND, "name": meta.get("name"), "namespace": namespace,
                 "uid": meta.get("uid")}
 
