@@ -53,6 +53,8 @@ class OperatorState:
     pods: Any = None  # kopf.Index: (namespace, job) → PodState of each pod of the job
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     statuses: dict[JobKey, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)  # (uid, last written)
+    # New jobs whose status waits to be written: (uid, until when on the loop's clock, the status to write).
+    settling: dict[JobKey, tuple[str | None, float, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # kopf calls resource handlers only once every index is filled; the resync waits for the first one.
     indexed: bool = False
@@ -77,6 +79,7 @@ class OperatorState:
     def forget(self, key: JobKey) -> None:
         self.locks.pop(key, None)
         self.statuses.pop(key, None)
+        self.settling.pop(key, None)
         self.due.pop(key, None)
 
 

@@ -23,6 +23,7 @@ from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
 log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
 CREATE_RETRY_DELAY = 10.0
+STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written this long after its pods are made
 MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
 EVENT_SOURCE = "aidi-operator"
 
@@ -150,11 +151,15 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     namespace, name = key
     meta = body.get("metadata", {})
     now = dt.datetime.now(dt.UTC)
+    uid = meta.get("uid")
     cached_uid, cached = state.statuses.get(key, (None, None))
     # Our last write is fresher than the indexed body, unless the job is another one of the same name.
-    old_wire = cached if cached is not None and cached_uid == meta.get("uid") else body.get("status") or {}
+    old_wire = cached if cached is not None and cached_uid == uid else body.get("status") or {}
+    settling = state.settling.get(key)
+    if settling is not None and settling[0] != uid:
+        settling = None
     try:
-        status = tj.TrainJobStatus.model_validate(old_wire)
+        status = tj.TrainJobStatus.model_validate(settling[2] if settling is not None else old_wire)
     except ValidationError:
         status = tj.TrainJobStatus()  # written by someone else in a shape we do not know: start over
     try:
@@ -167,14 +172,17 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     pods = list((state.pods or {}).get(key, []))
     plan = lifecycle.decide(job, status, pods, now, meta.get("generation"))
     api = _api(state)
-    uid = meta.get("uid")
     await asyncio.gather(*(api.delete(core_path(namespace, "pods", pod)) for pod in plan.delete))
     refused = None
     if plan.create:
         refused = await _create_children(state, job, uid, plan)
     if plan.failed_pod:
         await _keep_log_tail(state, key, plan)
-    await _write_status(state, key, body, old_wire, plan.status)
+    if _settles(state, key, uid, old_wire, plan, refused, settling):
+        pass  # written once the new pods' first changes are in (the wake-up at the window's end)
+    else:
+        state.settling.pop(key, None)
+        await _write_status(state, key, body, old_wire, plan.status)
     await post_events(api, body, plan.events)
     if plan.wake_at is not None:
         state.wake(key, (plan.wake_at - now).total_seconds())
@@ -184,6 +192,31 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
         log.info(f"{namespace}/{name}: deleted, {job.spec.ttl_seconds_after_finished} s after it finished")
     if refused:
         raise kopf.TemporaryError(refused, delay=CREATE_RETRY_DELAY)
+
+
+def _settles(state: OperatorState, key: JobKey, uid: str | None, written: dict[str, Any], plan: lifecycle.Plan,
+             refused: str | None, settling: tuple[str | None, float, dict[str, Any]] | None) -> bool:
+    """Whether a brand-new job's status waits a moment before it is written.
+
+    Its pods' first changes (created, then scheduled or found unschedulable, often running) follow within
+    milliseconds, each a status change: written at once they cost a write and one more event each, per
+    job, when jobs are submitted by the hundred. Only a job never written before, on its first attempt,
+    settles — whatever else happens (a failure, a refused creation, the window over) is written at once,
+    and an operator stopped in the window loses nothing it cannot see again.
+    """
+    now = asyncio.get_running_loop().time()
+    if plan.status.restarts or plan.failed_pod or plan.delete_job or plan.status.phase in lifecycle.FINISHED:
+        return False
+    if settling is not None:
+        if now >= settling[1]:
+            return False
+        state.settling[key] = (uid, settling[1], plan.status.to_wire())
+        return True
+    if plan.create and refused is None and not written.get("phase"):
+        state.settling[key] = (uid, now + STATUS_SETTLE_SECONDS, plan.status.to_wire())
+        state.wake(key, STATUS_SETTLE_SECONDS)
+        return True
+    return False
 
 
 def _user_metadata(meta: dict[str, Any], namespace: str, name: str) -> dict[str, Any]:
