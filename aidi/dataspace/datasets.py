@@ -1,13 +1,24 @@
 """Versioned datasets on an object store, in the layout of docs/architecture.md ("Dataspace layout").
 
     datasets/<name>/<type>/<version>/<relative path of each file>
+    datasets/<name>/<type>/<version>/_claim.json       the number taken, by which upload: never removed
     datasets/<name>/<type>/<version>/_manifest.json    written last: the version exists once this does
 
 Versions are ``v1``, ``v2``, ...; ``latest`` is the newest complete version; versions are immutable.
-An upload writes its files straight into the next free version prefix, marked ``_pending.json``; until
-the manifest is written, nothing lists, resolves or downloads that version, and re-running the same
-upload (same paths, sizes and modification times) resumes into it, skipping files already stored with
-the same sha256. ``_deleted.json`` marks a removed version, so its number is never reused.
+Every step that two uploads could race for is one create-only write (``ObjectStore`` ``create_only``),
+which the store grants to exactly one writer:
+
+1. The claim: an upload takes the next number by creating ``vN/_claim.json`` (its upload id, the
+   fingerprint of its local files, who, when); if that exists, ``vN+1``, and so on. Only the claimant, or a
+   re-run of the same upload (same paths, sizes and modification times) resuming it, writes under ``vN/``.
+2. The files: each is created, never replaced; one already there with the same sha256 (a resumed upload)
+   is kept. Only a resumed upload replaces a file of its own uncommitted version whose sha256 differs.
+3. The commit: the manifest is created last. A second commit of ``vN`` fails, so a version's manifest and
+   files never change once it exists; ``latest`` (the highest complete number) only moves forward.
+
+Until the manifest exists, nothing lists, resolves or downloads the version. ``_deleted.json`` marks a
+removed version; the claim stays, so the number is never reused. Versions written before claims existed
+(marked ``_pending.json`` while uploading) read the same; an unfinished one is resumed by creating its claim.
 """
 
 from __future__ import annotations
@@ -27,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from aidi.dataspace.files import count_records, count_records_in, dataset_files, sha256_file
-from aidi.dataspace.store import BytesCallback, ObjectStore
+from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectStore
 from aidi.dataspace.transfer import Meter, run_parallel
-from aidi.errors import IntegrityError, NotFoundError, UsageError
+from aidi.errors import ConnectionFailed, IntegrityError, NotFoundError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +51,11 @@ LATEST = "latest"
 # Files up to this size are read into memory once, hashed and sent from there (jobs x this at most).
 IN_MEMORY_BYTES = 16 * 1024 * 1024
 MANIFEST = "_manifest.json"
-PENDING = "_pending.json"
+CLAIM = "_claim.json"
+PENDING = "_pending.json"  # the marker of uploads before claims: read, never written
 DELETED = "_deleted.json"
+# How many numbers an upload tries to claim before giving up (each one lost was taken by another upload).
+CLAIM_ATTEMPTS = 100
 MANIFEST_FORMAT = "aidi.dataspace/v1"
 # Dataset and model names, and version folders (models use the same rules: aidi/dataspace/registry.py).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -187,7 +201,7 @@ class Dataspace:
                              "(gt/pr JSON goes up with `hitc dataspace upload -d DATASET -t gt|pr -f FILE.json`)")
         started = time.monotonic()
         jobs = jobs or self.jobs
-        pairs = dataset_files(Path(path), reserved=(MANIFEST, PENDING, DELETED))
+        pairs = dataset_files(Path(path), reserved=(MANIFEST, CLAIM, PENDING, DELETED))
         stats = {rel: file.stat() for rel, file in pairs}
         state = TransferProgress(files_total=len(pairs), bytes_total=sum(st.st_size for st in stats.values()))
         meter = Meter((lambda: progress(state)) if progress else None)
@@ -211,13 +225,34 @@ class Dataspace:
 
         version, resumed = self._claim_version(name, type, local_fingerprint(pairs, binds))
         prefix = self.version_prefix(name, type, version)
+        try:
+            outcomes, manifest = self._write_version(name, type, version, pairs, stats, known, resumed, binds,
+                                                     state, meter, jobs)
+        except ConnectionFailed as exc:
+            raise ConnectionFailed(f"{exc}. {name}/{type} {version} was not committed: run the same upload again "
+                                   "once the server answers, and it resumes where this one stopped") from None
+        state.phase = "done"
+        meter.tick(force=True)
+        sent = [entry for entry, was_sent in outcomes if was_sent]
+        return replace(result, version=version, transferred_files=len(sent),
+                       transferred_bytes=sum(entry.size for entry in sent),
+                       skipped_files=len(outcomes) - len(sent),
+                       skipped_bytes=result.bytes - sum(entry.size for entry in sent),
+                       seconds=time.monotonic() - started, uri=self.store.uri(prefix), manifest=manifest)
+
+    def _write_version(self, name: str, type: str, version: str, pairs: list[tuple[str, Path]],
+                       stats: dict[str, os.stat_result], known: dict[str, FileEntry], resumed: bool,
+                       binds: dict[str, Any] | None, state: TransferProgress, meter: Meter,
+                       jobs: int) -> tuple[list[tuple[FileEntry, bool]], Manifest]:
+        """Store the files under the claimed ``version``, then create its manifest (the commit)."""
+        prefix = self.version_prefix(name, type, version)
         # Only a resumed version can hold files already; a fresh one needs no per-file lookups.
         present = {info.key for info in self.store.list(prefix)} if resumed else set()
         state.phase, state.files_done, state.bytes_done = "uploading", 0, 0
         meter.tick(force=True)
         outcomes = run_parallel(
             lambda pair: self._upload_one(prefix, pair[0], pair[1], stats[pair[0]], known.get(pair[0]), present,
-                                          state, meter),
+                                          resumed, state, meter),
             pairs, jobs)
         entries = [entry for entry, _ in outcomes]
 
@@ -226,22 +261,21 @@ class Dataspace:
         manifest = Manifest(name=name, type=type, version=version, files=tuple(entries),
                             uploader=self.uploader or getpass.getuser(), created=_now(),
                             fingerprint=content_fingerprint(entries, binds), binds=binds)
-        if self.store.stat(prefix + MANIFEST) is None:
-            # Written last: from here on the version exists.
-            self.store.put_bytes(prefix + MANIFEST, json.dumps(manifest.to_json(), indent=1).encode())
-        else:
-            manifest = self._read_manifest(name, type, version)  # a concurrent identical upload finished first
-        self.store.delete(prefix + PENDING)
+        try:
+            # Created last, once: from here on the version exists, and nothing may change it.
+            self.store.put_bytes(prefix + MANIFEST, json.dumps(manifest.to_json(), indent=1).encode(),
+                                 create_only=True)
+        except ObjectExists:
+            committed = self._read_manifest(name, type, version)  # a re-run of this upload committed first
+            if committed.fingerprint != manifest.fingerprint:
+                raise IntegrityError(f"{name}/{type} {version} was committed by another run of this upload with "
+                                     "other content (did the files change?); nothing of this run was kept: "
+                                     "upload again") from None
+            manifest = committed
         if resumed:
+            self.store.delete(prefix + PENDING)  # a version begun before claims existed
             self.store.abort_uploads(prefix)  # parts of big files from the interrupted attempt
-        state.phase = "done"
-        meter.tick(force=True)
-        sent = [entry for entry, was_sent in outcomes if was_sent]
-        return replace(result, version=version, transferred_files=len(sent),
-                       transferred_bytes=sum(entry.size for entry in sent),
-                       skipped_files=len(entries) - len(sent),
-                       skipped_bytes=result.bytes - sum(entry.size for entry in sent),
-                       seconds=time.monotonic() - started, uri=self.store.uri(prefix), manifest=manifest)
+        return outcomes, manifest
 
     def _describe(self, pairs: list[tuple[str, Path]], state: TransferProgress, meter: Meter,
                   jobs: int) -> list[FileEntry]:
@@ -260,9 +294,10 @@ class Dataspace:
         return run_parallel(describe, pairs, jobs)
 
     def _upload_one(self, prefix: str, rel: str, file: Path, before: os.stat_result, known: FileEntry | None,
-                    present: set[str], state: TransferProgress, meter: Meter) -> tuple[FileEntry, bool]:
-        """Describe one file and store it unless an identical copy is there already (a resumed upload).
-        Small files are read once: the bytes hashed are the bytes sent."""
+                    present: set[str], resumed: bool, state: TransferProgress,
+                    meter: Meter) -> tuple[FileEntry, bool]:
+        """Describe one file and create its object unless an identical copy is there already (a resumed
+        upload). Small files are read once: the bytes hashed are the bytes sent."""
         key = prefix + rel
         data = file.read_bytes() if before.st_size <= IN_MEMORY_BYTES else None
         if known is not None:
@@ -280,11 +315,9 @@ class Dataspace:
             return entry, False
 
         sent_before = state.bytes_done
-        if data is not None:
-            self.store.put_bytes(key, data, metadata={"sha256": entry.sha256})
-        else:
-            self.store.put_file(key, file, metadata={"sha256": entry.sha256},
-                                progress=_byte_counter(state, meter))
+        if not self._create_file(key, file, data, entry, resumed, state, meter):
+            _count_skipped(state, meter, entry.size)  # an earlier attempt of this upload stored it meanwhile
+            return entry, False
         after = file.stat()
         if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
             raise IntegrityError(f"{file} changed while it was being uploaded; nothing was committed: upload again "
@@ -297,34 +330,80 @@ class Dataspace:
         meter.tick()
         return entry, True
 
+    def _create_file(self, key: str, file: Path, data: bytes | None, entry: FileEntry, may_replace: bool,
+                     state: TransferProgress, meter: Meter) -> bool:
+        """Create ``key`` from ``data`` (or ``file``); False when it exists with this content already. An
+        object with other content is replaced only in a resumed version (``may_replace``) that is not
+        committed: nobody but a run of this upload writes there."""
+        metadata = {"sha256": entry.sha256}
+        for attempt in range(2):
+            try:
+                if data is not None:
+                    self.store.put_bytes(key, data, metadata=metadata, create_only=True)
+                else:
+                    self.store.put_file(key, file, metadata=metadata, progress=_byte_counter(state, meter),
+                                        create_only=True)
+                return True
+            except ObjectExists:
+                stored = self.store.stat(key)
+                if stored is not None and stored.size == entry.size and stored.sha256 == entry.sha256:
+                    return False
+                version_prefix = key[:len(key) - len(entry.path)]
+                if attempt or not may_replace or self.store.exists(version_prefix + MANIFEST):
+                    raise IntegrityError(f"{self.store.uri(key)} exists with other content, written by another "
+                                         "upload; nothing of this one was committed: upload again") from None
+                log.info("replacing %s, left with other content by an interrupted attempt", key)
+                self.store.delete(key)
+        raise AssertionError("unreachable")
+
     def _claim_version(self, name: str, type: str, fingerprint: str) -> tuple[str, bool]:
         """The version this upload writes into: an unfinished upload of the same content newer than every
-        complete version (resume), else the next unused number, marked pending with our upload id."""
+        complete version (resume), else the next number whose claim this upload creates."""
         states = self._version_states(name, type)
         newest_complete = max((n for n, state in states.items() if state == "complete"), default=0)
+        claim = {"upload_id": secrets.token_hex(8), "fingerprint": fingerprint,
+                 "uploader": self.uploader or getpass.getuser(), "started": _now()}
         for number in sorted(states, reverse=True):
             if number <= newest_complete:
                 break
-            if states[number] == "pending":
-                marker = self._read_json(self.version_prefix(name, type, f"v{number}") + PENDING)
-                if marker and marker.get("fingerprint") == fingerprint:
-                    log.info("resuming the unfinished upload of %s/%s v%d", name, type, number)
-                    return f"v{number}", True
-        for _ in range(5):
-            number = max(states, default=0) + 1
-            version = f"v{number}"
-            upload_id = secrets.token_hex(8)
-            marker_key = self.version_prefix(name, type, version) + PENDING
-            self.store.put_bytes(marker_key, json.dumps({
-                "upload_id": upload_id, "fingerprint": fingerprint, "uploader": self.uploader or getpass.getuser(),
-                "started": _now()}).encode())
-            # Two uploaders may pick the same number; the marker's last writer owns it, the other moves on.
-            marker = self._read_json(marker_key)
-            if marker and marker.get("upload_id") == upload_id:
-                return version, False
-            states[number] = "pending"
-        raise UsageError(f"could not claim a new version of {name}/{type}: other uploads keep taking the next "
-                         "number; try again")
+            if states[number] == "pending" and self._resumable(name, type, f"v{number}", claim):
+                log.info("resuming the unfinished upload of %s/%s v%d", name, type, number)
+                return f"v{number}", True
+        number = max(states, default=0)
+        holder: dict[str, Any] = {}
+        for _ in range(CLAIM_ATTEMPTS):
+            number += 1
+            owner = self._create_claim(name, type, f"v{number}", claim)
+            if owner is None:
+                return f"v{number}", False
+            holder = owner
+        raise UsageError(f"could not claim a version of {name}/{type}: v{number - CLAIM_ATTEMPTS + 1} to v{number} "
+                         f"were all taken by other uploads meanwhile (the last by {holder.get('uploader', '?')}, "
+                         f"started {holder.get('started', '?')}); try again")
+
+    def _create_claim(self, name: str, type: str, version: str, claim: dict[str, Any]) -> dict[str, Any] | None:
+        """Create ``version``'s claim; None when it is ours, else the claim that holds it."""
+        key = self.version_prefix(name, type, version) + CLAIM
+        try:
+            self.store.put_bytes(key, json.dumps(claim).encode(), create_only=True)
+            return None
+        except ObjectExists:
+            holder = self._read_json(key) or {}
+            # Our own claim when the answer to a first attempt was lost and the retry found it.
+            return None if holder.get("upload_id") == claim["upload_id"] else holder
+
+    def _resumable(self, name: str, type: str, version: str, claim: dict[str, Any]) -> bool:
+        """Whether the pending ``version`` was begun by this same upload (same local fingerprint). A
+        version begun before claims existed has only ``_pending.json``: its claim is created now."""
+        prefix = self.version_prefix(name, type, version)
+        holder = self._read_json(prefix + CLAIM)
+        if holder is not None:
+            return bool(holder.get("fingerprint") == claim["fingerprint"])
+        legacy = self._read_json(prefix + PENDING)
+        if not legacy or legacy.get("fingerprint") != claim["fingerprint"]:
+            return False
+        owner = self._create_claim(name, type, version, claim)
+        return owner is None or owner.get("fingerprint") == claim["fingerprint"]
 
     def bind_annotations(self, dataset: str, kind: str, json_file: str | os.PathLike[str], *,
                          progress: ProgressCallback | None = None) -> TransferResult:
@@ -374,7 +453,8 @@ class Dataspace:
         found = []
         for number, state in sorted(self._version_states(name, type).items()):
             if state == "pending":
-                marker = self._read_json(self.version_prefix(name, type, f"v{number}") + PENDING) or {}
+                prefix = self.version_prefix(name, type, f"v{number}")
+                marker = self._read_json(prefix + CLAIM) or self._read_json(prefix + PENDING) or {}
                 found.append({"version": f"v{number}", "uploader": marker.get("uploader"),
                               "started": marker.get("started")})
         return found
@@ -446,14 +526,14 @@ class Dataspace:
             raise UsageError("name the version to delete, e.g. --version v3 (`latest` is refused: it may have "
                              "moved since you looked)")
         prefix = self.version_prefix(name, type, version)
-        objects = [info.key for info in self.store.list(prefix) if not info.key.endswith("/" + DELETED)]
+        # The claim and the tombstone stay: they keep the number taken, so it never means other content.
+        objects = [info.key for info in self.store.list(prefix) if _basename(info.key) not in (DELETED, CLAIM)]
         if not objects:
             raise self._missing(name, type, version)
         removed = 0
         if prefix + MANIFEST in objects:
             self.store.delete(prefix + MANIFEST)
             removed += 1
-        # The tombstone keeps the number taken, so a later upload never reuses it for other content.
         self.store.put_bytes(prefix + DELETED, json.dumps({"deleted_by": self.uploader or getpass.getuser(),
                                                            "deleted": _now()}).encode())
         for key in objects:
@@ -473,8 +553,8 @@ class Dataspace:
     # -- helpers ----------------------------------------------------------------------------------------
 
     def _version_states(self, name: str, type: str) -> dict[int, str]:
-        """Every version number used under ``name``/``type``: complete, pending, deleted, or orphan
-        (files without manifest or marker: an interrupted delete)."""
+        """Every version number used under ``name``/``type``: complete, deleted, pending (claimed, or marked
+        ``_pending.json`` by an upload before claims), or orphan (files without manifest or marker)."""
         numbers = []
         for info in self.store.list(f"datasets/{name}/{type}/", recursive=False):
             match = VERSION_RE.match(_basename(info.key))
@@ -483,7 +563,8 @@ class Dataspace:
 
         def state_of(number: int) -> str:
             prefix = self.version_prefix(name, type, f"v{number}")
-            for marker, state in ((MANIFEST, "complete"), (PENDING, "pending"), (DELETED, "deleted")):
+            for marker, state in ((MANIFEST, "complete"), (DELETED, "deleted"), (CLAIM, "pending"),
+                                  (PENDING, "pending")):
                 if self.store.stat(prefix + marker) is not None:
                     return state
             return "orphan"

@@ -1,13 +1,16 @@
 """The local-folder object store (``file:///path``): the embedded default for one machine.
 
 Object ``KEY`` is the file ``ROOT/KEY``. Writes go to ``ROOT/.tmp/`` and are renamed into place, so a
-reader never sees half a file; an object's metadata lives in ``ROOT/.meta/KEY.json``. Both folders are
-hidden from ``list``.
+reader never sees half a file; an object's metadata lives in ``ROOT/.meta/KEY.json``. A ``create_only``
+write checks for the key and renames into place while holding ``flock`` on ``ROOT/.locks/create`` (the
+data is written before, outside the lock), so two processes creating the same key cannot both win; the
+kernel drops the lock of a killed process. These folders are hidden from ``list``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,10 +20,10 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_key
+from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
-_HIDDEN = (".tmp", ".meta")
+_HIDDEN = (".tmp", ".meta", ".locks")
 STALE_TEMP_SECONDS = 3600
 _CHUNK = 1 << 20
 
@@ -54,7 +57,18 @@ class LocalStore(ObjectStore):
         tmp.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(dir=tmp, prefix="put-")
 
-    def _commit(self, key: str, temp: str, metadata: Mapping[str, str] | None) -> ObjectInfo:
+    def _commit(self, key: str, temp: str, metadata: Mapping[str, str] | None, create_only: bool) -> ObjectInfo:
+        if not create_only:
+            return self._replace(key, temp, metadata)
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / "create", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by close, or by the kernel when the process dies
+            if self._path(key).is_file():
+                raise ObjectExists(key, self.uri(key))
+            return self._replace(key, temp, metadata)
+
+    def _replace(self, key: str, temp: str, metadata: Mapping[str, str] | None) -> ObjectInfo:
         target = self._path(key)
         if target.is_dir():
             os.unlink(temp)
@@ -77,7 +91,7 @@ class LocalStore(ObjectStore):
         return ObjectInfo(key=key, size=st.st_size, metadata=metadata, modified=st.st_mtime)
 
     def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
-                 progress: BytesCallback | None = None) -> ObjectInfo:
+                 progress: BytesCallback | None = None, create_only: bool = False) -> ObjectInfo:
         check_key(key)
         fd, temp = self._temp()
         try:
@@ -86,19 +100,20 @@ class LocalStore(ObjectStore):
                     out.write(chunk)
                     if progress:
                         progress(len(chunk))
-            return self._commit(key, temp, metadata)
+            return self._commit(key, temp, metadata, create_only)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  create_only: bool = False) -> ObjectInfo:
         check_key(key)
         fd, temp = self._temp()
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-            return self._commit(key, temp, metadata)
+            return self._commit(key, temp, metadata, create_only)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)

@@ -4,6 +4,12 @@ Big files go up in multipart uploads with parts in parallel; every call is retri
 backoff on transient failures (connection resets, 5xx, SlowDown). Errors a user can fix become one
 ``aidi.errors`` line: credentials refused (``AuthError``), endpoint unreachable (``ConnectionFailed``),
 bucket missing (``NotFoundError``). The secret key appears in none of them.
+
+``create_only`` writes send ``If-None-Match: *`` (on the PUT, or on the CompleteMultipartUpload of a
+multipart upload); the server answers 412 when the key exists, which becomes ``ObjectExists``. MinIO,
+AWS S3 and SeaweedFS (4.48, tested by tests/dataspace/test_store.py) decide this atomically. A server
+that ignores the header would silently replace the object, so the first create-only write of a store
+checks once that the server refuses a second create of the same (scratch) key.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import io
 import logging
 import os
 import random
+import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -29,7 +37,7 @@ from minio.credentials import Credentials
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from aidi.dataspace.endpoint import DataspaceConfig
-from aidi.dataspace.store import BytesCallback, ObjectInfo, ObjectStore, check_key
+from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key
 from aidi.errors import AidiError, AuthError, ConnectionFailed, IntegrityError, NotFoundError
 
 # minio's type for a header's value.
@@ -51,6 +59,9 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
 
 
 _KNOWN_SHA256 = "x-aidi-known-sha256"
+# Set (per thread) while a create-only multipart upload runs: its CompleteMultipartUpload gets the condition.
+_create_only = threading.local()
+CONDITION_PROBE = "_aidi/conditional-write-probe/"
 
 
 class _Minio(Minio):
@@ -80,6 +91,18 @@ class _Minio(Minio):
         headers["x-amz-date"] = minio_time.to_amz_date(date)
         return headers, date
 
+    def _execute(self, method: str, bucket_name: str | None = None, object_name: str | None = None,
+                 body: bytes | None = None, headers: dict[str, HeaderValue] | None = None,
+                 query_params: dict[str, HeaderValue] | None = None, preload_content: bool = True,
+                 no_body_trace: bool = False) -> urllib3.BaseHTTPResponse:
+        """minio completes multipart uploads with no way to pass a header; a create-only one needs
+        ``If-None-Match: *`` exactly there (the parts themselves are invisible until then)."""
+        if method == "POST" and "uploadId" in (query_params or {}) and getattr(_create_only, "active", False):
+            headers = {**(headers or {}), "If-None-Match": "*"}
+        return super()._execute(method, bucket_name, object_name, body=body, headers=headers,
+                                query_params=query_params, preload_content=preload_content,
+                                no_body_trace=no_body_trace)
+
 
 class S3Store(ObjectStore):
     def __init__(self, config: DataspaceConfig, jobs: int = 8, part_size: int = PART_SIZE) -> None:
@@ -96,6 +119,8 @@ class S3Store(ObjectStore):
             retries=urllib3.Retry(total=3, connect=1, read=1, backoff_factor=0.2,
                                   status_forcelist=[500, 502, 503, 504]),
         )
+        self._conditions_checked = False
+        self._conditions_lock = threading.Lock()
         self.client = _Minio(parts.netloc, access_key=config.access_key or None,
                             secret_key=config.secret_key or None, secure=parts.scheme == "https",
                             region=config.region, http_client=http)
@@ -125,6 +150,8 @@ class S3Store(ObjectStore):
                                       "upload again")
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return NotFoundError(f"{self.uri(exc.object_name or '')} does not exist")
+            if exc.code == "PreconditionFailed":  # only create-only writes send a condition
+                return ObjectExists(exc.object_name or "", self.uri(exc.object_name or ""))
             if exc.code in _TRANSIENT_CODES:
                 return None
             return AidiError(f"{where} answered {exc.code} ({exc.message}) while trying to {what}")
@@ -140,6 +167,37 @@ class S3Store(ObjectStore):
                                     f"and the endpoint (from {self.config.source}; `hitc init --endpoint URL` sets "
                                     "it)")
         return None  # resets, timeouts, protocol errors: worth another attempt
+
+    def _no_conditional_writes(self, why: str) -> AidiError:
+        return AidiError(f"the dataspace at {self.endpoint} does not support conditional writes "
+                         f"(If-None-Match: *): {why}. Without them two uploads could take the same version; "
+                         "upgrade the S3 server (MinIO, AWS S3 and SeaweedFS 4.48 support them)")
+
+    def _check_conditional_writes(self) -> None:
+        """Once per store: a second create-only write of one scratch key must be refused."""
+        with self._conditions_lock:
+            if self._conditions_checked:
+                return
+            key = CONDITION_PROBE + secrets.token_hex(8)
+            headers: dict[str, HeaderValue] = {"If-None-Match": "*"}
+            what = "write a scratch object (to check conditional writes)"
+            try:
+                try:
+                    self._call(what, lambda: self.client._put_object(self.bucket, key, b"1", headers=dict(headers)))
+                except ObjectExists:
+                    raise
+                except AidiError as exc:
+                    if "NotImplemented" in str(exc):
+                        raise self._no_conditional_writes("it answered NotImplemented") from None
+                    raise
+                try:
+                    self._call(what, lambda: self.client._put_object(self.bucket, key, b"2", headers=dict(headers)))
+                except ObjectExists:
+                    self._conditions_checked = True
+                    return
+                raise self._no_conditional_writes("it replaced an existing object a create-only write named")
+            finally:
+                self.delete(key)
 
     def _bucket_missing(self) -> NotFoundError:
         return NotFoundError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it with `hitc init "
@@ -182,14 +240,14 @@ class S3Store(ObjectStore):
         self._call(f"create bucket {self.bucket!r}", lambda: self.client.make_bucket(self.bucket))
 
     def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
-                 progress: BytesCallback | None = None) -> ObjectInfo:
+                 progress: BytesCallback | None = None, create_only: bool = False) -> ObjectInfo:
         check_key(key)
         size = os.path.getsize(path)
-        if (metadata or {}).get("sha256") and size <= self.part_size:
+        if ((metadata or {}).get("sha256") or create_only) and size <= self.part_size:
             data = Path(path).read_bytes()
             if len(data) != size:
                 raise IntegrityError(f"{path} changed while it was being uploaded; upload again")
-            info = self.put_bytes(key, data, metadata)
+            info = self.put_bytes(key, data, metadata, create_only=create_only)
             if progress:
                 progress(size)
             return info
@@ -200,22 +258,42 @@ class S3Store(ObjectStore):
             self.client.fput_object(self.bucket, key, os.fspath(path), metadata=dict(metadata or {}),
                                     part_size=self.part_size, num_parallel_uploads=PARALLEL_PARTS,
                                     progress=tracker if progress else None)
-        self._call(f"upload {key}", put)
+        self._put_multipart(key, put, create_only)
         return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  create_only: bool = False) -> ObjectInfo:
         """With a ``sha256`` in ``metadata``, the PUT is signed with it instead of hashing ``data`` again."""
         check_key(key)
         metadata = dict(metadata or {})
-        headers_meta: dict[str, HeaderValue] = dict(metadata)
-        if metadata.get("sha256") and len(data) <= self.part_size:
-            headers = {"Content-Type": "application/octet-stream", _KNOWN_SHA256: metadata["sha256"],
-                       **{META_PREFIX + name: value for name, value in metadata.items()}}
-            self._call(f"upload {key}", lambda: self.client._put_object(self.bucket, key, data, headers=dict(headers)))
-        else:
-            self._call(f"upload {key}", lambda: self.client.put_object(
-                self.bucket, key, io.BytesIO(data), len(data), metadata=headers_meta))
+        if create_only:
+            self._check_conditional_writes()
+        if len(data) > self.part_size:
+            self._put_multipart(key, lambda: self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), metadata=dict(metadata), part_size=self.part_size,
+                num_parallel_uploads=PARALLEL_PARTS), create_only)
+            return ObjectInfo(key=key, size=len(data), metadata=metadata)
+        headers: dict[str, HeaderValue] = {"Content-Type": "application/octet-stream",
+                                           **{META_PREFIX + name: value for name, value in metadata.items()}}
+        if metadata.get("sha256"):
+            headers[_KNOWN_SHA256] = metadata["sha256"]
+        if create_only:
+            headers["If-None-Match"] = "*"
+        self._call(f"upload {key}", lambda: self.client._put_object(self.bucket, key, data, headers=dict(headers)))
         return ObjectInfo(key=key, size=len(data), metadata=metadata)
+
+    def _put_multipart(self, key: str, upload: Callable[[], object], create_only: bool) -> None:
+        """Run a minio multipart ``upload`` (retried), its completion conditional when ``create_only``."""
+        if create_only:
+            self._check_conditional_writes()
+
+        def put() -> None:
+            _create_only.active = create_only
+            try:
+                upload()
+            finally:
+                _create_only.active = False
+        self._call(f"upload {key}", put)
 
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:

@@ -3,6 +3,11 @@
 Keys are ``/``-separated paths (``datasets/adasmini_4pe/trainset/v1/vehicle/train.rec``). Writes are
 atomic per object: a reader sees the whole object or none of it. Each object can carry small string
 metadata (the dataspace stores each file's ``sha256`` there).
+
+A write with ``create_only=True`` succeeds only if the key does not exist yet, decided by the store in one
+step (S3: ``If-None-Match: *``, answered 412 when the key exists; a folder: the rename under a lock), so of
+two writers of the same key exactly one wins and the other gets ``ObjectExists``. This is what claims
+version numbers and commits versions (aidi/dataspace/datasets.py).
 """
 
 from __future__ import annotations
@@ -12,8 +17,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from aidi.errors import AidiError
+
 # Called with the number of bytes just transferred; must be thread-safe (transfers run in parallel).
 BytesCallback = Callable[[int], None]
+
+
+class ObjectExists(AidiError):
+    """A ``create_only`` write found its key taken (by another writer, or by an earlier attempt of this one
+    whose answer was lost: callers compare what is there with what they meant to write)."""
+
+    def __init__(self, key: str, uri: str) -> None:
+        super().__init__(f"{uri} exists already")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -46,8 +62,9 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_file(self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None,
-                 progress: BytesCallback | None = None) -> ObjectInfo:
-        """Upload a local file (multipart, parts in parallel, for big files) with string ``metadata``."""
+                 progress: BytesCallback | None = None, create_only: bool = False) -> ObjectInfo:
+        """Upload a local file (multipart, parts in parallel, for big files) with string ``metadata``.
+        ``create_only``: raise ``ObjectExists`` instead of replacing an existing object."""
 
     @abstractmethod
     def get_file(self, key: str, path: str | os.PathLike[str], progress: BytesCallback | None = None,
@@ -57,8 +74,9 @@ class ObjectStore(ABC):
         mismatch."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Store a small object from memory."""
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None,
+                  create_only: bool = False) -> ObjectInfo:
+        """Store a small object from memory; ``create_only`` as in ``put_file``."""
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:

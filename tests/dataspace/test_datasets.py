@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aidi.dataspace import Dataspace
-from aidi.dataspace.datasets import MANIFEST, PENDING, local_fingerprint
+from aidi.dataspace.datasets import CLAIM, MANIFEST, PENDING, local_fingerprint
 from aidi.dataspace.files import dataset_files
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 from tests.dataspace.conftest import make_tree, same_tree, write_rec
@@ -27,7 +27,7 @@ def test_upload_writes_the_layout_and_manifest(ds: Dataspace, folder: Path) -> N
     assert (result.version, result.files, result.transferred_files, result.skipped_files) == ("v1", 4, 4, 0)
     keys = [info.key for info in ds.store.list("datasets/")]
     assert keys == [f"datasets/adasmini/trainset/v1/{rel}" for rel in
-                    ("README", MANIFEST, "vehicle/val.idx", "vehicle/val.lst", "vehicle/val.rec")]
+                    ("README", CLAIM, MANIFEST, "vehicle/val.idx", "vehicle/val.lst", "vehicle/val.rec")]
     manifest = json.loads(ds.store.get_bytes("datasets/adasmini/trainset/v1/_manifest.json"))
     assert (manifest["name"], manifest["type"], manifest["version"], manifest["uploader"]) == \
         ("adasmini", "trainset", "v1", "tester")

@@ -12,7 +12,8 @@ from minio.error import S3Error
 
 from aidi.dataspace import DataspaceConfig, open_dataspace
 from aidi.dataspace.s3 import S3Store
-from aidi.errors import AuthError, ConnectionFailed, NotFoundError
+from aidi.dataspace.store import ObjectExists
+from aidi.errors import AidiError, AuthError, ConnectionFailed, NotFoundError
 from tests.support.seaweedfs import free_port
 
 
@@ -118,3 +119,31 @@ def test_a_resumed_upload_discards_the_parts_its_killed_attempt_left(s3_server, 
 
     assert ds.upload_dataset("n", "dataset", tmp_path / "d").version == "v1"
     assert client._list_multipart_uploads(config.bucket, prefix=prefix).uploads == []
+
+
+def test_a_create_only_multipart_upload_is_refused_at_completion(s3_server, tmp_path: Path) -> None:
+    store = S3Store(_config(s3_server), part_size=5 * 1024 * 1024)
+    store.check(create=True)
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"a" * (6 * 1024 * 1024))  # two parts
+    store.put_file("big.bin", src, metadata={"sha256": "a"}, create_only=True)
+    src.write_bytes(b"b" * (6 * 1024 * 1024))
+    with pytest.raises(ObjectExists):
+        store.put_file("big.bin", src, metadata={"sha256": "b"}, create_only=True)
+    assert store.get_bytes("big.bin")[:1] == b"a" and store.stat("big.bin").sha256 == "a"
+    assert store.abort_uploads("") <= 1  # the refused upload's parts, if the server kept them
+
+
+def test_a_server_that_ignores_conditional_writes_is_refused(s3_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = S3Store(_config(s3_server))
+    store.check(create=True)
+    put = store.client._put_object
+
+    def without_conditions(bucket, key, data, headers=None, query_params=None):  # an old server: no If-None-Match
+        return put(bucket, key, data, headers={k: v for k, v in (headers or {}).items() if k != "If-None-Match"})
+
+    monkeypatch.setattr(store.client, "_put_object", without_conditions)
+    with pytest.raises(AidiError, match=r"does not support conditional writes \(If-None-Match: \*\).*upgrade"):
+        store.put_bytes("datasets/x/trainset/v1/_claim.json", b"{}", create_only=True)
+    assert store.stat("datasets/x/trainset/v1/_claim.json") is None
+    assert list(store.list("_aidi/")) == []  # the scratch object is gone

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from aidi.dataspace import Dataspace
+from aidi.dataspace.store import ObjectExists
 from aidi.errors import IntegrityError, NotFoundError
 
 
@@ -92,3 +95,34 @@ def test_local_store_clears_temporary_files_of_killed_writes(tmp_path: Path) -> 
     assert store.abort_uploads("datasets/") == 1
     assert not stale.exists() and fresh.exists()
     assert [info.key for info in store.list()] == ["a"]  # temporary files were never listed
+
+
+def test_create_only_writes_never_replace(ds: Dataspace, tmp_path: Path) -> None:
+    store = ds.store
+    store.put_bytes("c/claim.json", b"first", metadata={"sha256": "1"}, create_only=True)
+    with pytest.raises(ObjectExists):
+        store.put_bytes("c/claim.json", b"second", metadata={"sha256": "2"}, create_only=True)
+    (tmp_path / "f.bin").write_bytes(b"third")
+    with pytest.raises(ObjectExists):
+        store.put_file("c/claim.json", tmp_path / "f.bin", create_only=True)
+    assert store.get_bytes("c/claim.json") == b"first" and store.stat("c/claim.json").sha256 == "1"
+    store.delete("c/claim.json")
+    store.put_file("c/claim.json", tmp_path / "f.bin", create_only=True)  # a removed key can be created again
+    assert store.get_bytes("c/claim.json") == b"third"
+
+
+def test_of_racing_create_only_writers_exactly_one_wins(ds: Dataspace) -> None:
+    barrier = threading.Barrier(8)
+
+    def create(index: int) -> bool:
+        barrier.wait()
+        try:
+            ds.store.put_bytes("race/key", f"writer {index}".encode(), create_only=True)
+            return True
+        except ObjectExists:
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(create, range(8)))
+    assert won.count(True) == 1
+    assert ds.store.get_bytes("race/key") == f"writer {won.index(True)}".encode()
