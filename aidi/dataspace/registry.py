@@ -1,13 +1,17 @@
 """Released models in the dataspace: versioned, immutable, every file with its md5 (docs/phase2.md).
 
     models/<name>/<version>/<relative path of each file>
+    models/<name>/<version>/_claim.json                    the number taken (create-only), never removed
     models/<name>/<version>/_model.json                    written last: the version exists once this does
     models/<name>/<version>/compiled/<target>/...           artefacts added later (ONNX and its check log)
     models/<name>/<version>/compiled/<target>/_artifact.json written last for that artefact
 
-Versions are ``v1``, ``v2``, ...; a version's files never change once ``_model.json`` exists. Compiled
-artefacts are added beside them (each one write-once, with its own record), so a model can be compiled
-after it was released without becoming a new version.
+Versions are ``v1``, ``v2``, ...; a version's files never change once ``_model.json`` exists. As for
+datasets (aidi/dataspace/datasets.py), an append claims its number with a create-only ``_claim.json`` (the
+next one if that exists), creates its files and then the record, each create-only: two appends never share
+a version, and nothing replaces a file of a released one. Compiled artefacts are added beside them (each
+one write-once, with its own record, created last), so a model can be compiled after it was released
+without becoming a new version.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,15 +34,15 @@ from pydantic import Field, field_validator
 
 from aidi.api.sections import Section, Sections, Text, load_sections
 from aidi.dataspace import refs as dsref
-from aidi.dataspace.datasets import LATEST, NAME_RE, PENDING, VERSION_RE
-from aidi.dataspace.store import ObjectStore
+from aidi.dataspace.datasets import CLAIM, CLAIM_ATTEMPTS, LATEST, NAME_RE, PENDING, VERSION_RE
+from aidi.dataspace.store import ObjectExists, ObjectStore
 from aidi.dataspace.transfer import run_parallel
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
 MODEL_RECORD = "_model.json"
 ARTIFACT_RECORD = "_artifact.json"
 MODEL_FORMAT = "aidi.model/v1"
-_RESERVED = ("compiled/", MODEL_RECORD, PENDING)
+_RESERVED = ("compiled/", MODEL_RECORD, CLAIM, PENDING)
 _CHUNK = 1 << 20
 
 
@@ -251,17 +256,30 @@ class ModelRegistry:
 
         def put(item: tuple[tuple[str, Path], tuple[str, str], int]) -> ModelFile:
             (rel, file), (md5, sha), size = item
-            self.store.put_file(prefix + rel, file, metadata={"md5": md5, "sha256": sha})
+            self._create(prefix + rel, file, md5, sha)
             return ModelFile(rel, size, md5, sha)
 
         entries = run_parallel(put, described, self.jobs)
         record = ModelVersion(name=name, version=version, files=entries, created=_now(),
                               uploader=self.uploader or getpass.getuser(), source_job=source_job, source=source,
                               metrics=metrics or {}, description=description)
-        self.store.put_bytes(prefix + MODEL_RECORD, json.dumps(record.to_json(), indent=1).encode())
-        self.store.delete(prefix + PENDING)
+        # Only this append writes under its claimed version, so the record cannot exist yet; create-only
+        # all the same, so that nothing could ever replace a released version's record.
+        self.store.put_bytes(prefix + MODEL_RECORD, json.dumps(record.to_json(), indent=1).encode(),
+                             create_only=True)
         record.uri = self.store.uri(prefix)
         return record
+
+    def _create(self, key: str, file: Path, md5: str, sha: str) -> None:
+        """Create ``key`` from ``file``; one already there is ours only if it has this content (the answer
+        to a first attempt was lost)."""
+        try:
+            self.store.put_file(key, file, metadata={"md5": md5, "sha256": sha}, create_only=True)
+        except ObjectExists:
+            stored = self.store.stat(key)
+            if stored is None or stored.sha256 != sha:
+                raise IntegrityError(f"{self.store.uri(key)} exists with other content, written by another "
+                                     "append; nothing of this one was released: append again") from None
 
     def append_spec(self, spec: AppendSpec, dataspace: Any = None) -> ModelVersion:
         """Append what ``model_append.yaml`` names; a dataspace source is fetched to a temporary folder first."""
@@ -293,17 +311,39 @@ class ModelRegistry:
             self.store.put_file(prefix + rel, file, metadata={"md5": md5, "sha256": sha})
             entries.append(ModelFile(rel, file.stat().st_size, md5, sha).to_json())
         artifact = {"target": target, "created": _now(), "files": entries, **(info or {})}
-        self.store.put_bytes(prefix + ARTIFACT_RECORD, json.dumps(artifact, indent=1).encode())
+        try:
+            self.store.put_bytes(prefix + ARTIFACT_RECORD, json.dumps(artifact, indent=1).encode(), create_only=True)
+        except ObjectExists:
+            raise UsageError(f"{name} {record.version} got a compiled {target} artefact from another run meanwhile "
+                             f"({self.store.uri(prefix)}); artefacts are write-once — release a new model "
+                             "version") from None
         return artifact
 
     def _claim(self, name: str) -> str:
-        """The next free version number, marked pending so a concurrent append picks the one after."""
+        """The next free version number, taken with a create-only claim (the one after, if another append
+        took it first)."""
         used = [int(m.group(1)) for info in self.store.list(f"models/{name}/", recursive=False)
                 if info.is_dir and (m := VERSION_RE.match(info.key.rstrip("/").rsplit("/", 1)[-1]))]
-        version = f"v{max(used, default=0) + 1}"
-        self.store.put_bytes(self.prefix(name, version) + PENDING,
-                             json.dumps({"started": _now(), "pid": os.getpid()}).encode())
-        return version
+        number = max(used, default=0)
+        claim = {"upload_id": secrets.token_hex(8), "uploader": self.uploader or getpass.getuser(), "started": _now(),
+                 "pid": os.getpid()}
+        holder: dict[str, Any] = {}
+        for _ in range(CLAIM_ATTEMPTS):
+            number += 1
+            key = self.prefix(name, f"v{number}") + CLAIM
+            try:
+                self.store.put_bytes(key, json.dumps(claim).encode(), create_only=True)
+                return f"v{number}"
+            except ObjectExists:
+                try:
+                    holder = json.loads(self.store.get_bytes(key))
+                except (NotFoundError, ValueError):
+                    holder = {}
+                if holder.get("upload_id") == claim["upload_id"]:  # our first attempt's answer was lost
+                    return f"v{number}"
+        raise UsageError(f"could not claim a version of model {name}: v{number - CLAIM_ATTEMPTS + 1} to v{number} "
+                         f"were all taken by other appends meanwhile (the last by {holder.get('uploader', '?')}, "
+                         f"started {holder.get('started', '?')}); try again")
 
     # -- read --------------------------------------------------------------------------------------------
 

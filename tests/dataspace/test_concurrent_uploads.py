@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aidi.dataspace import Dataspace, DataspaceConfig
+from aidi.dataspace.registry import ModelRegistry
 from tests.dataspace.conftest import make_tree, same_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,3 +69,23 @@ def test_concurrent_uploaders_each_get_a_distinct_complete_version(ds: Dataspace
     assert len(reported) == UPLOADERS, f"two uploads reported the same version: {sorted(reported)}"
     assert assert_every_version_is_whole(ds, trees, tmp_path) == reported
     assert ds.pending_versions("raceN", "trainset") == []
+
+
+def test_concurrent_model_appends_each_get_a_distinct_complete_version(ds: Dataspace, config_file: Path,
+                                                                      tmp_path: Path) -> None:
+    specs, trees = [], []
+    for index in range(UPLOADERS):
+        trees.append(racer_tree(tmp_path / "models", index))
+        specs.append(tmp_path / f"model_append_{index}.yaml")
+        specs[-1].write_text(yaml.safe_dump({"REQUIRED": {"MODEL_NAME": "raceM", "MODEL_PATH": str(trees[-1])}}))
+    children = [hitc_process(config_file, "model", "append", "-f", str(spec), "--json") for spec in specs]
+    outcomes = [(child.wait(timeout=120), *child.communicate()) for child in children]
+    for code, _, err in outcomes:
+        assert code == 0, err
+    reported = {json.loads(out)["version"]: tree for (_, out, _), tree in zip(outcomes, trees, strict=True)}
+    assert len(reported) == UPLOADERS, f"two appends reported the same version: {sorted(reported)}"
+    registry = ModelRegistry(ds.store)
+    assert registry.versions("raceM") == sorted(reported, key=lambda v: int(v[1:]))
+    for version, tree in reported.items():
+        _, files = registry.download("raceM", version, tmp_path / "back" / version)
+        assert same_tree(tree, tmp_path / "back" / version) and len(files) == 6
