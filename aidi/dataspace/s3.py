@@ -45,6 +45,15 @@ HeaderValue = str | list[str] | tuple[str]
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_retries(record: logging.LogRecord) -> bool:
+    """urllib3 logs each connection retry as a warning ("Retrying (Retry(total=2, ...))"): lines a user cannot
+    act on, printed before the one line that says what failed and what to do. Kept under -v (debug)."""
+    return not str(record.msg).startswith("Retrying") or logging.getLogger().level <= logging.DEBUG
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_quiet_retries)
+
 T = TypeVar("T")
 
 META_PREFIX = "x-amz-meta-"
