@@ -191,3 +191,15 @@ def test_symlinked_files_are_followed_and_loops_are_not(ds: Dataspace, tmp_path:
     (root / "real" / "loop").symlink_to(root)
     result = ds.upload_dataset("links", "dataset", root)
     assert [entry.path for entry in result.manifest.files] == ["link.txt", "real/a.txt"]
+
+
+def test_versions_written_before_claims_read_the_same_and_keep_their_numbers(ds: Dataspace, folder: Path,
+                                                                            tmp_path: Path) -> None:
+    ds.upload_dataset("adasmini", "trainset", folder)
+    ds.store.delete("datasets/adasmini/trainset/v1/" + CLAIM)  # what the layout before claims left
+    assert ds.versions("adasmini", "trainset") == ["v1"]
+    ds.download_dataset("adasmini", "trainset", "v1", tmp_path / "old")
+    assert same_tree(folder, tmp_path / "old")
+    (folder / "README").write_bytes(b"newer\n")
+    assert ds.upload_dataset("adasmini", "trainset", folder).version == "v2"
+    assert ds.resolve("adasmini", "trainset").version == "v2"
