@@ -35,6 +35,7 @@ from typing import Any
 import kopf
 import yaml
 
+from aidi.jobs.lifecycle import timestamp
 from tests.support.seaweedfs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,10 +172,6 @@ class ClusterSnapshot:
 # ------------------------------------------------------------------------------- nodes and the kubelet
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -219,7 +216,7 @@ class Kubelet:
 
     def _heartbeat(self, name: str) -> None:
         capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(self.gpus)}
-        now = _now()
+        now = timestamp(dt.datetime.now(dt.UTC))
         self._core.patch_node_status(name, {"status": {
             "capacity": capacity, "allocatable": capacity,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
