@@ -16,10 +16,25 @@ _ENV_NOTE = ("the dataspace is read from AIDI_DATASPACE_ENDPOINT (http(s)://HOST
              "AIDI_DATASPACE_BUCKET, AIDI_DATASPACE_ACCESS_KEY and AIDI_DATASPACE_SECRET_KEY")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
 def run_fetch_code(args: argparse.Namespace) -> int:
     from aidi.jobs import podsteps  # the dataspace client loads only when a step runs, not for `aidi --help`
+    from aidi.jobs.codepkg import UnpackLimits
 
-    result = podsteps.fetch_code(args.uri, args.password_file, args.dest, sha256=args.sha256)
+    defaults = UnpackLimits.from_env()
+    limits = UnpackLimits(
+        max_bytes=args.max_unpacked_mib << 20 if args.max_unpacked_mib else defaults.max_bytes,
+        max_files=args.max_files or defaults.max_files, max_ratio=args.max_ratio or defaults.max_ratio)
+    result = podsteps.fetch_code(args.uri, args.password_file, args.dest, sha256=args.sha256, limits=limits)
     if args.json:
         cmdline.print_json(asdict(result))
     else:
@@ -60,13 +75,23 @@ def add_commands(subparsers: Any) -> None:
         epilog="example (what every job pod's init step runs):\n"
                "  aidi fetch-code s3://aidi/codepkgs/team-a/job/<sha256>.tar.gz.enc \\\n"
                "      --password-file /var/run/aidi/code/password --dest /job/code\n\n"
-               "The sha256 in the package's name (or --sha256) is checked before decrypting; entries that would\n"
-               "land outside DEST (../, absolute paths, links out, devices) are refused.\n" + _ENV_NOTE,
+               "The sha256 in the package's name (or --sha256) is checked before decrypting. Unpacking is all or\n"
+               "nothing: a package with an entry that would land outside DEST (../, absolute paths, links that\n"
+               "resolve outside, devices) or over a limit is refused and DEST is left as it was.\n"
+               "Limits: --max-unpacked-mib (AIDI_UNPACK_MAX_MIB, default 4096), --max-files\n"
+               "(AIDI_UNPACK_MAX_FILES, default 100000), --max-ratio (AIDI_UNPACK_MAX_RATIO, default 200).\n"
+               + _ENV_NOTE,
     )
     code.add_argument("uri", metavar="URI", help="s3://BUCKET/KEY or file:///... of the encrypted package")
     code.add_argument("--password-file", required=True, metavar="F", help="file holding the package password")
     code.add_argument("--dest", required=True, metavar="DIR", help="folder to unpack into ($WORKING_PATH)")
     code.add_argument("--sha256", help="expected sha256 of the encrypted package (default: from its name)")
+    code.add_argument("--max-unpacked-mib", type=_positive_int, metavar="MIB",
+                      help="refuse a package that unpacks to more (default: AIDI_UNPACK_MAX_MIB or 4096)")
+    code.add_argument("--max-files", type=_positive_int, metavar="N",
+                      help="refuse a package with more entries (default: AIDI_UNPACK_MAX_FILES or 100000)")
+    code.add_argument("--max-ratio", type=_positive_int, metavar="X",
+                      help="refuse a package that expands more than X times (default: AIDI_UNPACK_MAX_RATIO or 200)")
     cmdline.add_json(code)
 
     data = cmdline.subcommand(

@@ -24,12 +24,16 @@ import logging
 import os
 import re
 import secrets
+import shutil
+import stat
 import struct
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import IO, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -53,7 +57,13 @@ TAG_SIZE = 16
 CHUNK_SIZE = 1024 * 1024
 # scrypt N=2^15, r=8, p=1: 32 MiB and ~0.1 s per derivation — OWASP's minimum for scrypt.
 SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
-_MAX_LOG2_N = 20  # refuse headers that would make the reader spend gigabytes on the KDF
+# What a reader accepts: the values we write plus one step of margin. The header is read before anything
+# is authenticated, so these bounds are all that stands between a forged header and the reader's memory:
+# at most 128 * 2^16 * 8 bytes = 64 MiB and ~0.3 s for scrypt, 4 MiB per chunk.
+_LOG2_N_RANGE = (SCRYPT_LOG2_N - 1, SCRYPT_LOG2_N + 1)
+_R_RANGE = (SCRYPT_R, SCRYPT_R)
+_P_RANGE = (SCRYPT_P, SCRYPT_P + 1)
+_CHUNK_RANGE = (64 * 1024, 4 * CHUNK_SIZE)
 
 
 # ------------------------------------------------------------------------------------ ignore file
@@ -312,9 +322,12 @@ def _read_header(fin: io.BufferedReader, source: str) -> tuple[bytes, tuple[int,
     if version != FORMAT_VERSION or kdf != KDF_SCRYPT:
         raise IntegrityError(f"{source}: package format version {version} (kdf {kdf}) is not supported by this "
                              f"aidi (format {FORMAT_VERSION}); upgrade aidi in the job image")
-    if not (10 <= log2_n <= _MAX_LOG2_N and 1 <= r <= 32 and 1 <= p <= 16 and 1024 <= chunk_size <= 64 << 20):
-        raise IntegrityError(f"{source}: the package header has implausible parameters; the file is damaged "
-                             "or tampered with — submit the job again")
+    for what, value, (low, high) in (("scrypt log2(N)", log2_n, _LOG2_N_RANGE), ("scrypt r", r, _R_RANGE),
+                                      ("scrypt p", p, _P_RANGE), ("chunk size", chunk_size, _CHUNK_RANGE)):
+        if not low <= value <= high:
+            raise IntegrityError(f"{source}: the package header's {what} is {value}, expected {low}..{high}; the "
+                                 "file is damaged or tampered with (or made by an incompatible aidi) — submit the "
+                                 "job again")
     return header, (log2_n, r, p, salt, prefix, chunk_size)
 
 
@@ -352,65 +365,335 @@ def sha256_file(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------- unpacking
+#
+# The extractor is our own, not tarfile.extractall: the standard library's "data" filter was bypassable
+# until Python 3.11.13 (CVE-2025-4517: symlinks made by the archive itself, hidden by PATH_MAX in
+# os.path.realpath). Our rules do not depend on the Python version:
+#   1. every entry name is checked lexically (no absolute path, no "..", no backslash, no duplicates,
+#      no entry below another entry that is a symlink or a file);
+#   2. files and folders are written first, into a fresh staging folder, with O_NOFOLLOW|O_EXCL: while
+#      they are written no symlink exists in the tree, so no write can be redirected;
+#   3. symlinks are made last; each one's target is resolved component by component against what is
+#      really on disk (following the links already made) and must never step above the package's root;
+#   4. hard links may only name a regular file of the same archive written before them;
+#   5. sizes, counts and the expansion ratio are checked while decompressing, so a bomb stops early;
+#   6. the staging folder is renamed into place only when everything passed; on any refusal it is removed.
+
+DEFAULT_UNPACK_MAX_BYTES = 4 << 30
+DEFAULT_UNPACK_MAX_FILES = 100_000
+DEFAULT_UNPACK_MAX_RATIO = 200
+# The ratio is judged only past this much output: tiny text packages legitimately compress 20-50x
+# and a few MiB cannot hurt anyone.
+RATIO_FLOOR_BYTES = 16 << 20
+MAX_NAME_BYTES = 1024  # well under PATH_MAX (4096) even below a deep --dest
+MAX_DEPTH = 64
+MAX_LINK_HOPS = 40  # as Linux's own limit on symlink hops in one lookup
+_COPY_BLOCK = 1 << 20
 
 
-def _check_member(member: tarfile.TarInfo, dest: Path, source: str) -> None:
-    """Refuse anything that could write outside ``dest`` or create something other than files and folders."""
-    name = member.name
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What an archive may expand to. Each is configurable (``aidi fetch-code --max-unpacked-mib`` ...)."""
 
-    def refuse(why: str) -> IntegrityError:
-        return IntegrityError(f"{source}: refusing to unpack entry {name!r}: {why}; the package is unsafe — "
-                              "it was not made by traincli, or was tampered with")
+    max_bytes: int = DEFAULT_UNPACK_MAX_BYTES
+    max_files: int = DEFAULT_UNPACK_MAX_FILES
+    max_ratio: float = DEFAULT_UNPACK_MAX_RATIO
 
-    posix = PurePosixPath(name)
-    if posix.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise refuse("an absolute path")
-    if ".." in posix.parts or "\\" in name:
-        raise refuse("a path that climbs out of the folder")
-    target = (dest / name).resolve()
-    if not target.is_relative_to(dest):
-        raise refuse("it would land outside the destination")
-    if member.issym():
-        link = member.linkname
-        if os.path.isabs(link) or not (target.parent / link).resolve().is_relative_to(dest):
-            raise refuse(f"a symlink to {link!r}, outside the package")
-    elif member.islnk():
-        hard = PurePosixPath(member.linkname)
-        if hard.is_absolute() or ".." in hard.parts or not (dest / hard).resolve().is_relative_to(dest):
-            raise refuse(f"a hard link to {member.linkname!r}, outside the package")
-    elif not (member.isfile() or member.isdir()):
-        raise refuse("a device, pipe or other special file")
+    @classmethod
+    def from_env(cls) -> UnpackLimits:
+        """Defaults, overridden by ``AIDI_UNPACK_MAX_MIB``, ``AIDI_UNPACK_MAX_FILES``, ``AIDI_UNPACK_MAX_RATIO``."""
+        def number(var: str, default: float) -> float:
+            raw = os.environ.get(var)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise UsageError(f"{var}={raw!r} is not a number; unset it or give a positive number") from None
+            if value <= 0:
+                raise UsageError(f"{var}={raw!r} must be positive")
+            return value
+        return cls(max_bytes=int(number("AIDI_UNPACK_MAX_MIB", DEFAULT_UNPACK_MAX_BYTES >> 20)) << 20,
+                   max_files=int(number("AIDI_UNPACK_MAX_FILES", DEFAULT_UNPACK_MAX_FILES)),
+                   max_ratio=number("AIDI_UNPACK_MAX_RATIO", DEFAULT_UNPACK_MAX_RATIO))
 
 
-def unpack(archive: str | Path, dest: str | os.PathLike[str]) -> int:
-    """Unpack the tar.gz ``archive`` into ``dest`` after checking every entry. Returns the number of files."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    dest = dest.resolve()
-    source = str(archive)
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, dest, source)
-            # The standard library's own "data" filter too, as a second line: it also drops setuid bits
-            # (Python 3.11.4 and later; our checks above stand alone before that).
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
+class _Refused(Exception):
+    """An entry (or the archive as a whole) that must not be unpacked; the message says why."""
+
+    def __init__(self, why: str, entry: str | None = None) -> None:
+        super().__init__(why)
+        self.why, self.entry = why, entry
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts the compressed bytes the decompressor has consumed."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self.raw, self.count = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        self.count += n or 0
+        return n or 0
+
+
+class _BombGuard(io.RawIOBase):
+    """The decompressed tar stream, stopped as soon as it outgrows the limits — before tarfile buffers it
+    (a pax header of a gigabyte of zeros would otherwise be read into memory whole)."""
+
+    def __init__(self, gz: gzip.GzipFile, compressed: _CountingReader, limits: UnpackLimits) -> None:
+        self.gz, self.compressed, self.limits, self.count = gz, compressed, limits, 0
+        # Tar headers and padding on top of the file bytes: three 512-byte blocks per entry at most (pax).
+        self.ceiling = limits.max_bytes + 1536 * (limits.max_files + 16) + (1 << 20)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.gz.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        if self.count > self.ceiling:
+            raise _Refused(f"it expands to more than the {human_bytes(self.limits.max_bytes)} limit "
+                           f"(raise it with --max-unpacked-mib or AIDI_UNPACK_MAX_MIB)")
+        if self.count > RATIO_FLOOR_BYTES and self.count > self.limits.max_ratio * max(self.compressed.count, 1):
+            raise _Refused(f"it expands more than {self.limits.max_ratio:g} times its compressed size, the "
+                           "expansion-ratio limit (a decompression bomb?); raise it with --max-ratio or "
+                           "AIDI_UNPACK_MAX_RATIO if the package is genuine")
+        return n
+
+
+def _entry_parts(name: str) -> tuple[str, ...]:
+    """The checked components of an entry name, or _Refused."""
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise _Refused(f"a path longer than {MAX_NAME_BYTES} bytes")
+    if "\\" in name or "\0" in name:
+        raise _Refused("a backslash or NUL in the path")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise _Refused("an absolute path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise _Refused("a path that climbs out of the folder")
+    if not parts:
+        raise _Refused("an empty path")
+    if len(parts) > MAX_DEPTH:
+        raise _Refused(f"more than {MAX_DEPTH} nested folders")
+    return parts
+
+
+def _resolve_inside(root: Path, start: tuple[str, ...], target: str) -> None:
+    """Walk ``target`` from the folder ``start`` (components below ``root``) as the kernel would, following the
+    symlinks that really exist under ``root``; _Refused as soon as a step would leave ``root``."""
+    if target.startswith("/") or "\\" in target or "\0" in target or not target:
+        raise _Refused(f"a symlink to {target!r}: absolute or malformed")
+    current = list(start)
+    pending = [p for p in target.split("/") if p not in ("", ".")]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not current:
+                raise _Refused(f"a symlink to {target!r}, which leads outside the package")
+            current.pop()
+            continue
+        candidate = root.joinpath(*current, part)
+        try:
+            st = candidate.lstat()
+        except FileNotFoundError:
+            current.append(part)  # dangling from here on: the rest stays below this point, lexically
+            continue
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, ...: not a path we will make
+            raise _Refused(f"a symlink to {target!r} that cannot be resolved ({exc.strerror})") from None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise _Refused(f"a symlink to {target!r} through more than {MAX_LINK_HOPS} links (a loop?)")
+            inner = os.readlink(candidate)
+            if inner.startswith("/"):
+                raise _Refused(f"a symlink to {target!r} through the absolute link {inner!r}")
+            pending = [p for p in inner.split("/") if p not in ("", ".")] + pending
+            continue
+        current.append(part)
+
+
+def _safe_mode(mode: int, is_dir: bool) -> int:
+    """Owner-writable, readable by all, executable if the archive says so; never setuid/setgid/sticky."""
+    if is_dir:
+        return 0o755
+    return 0o755 if mode & 0o111 else 0o644
+
+
+@dataclass
+class _Plan:
+    """What the archive holds, in the order it is written: folders and files now, links at the end."""
+
+    kinds: dict[tuple[str, ...], str] = field(default_factory=dict)  # parts -> "dir" | "file" | "link"
+    links: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+
+def _check_parent_chain(plan: _Plan, parts: tuple[str, ...]) -> None:
+    for depth in range(1, len(parts)):
+        kind = plan.kinds.get(parts[:depth])
+        if kind == "link":
+            raise _Refused(f"a path below the symlink {'/'.join(parts[:depth])!r} (writing through links is "
+                           "not allowed)")
+        if kind == "file":
+            raise _Refused(f"a path below the file {'/'.join(parts[:depth])!r}")
+
+
+def _write_file(stage: Path, parts: tuple[str, ...], src: IO[bytes], member: tarfile.TarInfo,
+                plan: _Plan, limits: UnpackLimits) -> None:
+    target = stage.joinpath(*parts)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(target, flags, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while block := src.read(_COPY_BLOCK):
+            plan.bytes += len(block)
+            if plan.bytes > limits.max_bytes:
+                raise _Refused(f"it expands to more than the {human_bytes(limits.max_bytes)} limit (raise it "
+                               "with --max-unpacked-mib or AIDI_UNPACK_MAX_MIB)")
+            out.write(block)
+    os.chmod(target, _safe_mode(member.mode, False), follow_symlinks=False)
+
+
+def _extract_to(tar: tarfile.TarFile, stage: Path, limits: UnpackLimits) -> int:
+    plan = _Plan()
+    entries = 0
+    for member in tar:
+        entries += 1
+        if entries > limits.max_files:
+            raise _Refused(f"it holds more than {limits.max_files} entries, the file-count limit (raise it "
+                           "with --max-files or AIDI_UNPACK_MAX_FILES)")
+        try:
+            parts = _entry_parts(member.name)
+        except _Refused as refused:
+            raise _Refused(refused.why, member.name) from None
+        try:
+            if parts in plan.kinds:
+                if member.isdir() and plan.kinds[parts] == "dir":
+                    continue
+                raise _Refused("a second entry with the same path")
+            _check_parent_chain(plan, parts)
+            for depth in range(1, len(parts)):
+                plan.kinds.setdefault(parts[:depth], "dir")
+            if member.isdir():
+                plan.kinds[parts] = "dir"
+                stage.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                plan.kinds[parts] = "file"
+                plan.files += 1
+                src = tar.extractfile(member)
+                assert src is not None  # a regular file always has a payload
+                _write_file(stage, parts, src, member, plan, limits)
+            elif member.issym():
+                plan.kinds[parts] = "link"
+                plan.links.append((parts, member.linkname))
+            elif member.islnk():
+                try:
+                    source = _entry_parts(member.linkname)
+                except _Refused as bad:
+                    raise _Refused(f"a hard link to {member.linkname!r}: {bad.why}") from None
+                if plan.kinds.get(source) != "file":
+                    raise _Refused(f"a hard link to {member.linkname!r}, which is not a file earlier in the "
+                                   "package")
+                plan.kinds[parts] = "file"
+                plan.files += 1
+                stage.joinpath(*parts).parent.mkdir(parents=True, exist_ok=True)
+                os.link(stage.joinpath(*source), stage.joinpath(*parts), follow_symlinks=False)
             else:
-                tar.extractall(dest, members=members)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise IntegrityError(f"{source}: refusing to unpack: {exc}") from None
-        raise IntegrityError(f"{source}: not a readable tar.gz ({exc}); submit the job again") from None
-    return sum(1 for m in members if m.isfile())
+                raise _Refused("a device, pipe or other special file")
+        except _Refused as refused:
+            raise _Refused(refused.why, refused.entry or member.name) from None
+    for parts, target in plan.links:
+        try:
+            _resolve_inside(stage, parts[:-1], target)
+        except _Refused as refused:
+            raise _Refused(refused.why, "/".join(parts)) from None
+        # The link itself is made only now, so no earlier check could have been fooled by it; later links
+        # are resolved through it, as the kernel would.
+        os.symlink(target, stage.joinpath(*parts))
+    return plan.files
+
+
+def _staging_folder(dest: Path) -> tuple[Path, bool]:
+    """(staging folder, inside_dest). Next to ``dest`` when a rename can put it in place; inside ``dest`` when
+    ``dest`` is a mount point (a pod's emptyDir at /job/code), where a rename onto it cannot work."""
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    inside = dest.is_dir() and (os.path.ismount(dest) or dest.stat().st_dev != parent.stat().st_dev)
+    base = dest if inside else parent
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.aidi-unpack-", dir=base)), inside
+
+
+def _move_into_place(stage: Path, dest: Path, inside: bool) -> None:
+    """Put the staged tree at ``dest``, replacing what was there (a rerun gets exactly the package)."""
+    if inside:
+        for stale in dest.iterdir():
+            if stale != stage:
+                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        for entry in stage.iterdir():
+            entry.rename(dest / entry.name)
+        stage.rmdir()
+        return
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise UsageError(f"--dest {dest} exists and is not a folder; remove it or choose another folder")
+    old: Path | None = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.aidi-old-", dir=dest.parent)) / "old"
+        dest.rename(old)
+    stage.chmod(0o755)
+    stage.rename(dest)
+    if old is not None:
+        shutil.rmtree(old.parent)
+
+
+def unpack(archive: str | Path, dest: str | os.PathLike[str], limits: UnpackLimits | None = None) -> int:
+    """Unpack the tar.gz ``archive`` into ``dest``, all or nothing (see the rules above). Returns the file count.
+
+    On any refusal :class:`IntegrityError` names the entry and the rule, and ``dest`` is left as it was.
+    """
+    limits = limits or UnpackLimits()
+    dest = Path(os.path.abspath(dest))
+    source = str(archive)
+    stage, inside = _staging_folder(dest)
+    try:
+        with open(archive, "rb") as raw:
+            compressed = _CountingReader(raw)
+            with gzip.GzipFile(fileobj=compressed, mode="rb") as gz:
+                guarded = io.BufferedReader(_BombGuard(gz, compressed, limits), buffer_size=_COPY_BLOCK)
+                with tarfile.open(fileobj=guarded, mode="r|") as tar:
+                    files = _extract_to(tar, stage, limits)
+        _move_into_place(stage, dest, inside)
+    except _Refused as refused:
+        entry = f"entry {refused.entry!r}: " if refused.entry else ""
+        raise IntegrityError(f"{source}: refusing to unpack: {entry}{refused.why}; nothing was written to "
+                             f"{dest}") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise IntegrityError(f"{source}: not a readable tar.gz ({exc}); nothing was written to {dest} — submit "
+                             "the job again") from None
+    except OSError as exc:
+        raise IntegrityError(f"{source}: unpacking failed ({exc.strerror or exc}); nothing was written to "
+                             f"{dest}") from None
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return files
 
 
 def unpack_encrypted(package: str | Path, password: str, dest: str | os.PathLike[str],
-                     sha256: str | None = None) -> int:
+                     sha256: str | None = None, limits: UnpackLimits | None = None) -> int:
     """Verify (sha256 if given), decrypt and safely unpack an encrypted package into ``dest``. Returns file count.
 
-    The whole package is authenticated before a single file is written, so a bad package leaves nothing behind.
+    The whole package is authenticated before a single file is written, and unpacking is all or nothing,
+    so a bad package leaves ``dest`` as it was.
     """
     if sha256 is not None:
         actual = sha256_file(package)
@@ -420,7 +703,7 @@ def unpack_encrypted(package: str | Path, password: str, dest: str | os.PathLike
     with tempfile.TemporaryDirectory(prefix="aidi-codepkg-") as tmp:
         plain = Path(tmp) / "package.tar.gz"
         decrypt_file(package, plain, password)
-        return unpack(plain, dest)
+        return unpack(plain, dest, limits)
 
 
 @dataclass
@@ -447,6 +730,7 @@ def build(root: str | Path, password: str, workdir: str | Path, max_bytes: int =
 
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "IGNORE_FILE", "EncryptedPackage", "IgnoreRules", "PackResult", "build", "decrypt_file",
+    "DEFAULT_MAX_BYTES", "IGNORE_FILE", "EncryptedPackage", "IgnoreRules", "PackResult", "UnpackLimits", "build",
+    "decrypt_file",
     "encrypt_file", "human_bytes", "pack", "sha256_file", "unpack", "unpack_encrypted",
 ]

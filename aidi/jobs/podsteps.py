@@ -90,9 +90,11 @@ class FetchCodeResult:
 
 
 def fetch_code(uri: str, password_file: str | os.PathLike[str], dest: str | os.PathLike[str],
-               sha256: str | None = None, config: DataspaceConfig | None = None) -> FetchCodeResult:
+               sha256: str | None = None, config: DataspaceConfig | None = None,
+               limits: codepkg.UnpackLimits | None = None) -> FetchCodeResult:
     """Download the package at ``uri``, verify its sha256 (given, or the one its name carries), decrypt with the
-    password in ``password_file`` and unpack into ``dest`` refusing any entry that would escape it."""
+    password in ``password_file`` and unpack into ``dest``, all or nothing, refusing any entry that would escape
+    it and any package over ``limits`` (default: :meth:`codepkg.UnpackLimits.from_env`)."""
     password = read_password(password_file)
     config = config or DataspaceConfig.from_env()
     dataspace, key = _dataspace_for(uri, config)
@@ -103,7 +105,7 @@ def fetch_code(uri: str, password_file: str | os.PathLike[str], dest: str | os.P
             local = Path(tmp) / "package.tar.gz.enc"
             info = dataspace.store.get_file(key, local, sha256=expected)
             size = local.stat().st_size
-            files = codepkg.unpack_encrypted(local, password, dest)
+            files = codepkg.unpack_encrypted(local, password, dest, limits=limits or codepkg.UnpackLimits.from_env())
     finally:
         dataspace.close()
     log.info("fetched %s (%s, sha256 %s), unpacked %d files into %s", uri, codepkg.human_bytes(size),
