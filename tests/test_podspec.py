@@ -114,7 +114,7 @@ def test_multi_worker_job_gets_mxnet_parameter_servers_like_kubeflow_mxjob() -> 
         assert e["DMLC_ROLE"] == pod["metadata"]["labels"][podspec.LABEL_ROLE]
         assert pod["spec"]["hostname"] == name and pod["spec"]["subdomain"] == "j"
     assert env(container(pods["j-worker-2"], "trainer"))["AIDI_WORKER_INDEX"] == "2"
-    assert "resources" not in container(pods["j-server-0"], "trainer")
+    assert container(pods["j-server-0"], "trainer")["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}}
     assert container(pods["j-worker-0"], "trainer")["resources"]["requests"]["nvidia.com/gpu"] == "2"
     service = podspec.build_service(j, "u")
     assert service["metadata"]["name"] == "j" and service["spec"]["clusterIP"] == "None"

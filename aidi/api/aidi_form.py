@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from aidi.api import trainjob as tj
-from aidi.api.errors import FieldError, dns1123_label, from_pydantic
+from aidi.api.errors import FieldError, dns1035_label, excerpt, from_pydantic
 
 PROJECT_LABEL = "aidi.io/project"
 UPLOAD_DIR_ANNOTATION = "aidi.io/upload-dir"
 CODE_SECRET_SUFFIX = "-code"
-LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE = tj.LABEL_VALUE
 
 
 class _Section(BaseModel):
@@ -38,12 +38,24 @@ class _Section(BaseModel):
 class AidiRequired(_Section):
     JOB_NAME: str = Field(description="the job's name, e.g. adasmini-4pe (lower case, digits and '-')")
     JOB_PASSWD: SecretStr = Field(description="the password that encrypts the code package")
+
+    @field_validator("JOB_PASSWD")
+    @classmethod
+    def _password_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("the password is empty; set JOB_PASSWD to the password that encrypts the code package")
+        return value
+
     UPLOAD_DIR: str = Field(min_length=1, description="the local code folder, e.g. ./auto_matrix_development_toolkit")
-    PROJECT_ID: str = Field(pattern=LABEL_VALUE, description="your AIDI project id, e.g. PDT2021005")
-    WORKER_MIN_NUM: int = Field(ge=1, le=tj.MAX_WORKERS, description=f"an integer from 1 to {tj.MAX_WORKERS}")
-    WORKER_MAX_NUM: int = Field(ge=1, le=tj.MAX_WORKERS, description=f"an integer from 1 to {tj.MAX_WORKERS}")
+    PROJECT_ID: str = Field(pattern=LABEL_VALUE, max_length=tj.MAX_LABEL_VALUE,
+                            description="your AIDI project id, e.g. PDT2021005 (it becomes a label: at most 63 "
+                                        "letters, digits, '-', '_' or '.')")
+    WORKER_MIN_NUM: int = Field(ge=1, le=tj.MAX_WORKERS, strict=True,
+                                description=f"an integer from 1 to {tj.MAX_WORKERS}")
+    WORKER_MAX_NUM: int = Field(ge=1, le=tj.MAX_WORKERS, strict=True,
+                                description=f"an integer from 1 to {tj.MAX_WORKERS}")
     GPU_PER_WORKER: int = Field(
-        ge=0, le=tj.MAX_GPUS_PER_WORKER, description=f"an integer from 0 to {tj.MAX_GPUS_PER_WORKER}"
+        ge=0, le=tj.MAX_GPUS_PER_WORKER, strict=True, description=f"an integer from 0 to {tj.MAX_GPUS_PER_WORKER}"
     )
     RUN_SCRIPTS: str = Field(min_length=1, description='the start script, e.g. "${WORKING_PATH}/run.sh"')
 
@@ -57,9 +69,15 @@ class AidiDataSpace(_Section):
 
 
 class AidiOptional(_Section):
-    PRIORITY: int = Field(default=3, ge=1, le=5, description="an integer from 1 (lowest) to 5 (highest)")
-    DOCKER_IMAGE: str | None = Field(default=None, description="the job image, e.g. aidi/jobimage:1.0")
-    WALL_TIME: int | None = Field(default=None, ge=1, description="the run-time limit in minutes")
+    PRIORITY: int = Field(default=3, ge=1, le=5, strict=True,
+                          description="an integer from 1 (lowest) to 5 (highest)")
+    DOCKER_IMAGE: str | None = Field(
+        default=None, pattern=tj.IMAGE_REFERENCE, max_length=512,
+        description="an image reference such as aidi/jobimage:1.0 or registry.example.com:5000/team/image:tag "
+                    "(path in lower case, no spaces)")
+    WALL_TIME: int | None = Field(default=None, ge=1, le=tj.MAX_WALL_TIME_MINUTES, strict=True,
+                                  description=f"the run-time limit in minutes, at most {tj.MAX_WALL_TIME_MINUTES} "
+                                              "(90 days)")
     DATA_SPACE: AidiDataSpace | None = Field(default=None, description="DATA_TYPE, INPUT and OUTPUT")
 
 
@@ -80,16 +98,16 @@ def _cross_field_errors(doc: dict[str, Any]) -> list[FieldError]:
     required: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = required.get("JOB_NAME")
     if isinstance(name, str):
-        fixed = dns1123_label(name, tj.MAX_JOB_NAME)
+        fixed = dns1035_label(name, tj.MAX_JOB_NAME)
         if name != fixed:
             errors.append(FieldError(
                 "REQUIRED.JOB_NAME",
-                f"{name!r} is not a valid job name (lower-case letters, digits and '-', at most "
-                f"{tj.MAX_JOB_NAME} characters, starting and ending with a letter or digit); "
-                f"use JOB_NAME: \"{fixed}\"",
+                f"{excerpt(name)} is not a valid job name (lower-case letters, digits and '-', at most "
+                f"{tj.MAX_JOB_NAME} characters, starting with a letter and ending with a letter or digit: it names "
+                f"the pods, their hostnames and a Service); use JOB_NAME: \"{fixed}\"",
             ))
     low, high = required.get("WORKER_MIN_NUM"), required.get("WORKER_MAX_NUM")
-    if isinstance(low, int) and isinstance(high, int) and low > high:
+    if type(low) is int and type(high) is int and low > high:
         errors.append(FieldError(
             "REQUIRED.WORKER_MIN_NUM",
             f"WORKER_MIN_NUM ({low}) is greater than WORKER_MAX_NUM ({high}); "
@@ -105,7 +123,7 @@ def _cross_field_errors(doc: dict[str, Any]) -> list[FieldError]:
                 tj.DatasetInput(name=name, version=version or "latest")
             except ValidationError:
                 errors.append(FieldError(
-                    path, f"{ref!r} is not a dataset reference; write NAME or NAME:vN (e.g. adasmini_4pe:v2)"
+                    path, f"{excerpt(ref)} is not a dataset reference; write NAME or NAME:vN (e.g. adasmini_4pe:v2)"
                 ))
     return errors
 

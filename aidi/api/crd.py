@@ -39,16 +39,54 @@ PRINTER_COLUMNS = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
+def _cel_string(text: str) -> str:
+    """A CEL string literal of ``text`` (a regex): single-quoted, backslashes and quotes escaped."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 # Cross-field rules the API server enforces at `kubectl apply` time (CEL, Kubernetes >= 1.25).
 ROOT_VALIDATIONS = [
     {
         "rule": f"self.metadata.name.size() <= {tj.MAX_JOB_NAME}",
-        "message": f"metadata.name must be at most {tj.MAX_JOB_NAME} characters (pod names add a suffix)",
-    }
+        "message": f"metadata.name must be at most {tj.MAX_JOB_NAME} characters (pod names add a suffix such as "
+                   "-worker-255 and are the pods' hostnames, at most 63)",
+    },
+    {
+        "rule": f"self.metadata.name.matches({_cel_string(tj.DNS1035_LABEL)})",
+        "message": "metadata.name must start with a letter (it also names the job's Service) and hold only "
+                   "lower-case letters, digits and '-'",
+    },
 ]
+# A quantity ("8", "64Gi", "500m") or a whole number, per value of resources.requests / limits.
+QUANTITY_VALIDATIONS = [{
+    "rule": "self.all(k, type(self[k]) == int ? int(self[k]) >= 0 : "
+            f"string(self[k]).matches({_cel_string(tj.QUANTITY)}))",
+    "message": 'each value must be a quantity such as 8, "500m", "64Gi"',
+}]
 WORKERS_VALIDATIONS = [{"rule": "self.min <= self.max", "message": "workers.min must not exceed workers.max"}]
 
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
+
+
+def _map_keys(node: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's ``patternProperties`` / ``propertyNames`` (a dict with constrained keys) are not allowed in a
+    structural schema: the value schema becomes ``additionalProperties`` and the key rule a CEL validation."""
+    node = dict(node)
+    patterns = node.pop("patternProperties", None) or {}
+    names = node.pop("propertyNames", None) or {}
+    if len(patterns) != 1:
+        raise ValueError(f"expected one key pattern, got {list(patterns)}")
+    (pattern, value), = patterns.items()
+    node["additionalProperties"] = value
+    rule = f"self.all(k, k.matches({_cel_string(pattern)})"
+    if "maxLength" in names:
+        rule += f" && k.size() <= {names['maxLength']}"
+    node["x-kubernetes-validations"] = [*node.get("x-kubernetes-validations", []), {
+        "rule": rule + ")",
+        "message": "each key must be a label key such as example.com/gpu-type or cpu: letters, digits, '-', '_' "
+                   "and '.', with an optional DNS-name prefix and '/'",
+    }]
+    return node
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -71,6 +109,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
                 rest.pop("default")
             return _structural({**branches[0], **rest}, defs)
         raise ValueError(f"cannot express a union in a structural schema: {node}")
+    if "patternProperties" in node:
+        node = _map_keys(node)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP_KEYS and not (key == "additionalProperties" and isinstance(value, dict)):
@@ -97,6 +137,9 @@ def openapi_schema() -> dict[str, Any]:
     """The ``openAPIV3Schema`` of the TrainJob CRD."""
     spec = _model_schema(tj.TrainJobSpec)
     spec["properties"]["workers"]["x-kubernetes-validations"] = WORKERS_VALIDATIONS
+    for which in ("requests", "limits"):
+        resources = spec["properties"]["resources"]["properties"][which]
+        resources["x-kubernetes-validations"] = [*resources["x-kubernetes-validations"], *QUANTITY_VALIDATIONS]
     status = _model_schema(tj.TrainJobStatus)
     status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
     status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]

@@ -37,7 +37,21 @@ class SpecError(UsageError):
     def render(self) -> str:
         count = len(self.errors)
         head = f"{self.source}: {count} problem{'s' if count != 1 else ''}"
-        return "\n".join([head, *(f"  - {error}" for error in self.errors)])
+        lines = [head, *(f"  - {error}" for error in self.errors[:MAX_RENDERED_ERRORS])]
+        if count > MAX_RENDERED_ERRORS:
+            lines.append(f"  ... and {count - MAX_RENDERED_ERRORS} more; fix these first")
+        return "\n".join(lines)
+
+
+# A file with thousands of bad entries gets the first screenful, not megabytes.
+MAX_RENDERED_ERRORS = 30
+EXCERPT_CHARS = 60
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error quotes what was given, never a whole document."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 # Values of these fields are never echoed back in an error message.
@@ -56,6 +70,14 @@ def dns1123_label(name: str, max_length: int = 63) -> str:
     label = re.sub(r"[^a-z0-9-]+", "-", name.lower())
     label = re.sub(r"-{2,}", "-", label).strip("-")
     return label[:max_length].rstrip("-") or "job"
+
+
+def dns1035_label(name: str, max_length: int = 63) -> str:
+    """The nearest valid DNS-1035 label (a DNS-1123 label that starts with a letter): Service names."""
+    label = dns1123_label(name, max_length)
+    if not label[0].isalpha():
+        label = ("job-" + label)[:max_length].rstrip("-")
+    return label
 
 
 def _step(annotation: Any, key: str | int) -> Any:
@@ -129,8 +151,10 @@ def from_pydantic(exc: ValidationError, root: type[BaseModel], prefix: str = "")
             path = f"{prefix}.{path}" if path else prefix
         kind = err["type"]
         given = err.get("input")
-        if any(word in str(key).lower() for word in _SECRET_WORDS):
+        if any(word in str(part).lower() for part in loc for word in _SECRET_WORDS):
             given = "<hidden>"
+        elif kind.startswith("int") and isinstance(given, bool):
+            kind = "bool_as_number"
         hint = _field_hint(parent, key)
         if kind == "missing":
             parent_path = _path(loc[:-1]) or "the top level"
@@ -142,25 +166,32 @@ def from_pydantic(exc: ValidationError, root: type[BaseModel], prefix: str = "")
             guess = did_you_mean(str(key), allowed)
             message = f"unknown field; did you mean `{guess}`?" if guess else "unknown field."
             message += f" Allowed here: {', '.join(allowed)}"
+        elif kind == "bool_as_number":
+            message = f"expected a whole number, got the boolean {excerpt(given)} (YAML reads true/yes/on as one)"
+            if hint:
+                message += f"; {hint}"
         elif kind in {"int_type", "int_parsing", "int_from_float"}:
-            message = f"expected a whole number, got {given!r}"
+            message = f"expected a whole number, got {excerpt(given)}"
             if hint:
                 message += f"; {hint}"
         elif kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
-            message = f"{given!r} is out of range ({err['msg'].lower()})"
+            message = f"{excerpt(given)} is out of range ({err['msg'].lower()})"
             if hint:
                 message += f"; {hint}"
         elif kind == "string_pattern_mismatch":
+            # The field's description says what is allowed in words; the regex only when there is none.
             pattern = err.get("ctx", {}).get("pattern", "")
-            message = f"{given!r} is not allowed here (must match {pattern})"
-            if hint:
-                message += f"; {hint}"
+            message = f"{excerpt(given)} is not allowed here; " + (hint or f"it must match {pattern}")
         elif kind == "literal_error":
-            message = f"{given!r} is not one of {err.get('ctx', {}).get('expected', '')}"
+            message = f"{excerpt(given)} is not one of {err.get('ctx', {}).get('expected', '')}"
         elif kind == "value_error":
             message = str(err.get("ctx", {}).get("error", err["msg"]))
+        elif kind in {"string_too_long", "string_too_short", "too_long", "too_short"}:
+            message = f"{excerpt(given)}: {err['msg'].lower()}"
+            if hint:
+                message += f"; {hint}"
         else:
-            message = f"{err['msg']} (got {given!r})"
+            message = f"{err['msg']} (got {excerpt(given)})"
             if hint:
                 message += f"; {hint}"
         errors.append(FieldError(path, message))

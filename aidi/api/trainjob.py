@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "aidi.io"
@@ -22,17 +22,45 @@ SHORT_NAMES = ["tj"]
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# The job's name also names its headless Service and is the pods' hostname prefix: a Service name must
+# start with a letter (DNS-1035), so the job's name must too.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+             r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+# A container image reference as the kubelet and registries parse it: [registry[:port]/]path[:tag][@digest],
+# path components in lower case.
+IMAGE_REFERENCE = (r"^([A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"
+                   r"(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+                   r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
+QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+RESOURCE_NAME = LABEL_KEY
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+CODE_PACKAGE_URI = r"^(s3://[^/\s]+/\S+|file:///\S+)$"
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 DATASET_VERSION = r"^(latest|v[1-9][0-9]*)$"
 DATASET_TYPES = ("trainset", "valset", "testset", "dataset", "rec")
 DatasetType = Literal["trainset", "valset", "testset", "dataset", "rec"]
 MAX_GPUS_PER_WORKER = 16
 MAX_WORKERS = 256
-MAX_JOB_NAME = 53
+# 52: the longest pod name is "<job>-worker-255" (or "-server-255"), and it is also the pod's hostname,
+# which is a DNS label of at most 63 characters.
+MAX_JOB_NAME = 52
+MAX_LABEL_VALUE = 63
+MAX_MAP_ENTRIES = 64
+MAX_WALL_TIME_MINUTES = 90 * 24 * 60  # 90 days: well inside every int64 the kubelet multiplies it into
+MAX_DEADLINE_SECONDS = MAX_WALL_TIME_MINUTES * 60
+MAX_TTL_SECONDS = 365 * 24 * 3600
 
-# A Kubernetes quantity ("4", "16Gi", 2): the CRD marks it x-kubernetes-int-or-string.
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=317)]
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_VALUE, max_length=MAX_LABEL_VALUE)]
+LABEL_HINT = ("label values: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+              "or digit")
+
+# A Kubernetes quantity ("4", "16Gi", "500m", 2): the CRD marks it x-kubernetes-int-or-string.
 Quantity = Annotated[
-    int | str,
+    Annotated[int, Field(strict=True, ge=0)] | Annotated[str, StringConstraints(pattern=QUANTITY, max_length=32)],
     Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
 ]
 
@@ -70,16 +98,19 @@ def _prune_empty(value: Any) -> Any:
 class SecretKeyRef(_Model):
     """A key in a Secret of the job's namespace."""
 
-    name: str = Field(min_length=1, description="Name of the Secret in the job's namespace.")
-    key: str = Field(default="password", min_length=1, description="Key inside the Secret.")
+    name: str = Field(pattern=DNS1123_SUBDOMAIN, max_length=253,
+                      description="Name of the Secret in the job's namespace (lower case, digits, '-', '.').")
+    key: str = Field(default="password", pattern=SECRET_KEY, max_length=253,
+                     description="Key inside the Secret (letters, digits, '-', '_', '.').")
 
 
 class CodePackage(_Model):
     """The job's code (AIDI's UPLOAD_DIR), packed, encrypted and stored in the dataspace."""
 
     uri: str = Field(
-        min_length=1,
-        description="Where the encrypted package lives, e.g. s3://aidi/codepkgs/<ns>/<job>/<sha256>.tar.gz.enc",
+        pattern=CODE_PACKAGE_URI, max_length=2048,
+        description="Where the encrypted package lives: s3://BUCKET/KEY or file:///PATH, e.g. "
+                    "s3://aidi/codepkgs/<ns>/<job>/<sha256>.tar.gz.enc",
     )
     sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the encrypted package."
@@ -92,8 +123,8 @@ class CodePackage(_Model):
 class WorkerRange(_Model):
     """How many worker pods the job runs (AIDI's WORKER_MIN_NUM / WORKER_MAX_NUM)."""
 
-    min: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Fewest workers the job can run with.")
-    max: int = Field(default=1, ge=1, le=MAX_WORKERS, description="Workers started when resources allow.")
+    min: int = Field(default=1, ge=1, le=MAX_WORKERS, strict=True, description="Fewest workers the job can run with.")
+    max: int = Field(default=1, ge=1, le=MAX_WORKERS, strict=True, description="Workers started when resources allow.")
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> WorkerRange:
@@ -129,39 +160,58 @@ class DataSpace(_Model):
 class EnvVar(_Model):
     """An environment variable of the main container."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Variable name.")
-    value: str = Field(default="", description="Variable value.")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256, description="Variable name.")
+    value: str = Field(default="", max_length=32768, description="Variable value.")
 
 
 class Toleration(_Model):
     """A Kubernetes toleration, copied to every pod of the job."""
 
-    key: str | None = None
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+        "message": "a toleration with operator Exists takes no value; remove value, or use operator Equal"}]})
+
+    key: str | None = Field(default=None, pattern=LABEL_KEY, max_length=317, description="A node taint's key.")
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(default=None, pattern=r"^(|[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$",
+                              max_length=MAX_LABEL_VALUE, description=LABEL_HINT)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=MAX_TTL_SECONDS, strict=True)
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value; remove value, or use operator Equal")
+        return self
 
 
 class LocalObjectReference(_Model):
     """A reference to an object in the job's namespace, by name."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=DNS1123_SUBDOMAIN, max_length=253,
+                      description="An object name: lower case, digits, '-' and '.'.")
 
 
 class Resources(_Model):
     """Extra CPU/memory requests and limits per worker. GPUs come from gpusPerWorker."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict)
-    limits: dict[str, Quantity] = Field(default_factory=dict)
+    requests: dict[Annotated[str, StringConstraints(pattern=RESOURCE_NAME, max_length=317)], Quantity] = Field(
+        default_factory=dict, max_length=16, description='Requests per worker, e.g. {cpu: "8", memory: 64Gi}.')
+    limits: dict[Annotated[str, StringConstraints(pattern=RESOURCE_NAME, max_length=317)], Quantity] = Field(
+        default_factory=dict, max_length=16, description="Limits per worker.")
 
 
 class TrainJobSpec(_Model):
     """What the user asks for. Everything AIDI's train_job.yaml carries, plus Kubernetes run policy."""
 
-    project_id: str | None = Field(default=None, description="AIDI project, e.g. PDT2021005 (PROJECT_ID).")
+    project_id: str | None = Field(
+        default=None, pattern=LABEL_VALUE, max_length=MAX_LABEL_VALUE,
+        description="AIDI project, e.g. PDT2021005 (PROJECT_ID); it becomes a label, so " + LABEL_HINT,
+    )
     image: str | None = Field(
-        default=None, description="Job image (DOCKER_IMAGE); the operator's default job image when unset."
+        default=None, pattern=IMAGE_REFERENCE, max_length=512,
+        description="Job image (DOCKER_IMAGE), e.g. registry.example.com:5000/aidi/jobimage:1.0 (path in lower "
+                    "case, no spaces); the operator's default job image when unset.",
     )
     command: list[str] = Field(
         min_length=1,
@@ -172,23 +222,26 @@ class TrainJobSpec(_Model):
     )
     workers: WorkerRange = Field(default_factory=WorkerRange, description="Worker pods (min/max).")
     gpus_per_worker: int = Field(
-        default=1, ge=0, le=MAX_GPUS_PER_WORKER, description="nvidia.com/gpu per worker (GPU_PER_WORKER)."
+        default=1, ge=0, le=MAX_GPUS_PER_WORKER, strict=True,
+        description="nvidia.com/gpu per worker (GPU_PER_WORKER).",
     )
     parameter_servers: int | None = Field(
         default=None,
         ge=1,
+        strict=True,
         le=MAX_WORKERS,
         description="MXNet parameter servers for multi-worker jobs; defaults to the worker count.",
     )
     priority: int = Field(
-        default=3, ge=1, le=5, description="1 (lowest) to 5 (highest): PriorityClass aidi-priority-N."
+        default=3, ge=1, le=5, strict=True, description="1 (lowest) to 5 (highest): PriorityClass aidi-priority-N."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Run-time limit from the first start (WALL_TIME x 60)."
+        default=None, ge=1, le=MAX_DEADLINE_SECONDS, strict=True,
+        description=f"Run-time limit from the first start (WALL_TIME x 60), at most {MAX_DEADLINE_SECONDS} (90 days).",
     )
     data_space: DataSpace = Field(default_factory=DataSpace, description="Dataspace inputs and output.")
     backoff_limit: int = Field(
-        default=3, ge=0, le=100, description="Gang restarts allowed before the job is Failed."
+        default=3, ge=0, le=100, strict=True, description="Gang restarts allowed before the job is Failed."
     )
     restart_policy: Literal["OnFailure", "ExitCode", "Never"] = Field(
         default="OnFailure",
@@ -202,25 +255,45 @@ class TrainJobSpec(_Model):
         description="Pods removed when the job finishes: All, only the still Running ones, or None.",
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the finished job (and its children) after this many seconds."
+        default=None, ge=0, le=MAX_TTL_SECONDS, strict=True,
+        description="Delete the finished job (and its children) after this many seconds (at most a year)."
     )
     suspend: bool = Field(default=False, description="True deletes the pods; False (re)creates them.")
     queue_name: str | None = Field(
-        default=None, description="Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label."
+        default=None, pattern=LABEL_VALUE, max_length=MAX_LABEL_VALUE,
+        description="Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label, so " + LABEL_HINT,
     )
     scheduler_name: str | None = Field(
-        default=None, description="Pod scheduler, e.g. volcano for gang scheduling."
+        default=None, pattern=DNS1123_SUBDOMAIN, max_length=253,
+        description="Pod scheduler, e.g. volcano for gang scheduling.",
     )
     min_available: int | None = Field(
-        default=None, ge=1, description="Gang size for the PodGroup; all pods of the job when unset."
+        default=None, ge=1, strict=True, description="Gang size for the PodGroup; all pods of the job when unset."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels every pod requires.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of every pod.")
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES,
+        description="Node labels every pod requires: keys like example.com/gpu-type, " + LABEL_HINT,
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=MAX_MAP_ENTRIES,
+                                          description="Tolerations of every pod.")
     image_pull_secrets: list[LocalObjectReference] = Field(
-        default_factory=list, description="Secrets for pulling a private job image."
+        default_factory=list, max_length=MAX_MAP_ENTRIES, description="Secrets for pulling a private job image."
     )
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment of the main container.")
-    resources: Resources = Field(default_factory=Resources, description="CPU/memory per worker.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=256,
+                              description="Extra environment of the main container.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="CPU/memory per worker; by default requests per GPU from the cluster's settings.",
+    )
+    run_as_root: bool | None = Field(
+        default=None, strict=True,
+        description="Run the main container as root, for a job image that needs it (the namespace's Pod "
+                    "Security level must allow it: baseline, not restricted); unset: the cluster's default.",
+    )
+    service_account_token: bool = Field(
+        default=False, strict=True,
+        description="Mount the namespace's default ServiceAccount token in the pods (off: jobs do not need it).",
+    )
 
     @model_validator(mode="after")
     def _gang_fits(self) -> TrainJobSpec:
@@ -308,8 +381,10 @@ class ObjectMeta(_Model):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
 
-    # 53, not 63: pod names append "-worker-<i>" / "-scheduler" and must stay DNS labels.
-    name: str = Field(pattern=DNS1123_LABEL, max_length=MAX_JOB_NAME)
+    # 52, not 63: pod names append "-worker-<i>" / "-scheduler" and must stay DNS labels (they are the
+    # pods' hostnames); a letter first because the name is also the headless Service's.
+    name: str = Field(pattern=DNS1035_LABEL, max_length=MAX_JOB_NAME,
+                      description=f"lower-case letters, digits and '-', starting with a letter, at most {MAX_JOB_NAME}")
     namespace: str | None = Field(default=None, pattern=DNS1123_LABEL, max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)

@@ -16,12 +16,20 @@ Every pod: init container ``fetch-code`` (when the job has a code package), ``fe
 with dataspace inputs), main container ``trainer``. Worker 0 of a job with ``spec.dataSpace.output``
 also runs ``sync-output``: a plain second container that waits for the trainer's exit code and then
 uploads ``/data_space/output`` — see docs/operator.md for why not a native sidecar.
+
+Hardening (docs/operator.md, "Pod hardening"): every pod passes the Pod Security ``restricted`` profile
+(non-root, no privilege escalation, every capability dropped, RuntimeDefault seccomp) unless the cluster
+or the job asks for root; no ServiceAccount token unless the job asks; a ``sizeLimit`` on every emptyDir;
+CPU and memory requests derived from the GPUs asked; and one NetworkPolicy per job
+(:func:`build_network_policy`) that lets only the job's own pods in.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aidi.api import trainjob as tj
@@ -67,14 +75,59 @@ Role = Literal["worker", "server", "scheduler"]
 
 
 @dataclass(frozen=True)
+class PodHardening:
+    """The cluster's pod defaults (chart values ``jobDefaults.*``, the operator's ``AIDI_JOB_*`` environment)."""
+
+    # uid/gid the job's containers run as; the job image's own user (jobimage/Dockerfile: 1000).
+    run_as_user: int = 1000
+    # Cluster-wide: let every job's main container run as root (a job can ask with spec.runAsRoot).
+    run_as_root: bool = False
+    # Requests of a worker per GPU asked (a 4-GPU worker requests 4x); a worker without GPUs, a
+    # parameter server and the scheduler request one share.
+    cpu_per_gpu: str = "4"
+    memory_per_gpu: str = "16Gi"
+    # The fetch and sync steps (download, decrypt, unpack, upload).
+    step_cpu: str = "500m"
+    step_memory: str = "1Gi"
+    # emptyDir sizeLimits: past them the kubelet evicts the pod instead of filling the node's disk.
+    code_size_limit: str = "5Gi"  # above the unpacker's 4 GiB default limit
+    input_size_limit: str = "500Gi"
+    output_size_limit: str = "100Gi"
+    shm_size_limit: str = "8Gi"  # memory-backed: counts against the pod's memory
+
+    @classmethod
+    def from_env(cls) -> PodHardening:
+        """Defaults overridden by ``AIDI_JOB_RUN_AS_USER``, ``AIDI_JOB_RUN_AS_ROOT``, ``AIDI_JOB_CPU_PER_GPU``,
+        ``AIDI_JOB_MEMORY_PER_GPU``, ``AIDI_JOB_STEP_CPU``, ``AIDI_JOB_STEP_MEMORY``, ``AIDI_JOB_CODE_SIZE_LIMIT``,
+        ``AIDI_JOB_INPUT_SIZE_LIMIT``, ``AIDI_JOB_OUTPUT_SIZE_LIMIT``, ``AIDI_JOB_SHM_SIZE_LIMIT``."""
+        base = cls()
+        values: dict[str, object] = {}
+        for name in cls.__dataclass_fields__:
+            raw = os.environ.get(f"AIDI_JOB_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            default = getattr(base, name)
+            if isinstance(default, bool):
+                values[name] = raw.strip().lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[name] = int(raw)
+            else:
+                if not re.match(tj.QUANTITY, raw):
+                    raise ValueError(f"AIDI_JOB_{name.upper()}={raw!r} is not a quantity such as 4, 500m or 16Gi")
+                values[name] = raw
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class PodSettings:
-    """What the cluster, not the job, decides: default images and where the dataspace is."""
+    """What the cluster, not the job, decides: default images, where the dataspace is, pod hardening."""
 
     job_image: str = "aidi/jobimage:0.1.0"
     fetch_image: str = "aidi/operator:0.1.0"
     dataspace_endpoint: str = ""
     dataspace_bucket: str = "aidi"
     dataspace_secret: str = "aidi-dataspace"
+    hardening: PodHardening = field(default_factory=PodHardening)
 
 
 @dataclass(frozen=True)
@@ -226,11 +279,29 @@ exec {shlex.join(sync_output_command(output))}
 """
 
 
-def _resources(job: tj.TrainJob, member: Member) -> dict[str, Any]:
+def _scaled(quantity: str, times: int) -> str:
+    """``quantity`` × ``times`` in the quantity's own unit ("16Gi" × 4 = "64Gi", "500m" × 2 = "1000m")."""
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)?)(.*)$", quantity)
+    if times == 1 or match is None:
+        return quantity
+    number = float(match.group(1)) * times
+    text = str(int(number)) if number.is_integer() else f"{number:g}"
+    return text + match.group(2)
+
+
+def _resources(job: tj.TrainJob, member: Member, hardening: PodHardening) -> dict[str, Any]:
+    """Requests by default (per GPU for workers, one share for the other roles) so that no job pod is
+    BestEffort, the first evicted on a busy node; the job's own spec.resources win, key by key."""
+    share = max(job.spec.gpus_per_worker, 1) if member.role == "worker" else 1
+    requests: dict[str, str] = {"cpu": _scaled(hardening.cpu_per_gpu, share),
+                                "memory": _scaled(hardening.memory_per_gpu, share)}
     if member.role != "worker":
-        return {}
-    requests = {k: str(v) for k, v in job.spec.resources.requests.items()}
+        return {"requests": requests}
     limits = {k: str(v) for k, v in job.spec.resources.limits.items()}
+    # A limit without a request: Kubernetes takes the limit as the request (a default above it would
+    # make the pod invalid).
+    requests = {k: v for k, v in requests.items() if k not in limits}
+    requests |= {k: str(v) for k, v in job.spec.resources.requests.items()}
     if job.spec.gpus_per_worker:
         # Extended resources must have requests == limits; setting both says so explicitly.
         requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(job.spec.gpus_per_worker)
@@ -262,6 +333,39 @@ def has_sync(job: tj.TrainJob, member: Member) -> bool:
     return job.spec.data_space.output is not None and member == Member("worker", 0)
 
 
+def runs_as_root(job: tj.TrainJob, hardening: PodHardening) -> bool:
+    """The job's main container runs as root: asked by the job (spec.runAsRoot) or the cluster's default."""
+    return job.spec.run_as_root if job.spec.run_as_root is not None else hardening.run_as_root
+
+
+def pod_security_context(hardening: PodHardening) -> dict[str, Any]:
+    """The pod-level context: what Pod Security ``restricted`` wants (the main container may override
+    the user when the job runs as root). fsGroup makes the emptyDirs and the password file readable."""
+    uid = hardening.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context(root: bool = False) -> dict[str, Any]:
+    """Per container: no privilege escalation, no capabilities. A root container keeps the runtime's
+    default capabilities (what images that need root use them for: chown, apt) — Pod Security
+    ``baseline``, not ``restricted``."""
+    if root:
+        return {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": False}
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _empty_dir(name: str, size_limit: str, memory: bool = False) -> dict[str, Any]:
+    source: dict[str, Any] = {"sizeLimit": size_limit}
+    if memory:
+        source["medium"] = "Memory"
+    return {"name": name, "emptyDir": source}
+
+
+def _step_resources(hardening: PodHardening) -> dict[str, Any]:
+    return {"requests": {"cpu": hardening.step_cpu, "memory": hardening.step_memory}}
+
+
 def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attempt: int = 0,
               owner_uid: str | None = None, deadline_seconds: int | None = None) -> dict[str, Any]:
     """The manifest of one pod of the job.
@@ -271,34 +375,40 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     is down.
     """
     spec = job.spec
+    hard = settings.hardening
     env = _env(job, member, settings)
     sync = has_sync(job, member)
     volumes: list[dict[str, Any]] = [
-        {"name": "code", "emptyDir": {}},
-        {"name": "data-input", "emptyDir": {}},
-        {"name": "data-output", "emptyDir": {}},
+        _empty_dir("code", hard.code_size_limit),
+        _empty_dir("data-input", hard.input_size_limit),
+        _empty_dir("data-output", hard.output_size_limit),
         # MXNet's decoding workers share memory through /dev/shm; the container default is 64 MiB.
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        _empty_dir("dshm", hard.shm_size_limit, memory=True),
     ]
+    # The pod-side steps never run as root, whatever the job asks: they handle untrusted archives.
+    step_security = container_security_context()
     init: list[dict[str, Any]] = []
     if spec.code_package is not None:
         secret = password_secret(job)
-        # Readable by any user: the fetch image runs as non-root, and only fetch-code mounts this volume.
+        # Owner-only; the kubelet adds group read for the pod's fsGroup, the fetch step's group. Only
+        # fetch-code mounts this volume.
         volumes.append({"name": "code-password", "secret": {
-            "secretName": secret.name, "items": [{"key": secret.key, "path": "password"}], "defaultMode": 0o444}})
+            "secretName": secret.name, "items": [{"key": secret.key, "path": "password"}], "defaultMode": 0o400}})
         init.append({"name": FETCH_CODE_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_code_command(spec.code_package.uri), "env": env,
+                     "resources": _step_resources(hard), "securityContext": step_security,
                      "volumeMounts": [_mount("code", WORKING_PATH), _mount("code-password", PASSWORD_DIR, True)]})
     if member.role == "worker" and spec.data_space.inputs:
         init.append({"name": FETCH_DATA_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_data_command(spec.data_space.inputs), "env": env,
+                     "resources": _step_resources(hard), "securityContext": step_security,
                      "volumeMounts": [_mount("data-input", INPUT_DIR)]})
 
     main_mounts = [_mount("code", WORKING_PATH), _mount("data-input", INPUT_DIR), _mount("data-output", OUTPUT_DIR),
                    _mount("dshm", "/dev/shm")]
     command = list(spec.command)
     if sync:
-        volumes.append({"name": "done", "emptyDir": {}})
+        volumes.append(_empty_dir("done", "1Mi"))
         main_mounts.append(_mount("done", DONE_DIR))
         command = ["sh", "-c", _TRAINER_WRAPPER, "aidi-trainer", *command]
     main: dict[str, Any] = {
@@ -308,16 +418,16 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         "workingDir": WORKING_PATH,
         "env": env + [e.to_wire() for e in spec.env],
         "volumeMounts": main_mounts,
+        "securityContext": container_security_context(runs_as_root(job, hard)),
+        "resources": _resources(job, member, hard),
     }
-    resources = _resources(job, member)
-    if resources:
-        main["resources"] = resources
     if uses_parameter_servers(spec):
         main["ports"] = [{"name": "dmlc", "containerPort": DMLC_PORT}]
     containers = [main]
     if sync and spec.data_space.output is not None:
         containers.append({"name": SYNC_CONTAINER, "image": settings.fetch_image,
                            "command": ["sh", "-c", sync_script(spec.data_space.output)], "env": env,
+                           "resources": _step_resources(hard), "securityContext": step_security,
                            "volumeMounts": [_mount("data-output", OUTPUT_DIR, True), _mount("done", DONE_DIR)]})
 
     pod_spec: dict[str, Any] = {
@@ -325,6 +435,10 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         "restartPolicy": "Never",
         "priorityClassName": f"aidi-priority-{spec.priority}",
         "enableServiceLinks": False,
+        # The namespace's default ServiceAccount token is no business of a training job's; a job that
+        # talks to the API server asks with spec.serviceAccountToken.
+        "automountServiceAccountToken": bool(spec.service_account_token),
+        "securityContext": pod_security_context(hard),
         "initContainers": init,
         "containers": containers,
         "volumes": volumes,
@@ -377,6 +491,22 @@ def build_service(job: tj.TrainJob, owner_uid: str | None = None) -> dict[str, A
             "publishNotReadyAddresses": True,
             "ports": [{"name": "dmlc", "port": DMLC_PORT, "targetPort": DMLC_PORT}],
         },
+    }
+
+
+def build_network_policy(job: tj.TrainJob, owner_uid: str | None = None) -> dict[str, Any]:
+    """Ingress to the job's pods only from the job's own pods, on TCP; nothing else in (egress stays open:
+    the pods fetch from the dataspace). Any TCP port rather than only 9091: ps-lite's scheduler listens
+    on DMLC_PS_ROOT_PORT, but workers and servers bind ports it hands out at random. A single-worker
+    job listens on nothing, so its policy lets nothing in."""
+    own = {"matchLabels": {LABEL_JOB: job.metadata.name}}
+    ingress: list[dict[str, Any]] = []
+    if uses_parameter_servers(job.spec):
+        ingress.append({"from": [{"podSelector": own}], "ports": [{"protocol": "TCP"}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _metadata(job, job.metadata.name, owner_uid, job_labels(job)),
+        "spec": {"podSelector": own, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 

@@ -22,7 +22,7 @@ import kopf
 import aidi_operator  # noqa: F401  (registers the handlers)
 from aidi import __version__, cmdline
 from aidi.errors import UsageError
-from aidi.jobs.podspec import PodSettings
+from aidi.jobs.podspec import PodHardening, PodSettings
 from aidi_operator.startup import OperatorSettings, OperatorState, connection_info, kopf_settings
 
 DESCRIPTION = """\
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _hardening() -> PodHardening:
+    """Job pods' securityContext, requests and sizeLimits from AIDI_JOB_* (chart values jobDefaults.pods)."""
+    try:
+        return PodHardening.from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces = args.namespaces or [n.strip() for n in os.environ.get("AIDI_NAMESPACES", "").split(",") if n.strip()]
     if args.resync_seconds <= 0:
@@ -84,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     return OperatorSettings(
         pods=PodSettings(job_image=args.job_image, fetch_image=args.fetch_image,
                          dataspace_endpoint=args.dataspace_endpoint, dataspace_bucket=args.dataspace_bucket,
-                         dataspace_secret=args.dataspace_secret),
+                         dataspace_secret=args.dataspace_secret, hardening=_hardening()),
         namespaces=tuple(namespaces), liveness_port=args.liveness_port, resync_seconds=args.resync_seconds,
         log_tail_lines=args.log_tail_lines, server=args.server,
     )

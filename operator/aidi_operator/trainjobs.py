@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from aidi.api import trainjob as tj
 from aidi.api.errors import from_pydantic
 from aidi.jobs import lifecycle, podspec
+from aidi_operator import netpol
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
 from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
 
@@ -253,6 +254,8 @@ async def _create_children(state: OperatorState, job: tj.TrainJob, uid: str | No
         group = podspec.build_podgroup(job, uid)
         if group is not None:  # first: a gang scheduler binds a pod only once it sees the pod's group
             await api.create(group_path(podspec.PODGROUP_API_VERSION, namespace, "podgroups"), group)
+        if plan.create:  # before the pods, so that none of them is ever open to the whole cluster
+            await netpol.ensure(api, job, uid)
         # The Service and the pods do not depend on each other (DNS names appear with the pods'
         # endpoints): one round trip for all of them, not one per child.
         creates = [(core_path(namespace, "pods"), podspec.build_pod(
@@ -311,6 +314,7 @@ async def delete_children(state: OperatorState, namespace: str, name: str) -> No
         *(api.delete(core_path(namespace, "pods", pod)) for pod in sorted(pods)),
         api.delete(core_path(namespace, "services", name)),
         _delete_podgroup(api, namespace, name),
+        netpol.delete(api, namespace, name),
     )
 
 

@@ -20,6 +20,7 @@ NEEDED_IN_JOB_NAMESPACES: frozenset[Rule] = frozenset({
     *{("", "services", v) for v in ("create", "delete")},  # the headless Service of multi-worker jobs
     ("", "events", "create"),  # Events on TrainJobs
     *{("scheduling.volcano.sh", "podgroups", v) for v in ("create", "delete")},  # with Volcano only
+    *{("networking.k8s.io", "networkpolicies", v) for v in ("create", "delete")},  # one per job: its pods' ingress
 })
 NEEDED_CLUSTER_WIDE: frozenset[Rule] = frozenset({
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")},  # kopf's discovery
