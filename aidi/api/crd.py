@@ -44,25 +44,9 @@ def _cel_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# Cross-field rules the API server enforces at `kubectl apply` time (CEL, Kubernetes >= 1.25).
-ROOT_VALIDATIONS = [
-    {
-        "rule": f"self.metadata.name.size() <= {tj.MAX_JOB_NAME}",
-        "message": f"metadata.name must be at most {tj.MAX_JOB_NAME} characters (pod names add a suffix such as "
-                   "-worker-255 and are the pods' hostnames, at most 63)",
-    },
-    {
-        "rule": f"self.metadata.name.matches({_cel_string(tj.DNS1035_LABEL)})",
-        "message": "metadata.name must start with a letter (it also names the job's Service) and hold only "
-                   "lower-case letters, digits and '-'",
-    },
-]
-# A quantity ("8", "64Gi", "500m") or a whole number, per value of resources.requests / limits.
-QUANTITY_VALIDATIONS = [{
-    "rule": "self.all(k, type(self[k]) == int ? int(self[k]) >= 0 : "
-            f"string(self[k]).matches({_cel_string(tj.QUANTITY)}))",
-    "message": 'each value must be a quantity such as 8, "500m", "64Gi"',
-}]
+# Cross-field rules the API server enforces at `kubectl apply` time (CEL, Kubernetes >= 1.25). Per-value
+# rules are OpenAPI patterns and lengths instead wherever one will do: CEL's cost budget is estimated from
+# the largest possible input, and regex matches over long strings in maps exhaust it quickly.
 WORKERS_VALIDATIONS = [{"rule": "self.min <= self.max", "message": "workers.min must not exceed workers.max"}]
 
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
@@ -103,7 +87,14 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         if rest.get("x-kubernetes-int-or-string"):
-            return _structural({k: v for k, v in rest.items() if k != "default"}, defs)
+            # As controller-gen writes resource.Quantity: the string branch's pattern and length at the top
+            # (JSON Schema applies them to strings only), the two branches bare.
+            strings = [b for b in branches if b.get("type") == "string"]
+            kept = {k: v for k, v in rest.items() if k != "default"}
+            if strings and ("pattern" in strings[0] or "maxLength" in strings[0]):
+                kept["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+                kept |= {k: strings[0][k] for k in ("pattern", "maxLength") if k in strings[0]}
+            return _structural(kept, defs)
         if len(branches) == 1:
             if rest.get("default", "unset") is None:
                 rest.pop("default")
@@ -137,9 +128,6 @@ def openapi_schema() -> dict[str, Any]:
     """The ``openAPIV3Schema`` of the TrainJob CRD."""
     spec = _model_schema(tj.TrainJobSpec)
     spec["properties"]["workers"]["x-kubernetes-validations"] = WORKERS_VALIDATIONS
-    for which in ("requests", "limits"):
-        resources = spec["properties"]["resources"]["properties"][which]
-        resources["x-kubernetes-validations"] = [*resources["x-kubernetes-validations"], *QUANTITY_VALIDATIONS]
     status = _model_schema(tj.TrainJobStatus)
     status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
     status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
@@ -150,11 +138,13 @@ def openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            # Only metadata.name may be constrained in a CRD: a DNS-1035 label short enough for the pods'
+            # names (and hostnames), "<job>-worker-255" included.
+            "metadata": {"type": "object", "properties": {"name": {
+                "type": "string", "maxLength": tj.MAX_JOB_NAME, "pattern": tj.DNS1035_LABEL}}},
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": ROOT_VALIDATIONS,
     }
 
 
