@@ -103,7 +103,8 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[id(node)]
 
 
-def _read_yaml(text: str, source: str) -> Any:
+def read_yaml(text: str, source: str, example: str = "examples/train_job.yaml") -> Any:
+    """The one YAML document in ``text``, read with the limits above; SpecError (with FILE:LINE:COLUMN) if not."""
     docs = []
     loader: _GuardedLoader | None = None
     try:
@@ -132,10 +133,9 @@ def _read_yaml(text: str, source: str) -> Any:
         if loader is not None:
             loader.dispose()
     if not docs:
-        raise SpecError(source, [FieldError("", "the file is empty; see examples/train_job.yaml")])
+        raise SpecError(source, [FieldError("", f"the file is empty; see {example}")])
     if len(docs) > 1:
-        raise SpecError(source, [FieldError("", f"the file holds {len(docs)} YAML documents; put one job per "
-                                                "file")])
+        raise SpecError(source, [FieldError("", f"the file holds {len(docs)} YAML documents; put one per file")])
     return docs[0]
 
 
@@ -144,7 +144,7 @@ def load_text(text: str, source: str = "<string>", base_dir: Path | None = None)
     if len(text) > MAX_FILE_BYTES:
         raise SpecError(source, [FieldError("", f"the text is over the {MAX_FILE_BYTES >> 20} MiB limit for a "
                                                 "job file")])
-    doc = _read_yaml(text, source)
+    doc = read_yaml(text, source)
     if not isinstance(doc, dict):
         raise SpecError(source, [FieldError("", "expected a mapping at the top level; see examples/train_job.yaml")])
     base = base_dir or Path(".")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from aidi.api.errors import FieldError, SpecError, from_pydantic
-from aidi.errors import NotFoundError, UsageError
+from aidi.api.loader import read_job_text, read_yaml
+from aidi.errors import NotFoundError
 
 # A required text field: surrounding blanks dropped, and not empty.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -41,10 +41,8 @@ def load_sections(path: Path, what: str, model: type[FileModel]) -> FileModel:
     """``path`` validated against ``model``; a :class:`SpecError` lists every problem, each with its field."""
     if not path.is_file():
         raise NotFoundError(f"{path}: no such file; write a {what} (example in docs/phase2.md)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})") from None
+    # The job file's reader: size cap, UTF-8, alias/depth bounds, duplicate keys refused.
+    data = read_yaml(read_job_text(path), str(path), example="docs/phase2.md")
     if not isinstance(data, dict):
         raise SpecError(str(path), [FieldError("", f"expected a {what} with a REQUIRED section (see docs/phase2.md)")])
     try:

@@ -132,7 +132,7 @@ def test_anchors_within_bounds_still_work(tmp_path: Path, capsys: pytest.Capture
     path.write_text(text.replace("x-common: &ds {DATA_TYPE: trainset}\n", ""))
     assert validate(path, capsys)[0] == 0
     merged = "base: &base {a: 1}\nother:\n  <<: *base\n  b: 2\n"
-    assert loader._read_yaml(merged, "t") == {"base": {"a": 1}, "other": {"a": 1, "b": 2}}
+    assert loader.read_yaml(merged, "t") == {"base": {"a": 1}, "other": {"a": 1, "b": 2}}
 
 
 def test_a_valid_file_at_the_size_cap_is_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
