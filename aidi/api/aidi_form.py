@@ -63,7 +63,7 @@ class AidiRequired(_Section):
 class AidiDataSpace(_Section):
     DATA_TYPE: tj.DatasetType = Field(default="trainset", description="one of " + ", ".join(tj.DATASET_TYPES))
     INPUT: str | list[str] | None = Field(
-        default=None, description='a dataset name, "name:v3", or a list of them'
+        default=None, description=f'a dataset name, "name:v3", or a list of at most {tj.MAX_INPUTS} of them'
     )
     OUTPUT: str | None = Field(default=None, pattern=tj.DATASET_NAME, description="the output dataset's name")
 
@@ -115,8 +115,12 @@ def _cross_field_errors(doc: dict[str, Any]) -> list[FieldError]:
         ))
     inputs = (((doc.get("OPTIONAL") or {}).get("DATA_SPACE") or {}) if isinstance(doc.get("OPTIONAL"), dict)
               else {})
-    if isinstance(inputs, dict):
-        for i, ref in enumerate(_input_refs(inputs.get("INPUT"))):
+    refs = _input_refs(inputs.get("INPUT")) if isinstance(inputs, dict) else []
+    if len(refs) > tj.MAX_INPUTS:
+        errors.append(FieldError("OPTIONAL.DATA_SPACE.INPUT", f"{len(refs)} datasets; at most {tj.MAX_INPUTS} "
+                                 "per job — pack related data into fewer datasets"))
+    elif isinstance(inputs, dict):
+        for i, ref in enumerate(refs):
             name, _, version = ref.partition(":")
             path = "OPTIONAL.DATA_SPACE.INPUT" + (f"[{i}]" if isinstance(inputs.get("INPUT"), list) else "")
             try:

@@ -48,6 +48,7 @@ MAX_WORKERS = 256
 # which is a DNS label of at most 63 characters.
 MAX_JOB_NAME = 52
 MAX_LABEL_VALUE = 63
+MAX_INPUTS = 64  # each is an argument of the fetch-data command line
 MAX_MAP_ENTRIES = 64
 MAX_WALL_TIME_MINUTES = 90 * 24 * 60  # 90 days: well inside every int64 the kubelet multiplies it into
 MAX_DEADLINE_SECONDS = MAX_WALL_TIME_MINUTES * 60
@@ -153,7 +154,8 @@ class DatasetOutput(_Model):
 class DataSpace(_Model):
     """Dataspace inputs fetched before the job starts, and the output synced after it."""
 
-    inputs: list[DatasetInput] = Field(default_factory=list, description="Datasets fetched into the pods.")
+    inputs: list[DatasetInput] = Field(default_factory=list, max_length=MAX_INPUTS,
+                                       description=f"Datasets fetched into the pods (at most {MAX_INPUTS}).")
     output: DatasetOutput | None = Field(default=None, description="Dataset that receives the outputs.")
 
 
@@ -214,7 +216,7 @@ class TrainJobSpec(_Model):
                     "case, no spaces); the operator's default job image when unset.",
     )
     command: list[str] = Field(
-        min_length=1,
+        min_length=1, max_length=1024,
         description='Main container command; RUN_SCRIPTS becomes ["bash", "-c", RUN_SCRIPTS].',
     )
     code_package: CodePackage | None = Field(
