@@ -148,8 +148,7 @@ def test_unsafe_archives_are_refused(tmp_path: Path, entries: list[tarfile.TarIn
     with pytest.raises(IntegrityError, match=why):
         codepkg.unpack_encrypted(encrypted, "pw", dest)
     assert not (tmp_path / "sandbox" / "escape.txt").exists()
-    assert not dest.exists(), "nothing is unpacked from an archive with one bad entry"
-    assert list((tmp_path / "sandbox").iterdir()) == [], "the staging folder is removed"
+    assert not (tmp_path / "sandbox").exists(), "nothing is written for an archive with one bad entry"
 
 
 def test_symlink_pointing_outside_the_upload_dir_is_refused_at_pack(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ with :class:`aidi.errors.IntegrityError`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import gzip
 import hashlib
@@ -623,36 +624,47 @@ def _extract_to(tar: tarfile.TarFile, stage: Path, limits: UnpackLimits) -> int:
     return plan.files
 
 
+def _check_dest(dest: Path) -> None:
+    """``dest`` must be absent or an empty folder: unpacking never merges into, or deletes, what is there."""
+    if dest.is_symlink():
+        raise UsageError(f"--dest {dest} is a symlink; give the real folder")
+    if dest.exists():
+        if not dest.is_dir():
+            raise UsageError(f"--dest {dest} exists and is not a folder; remove it or choose another folder")
+        if any(dest.iterdir()):
+            raise UsageError(f"--dest {dest} is not empty; remove its contents or choose an empty folder")
+
+
 def _staging_folder(dest: Path) -> tuple[Path, bool]:
     """(staging folder, inside_dest). Next to ``dest`` when a rename can put it in place; inside ``dest`` when
     ``dest`` is a mount point (a pod's emptyDir at /job/code), where a rename onto it cannot work."""
     parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
     inside = dest.is_dir() and (os.path.ismount(dest) or dest.stat().st_dev != parent.stat().st_dev)
     base = dest if inside else parent
     return Path(tempfile.mkdtemp(prefix=f".{dest.name}.aidi-unpack-", dir=base)), inside
 
 
 def _move_into_place(stage: Path, dest: Path, inside: bool) -> None:
-    """Put the staged tree at ``dest``, replacing what was there (a rerun gets exactly the package)."""
     if inside:
-        for stale in dest.iterdir():
-            if stale != stage:
-                shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
         for entry in stage.iterdir():
             entry.rename(dest / entry.name)
         stage.rmdir()
         return
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        raise UsageError(f"--dest {dest} exists and is not a folder; remove it or choose another folder")
-    old: Path | None = None
     if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.aidi-old-", dir=dest.parent)) / "old"
-        dest.rename(old)
+        dest.rmdir()  # empty (checked before unpacking): rename cannot replace a folder
     stage.chmod(0o755)
     stage.rename(dest)
-    if old is not None:
-        shutil.rmtree(old.parent)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """mkdir -p ``folder``; returns the folders it made, deepest first, to remove them again on a refusal."""
+    made: list[Path] = []
+    for ancestor in [folder, *folder.parents]:
+        if ancestor.exists():
+            break
+        made.append(ancestor)
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
 
 
 def unpack(archive: str | Path, dest: str | os.PathLike[str], limits: UnpackLimits | None = None) -> int:
@@ -663,7 +675,10 @@ def unpack(archive: str | Path, dest: str | os.PathLike[str], limits: UnpackLimi
     limits = limits or UnpackLimits()
     dest = Path(os.path.abspath(dest))
     source = str(archive)
+    _check_dest(dest)
+    made = _make_parents(dest.parent)
     stage, inside = _staging_folder(dest)
+    done = False
     try:
         with open(archive, "rb") as raw:
             compressed = _CountingReader(raw)
@@ -672,6 +687,7 @@ def unpack(archive: str | Path, dest: str | os.PathLike[str], limits: UnpackLimi
                 with tarfile.open(fileobj=guarded, mode="r|") as tar:
                     files = _extract_to(tar, stage, limits)
         _move_into_place(stage, dest, inside)
+        done = True
     except _Refused as refused:
         entry = f"entry {refused.entry!r}: " if refused.entry else ""
         raise IntegrityError(f"{source}: refusing to unpack: {entry}{refused.why}; nothing was written to "
@@ -685,6 +701,10 @@ def unpack(archive: str | Path, dest: str | os.PathLike[str], limits: UnpackLimi
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            for folder in made:  # the parents of --dest this call made, and nothing else
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     return files
 
 
