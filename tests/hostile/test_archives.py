@@ -216,3 +216,12 @@ def test_fetch_code_refuses_the_cve_pattern_end_to_end(tmp_path: Path, monkeypat
     assert "refusing to unpack" in capsys.readouterr().err
     assert victim.read_text() == "original\n"
     assert not dest.exists()
+
+
+def test_cve_pattern_is_refused_by_the_link_rules_alone(sandbox: tuple[Path, Path, Path],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: with the path-length limit lifted, the CVE-2025-4517 archive is still refused —
+    by the rule that nothing is written below a symlink of the archive."""
+    monkeypatch.setattr(codepkg, "MAX_NAME_BYTES", 1 << 20)
+    cve = next(c for c in CASES if c.name == "cve-2025-4517")
+    _run(dataclasses.replace(cve, refusal=r"below the symlink|leads outside"), *sandbox)
