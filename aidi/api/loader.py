@@ -123,6 +123,9 @@ def read_yaml(text: str, source: str, example: str = "examples/train_job.yaml") 
                 docs.append(data)
     except _JobFileError as exc:
         raise SpecError(f"{source}:{exc.line}:{exc.column}", [FieldError("", exc.message)]) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python refuses to convert it)
+        raise SpecError(source, [FieldError("", f"a value cannot be read: {excerpt(str(exc), 120)[1:-1]}; "
+                                                "write numbers of a sensible size")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
