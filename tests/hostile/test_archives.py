@@ -190,32 +190,52 @@ def test_costly_kdf_header_is_refused_before_deriving(tmp_path: Path, offset: in
     assert not (tmp_path / "out").exists()
 
 
-def test_fetch_code_refuses_the_cve_pattern_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """`aidi fetch-code` on a file:// dataspace, with a correctly encrypted hostile package: exit 6."""
+def _uploaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entries: list[Entry]) -> tuple[str, Path]:
+    """A correctly encrypted package of ``entries`` in a file:// dataspace: (its URI, the password file)."""
+    from aidi.dataspace import DataspaceConfig, open_dataspace
+
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.setenv("AIDI_DATASPACE_ENDPOINT", f"file://{store}")
     monkeypatch.setenv("AIDI_DATASPACE_BUCKET", "aidi")
-    from aidi.dataspace import DataspaceConfig, open_dataspace
     dataspace = open_dataspace(DataspaceConfig.from_env())
     dataspace.store.check(create=True)
-    victim = tmp_path / "victim.txt"
-    victim.write_text("original\n")
-    plain = tmp_path / "evil.tar.gz"
-    write_tar_gz(plain, CASES[0].entries(str(victim)))
-    enc = tmp_path / "evil.tar.gz.enc"
+    plain = tmp_path / "pkg.tar.gz"
+    write_tar_gz(plain, entries)
+    enc = tmp_path / "pkg.tar.gz.enc"
     digest = codepkg.encrypt_file(plain, enc, "pw")
-    key = f"codepkgs/t/evil/{digest}.tar.gz.enc"
+    key = f"codepkgs/t/job/{digest}.tar.gz.enc"
     dataspace.store.put_file(key, enc)
     (tmp_path / "pw").write_text("pw\n")
+    return dataspace.store.uri(key), tmp_path / "pw"
+
+
+def test_fetch_code_refuses_the_cve_pattern_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`aidi fetch-code` on a file:// dataspace, with a correctly encrypted hostile package: exit 6."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original\n")
+    uri, password = _uploaded(tmp_path, monkeypatch, CASES[0].entries(str(victim)))
     dest = tmp_path / "job" / "code"
-    code = aidi_main.main(["fetch-code", dataspace.store.uri(key), "--password-file", str(tmp_path / "pw"),
-                           "--dest", str(dest)])
-    assert code == 6
+    assert aidi_main.main(["fetch-code", uri, "--password-file", str(password), "--dest", str(dest)]) == 6
     assert "refusing to unpack" in capsys.readouterr().err
     assert victim.read_text() == "original\n"
-    assert not dest.exists()
+    assert not (tmp_path / "job").exists()
+
+
+def test_fetch_code_limits_are_flags_and_named_in_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    uri, password = _uploaded(tmp_path, monkeypatch, [(f"f{i}.py", FILE, b"x = 1\n") for i in range(5)])
+    args = ["fetch-code", uri, "--password-file", str(password), "--dest"]
+    assert aidi_main.main([*args, str(tmp_path / "a"), "--max-files", "4"]) == 6
+    assert "more than 4 entries, the file-count limit (raise it with --max-files" in capsys.readouterr().err
+    monkeypatch.setenv("AIDI_UNPACK_MAX_FILES", "3")
+    assert aidi_main.main([*args, str(tmp_path / "b")]) == 6
+    assert "more than 3 entries" in capsys.readouterr().err
+    assert aidi_main.main([*args, str(tmp_path / "c"), "--max-files", "5"]) == 0  # the flag wins
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [f"f{i}.py" for i in range(5)]
+    with pytest.raises(SystemExit):
+        aidi_main.main([*args, str(tmp_path / "d"), "--max-ratio", "0"])
 
 
 def test_cve_pattern_is_refused_by_the_link_rules_alone(sandbox: tuple[Path, Path, Path],
