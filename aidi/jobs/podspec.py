@@ -55,6 +55,10 @@ MAIN_CONTAINER = "trainer"
 FETCH_CODE_CONTAINER = "fetch-code"
 FETCH_DATA_CONTAINER = "fetch-data"
 SYNC_CONTAINER = "sync-output"
+FETCH_CHECKPOINT_CONTAINER = "fetch-checkpoint"
+# Where the kubelet takes a container's termination message from (the pod's status carries it): the
+# restore step says there which checkpoint it restored, and the lifecycle puts that into the job's status.
+TERMINATION_LOG = "/dev/termination-log"
 GPU_RESOURCE = "nvidia.com/gpu"
 DMLC_PORT = 9091  # Kubeflow MXJob's default port
 
@@ -194,6 +198,30 @@ def sync_output_command(output: tj.DatasetOutput) -> list[str]:
     return ["aidi", "sync-output", "--src", OUTPUT_DIR, "--name", output.name, "--type", output.type]
 
 
+def checkpoint_prefix(job: tj.TrainJob, owner_uid: str | None) -> str:
+    """``checkpoints/<namespace>/<job>/<uid>/``: the uid keeps a job submitted again under the same name from
+    resuming the checkpoints of the one before (aidi/dataspace/checkpoints.py)."""
+    return f"checkpoints/{job.metadata.namespace or 'default'}/{job.metadata.name}/{owner_uid or 'no-uid'}/"
+
+
+def has_checkpoints(job: tj.TrainJob, member: Member) -> bool:
+    """Worker 0 (the chief, which writes the checkpoints) of a job whose outputs go to the dataspace."""
+    return has_sync(job, member) and job.spec.checkpoints.enabled
+
+
+def fetch_checkpoint_command(prefix: str) -> list[str]:
+    return ["aidi", "fetch-checkpoint", "--prefix", prefix, "--dest", OUTPUT_DIR, "--message-file", TERMINATION_LOG]
+
+
+def sync_checkpoints_command(job: tj.TrainJob, prefix: str, attempt: int) -> list[str]:
+    sync = job.spec.checkpoints
+    command = ["aidi", "sync-checkpoints", "--prefix", prefix, "--src", OUTPUT_DIR, "--attempt", str(attempt),
+               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE]
+    if sync.max_bytes_per_second:
+        command += ["--max-bytes-per-second", str(sync.max_bytes_per_second)]
+    return command
+
+
 # The trainer's command runs as a child so that SIGTERM reaches it (a shell as PID 1 ignores it), and its
 # exit code lands where the sync container waits for it.
 _TRAINER_WRAPPER = f"""\
@@ -210,9 +238,14 @@ exit "$rc"
 """
 
 
-def sync_script(output: tj.DatasetOutput) -> str:
-    """The sync container: wait for the trainer's exit code; upload the outputs only after a success."""
-    return f"""\
+def sync_script(output: tj.DatasetOutput, checkpoints: list[str] | None = None, prefix: str = "") -> str:
+    """The sync container: wait for the trainer's exit code; upload the outputs only after a success.
+
+    With ``checkpoints`` (the ``aidi sync-checkpoints`` command line) that loop copies checkpoints meanwhile,
+    makes a last copy when the trainer ends (or the pod is deleted), and the checkpoints under ``prefix`` are
+    removed once a successful run's outputs are a version of their own."""
+    if not checkpoints:
+        return f"""\
 while [ ! -f {EXIT_CODE_FILE} ]; do
   if [ -f {HEARTBEAT_FILE} ] &&
      [ $(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) )) -gt {HEARTBEAT_STALE_SECONDS} ]; then
@@ -223,6 +256,27 @@ done
 rc=$(cat {EXIT_CODE_FILE})
 if [ "$rc" != 0 ]; then echo "the trainer exited with code $rc; outputs not synced"; exit 0; fi
 exec {shlex.join(sync_output_command(output))}
+"""
+    delete = shlex.join(["aidi", "delete-checkpoints", "--prefix", prefix])
+    return f"""\
+{shlex.join(checkpoints)} &
+ckpt=$!
+trap 'kill -TERM "$ckpt" 2>/dev/null; wait "$ckpt"; exit 143' TERM INT
+while [ ! -f {EXIT_CODE_FILE} ]; do
+  if [ -f {HEARTBEAT_FILE} ] &&
+     [ $(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) )) -gt {HEARTBEAT_STALE_SECONDS} ]; then
+    echo "the trainer container stopped without an exit code; outputs not synced" >&2
+    kill -TERM "$ckpt" 2>/dev/null; wait "$ckpt"; exit 1
+  fi
+  sleep 2
+done
+wait "$ckpt"
+rc=$(cat {EXIT_CODE_FILE})
+if [ "$rc" != 0 ]; then
+  echo "the trainer exited with code $rc; outputs not synced, its last checkpoint kept"; exit 0
+fi
+{shlex.join(sync_output_command(output))} || exit $?
+{delete} || echo "the job's checkpoints were not deleted; 'aidi delete-checkpoints --prefix {prefix}' removes them"
 """
 
 
@@ -289,10 +343,17 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         init.append({"name": FETCH_CODE_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_code_command(spec.code_package.uri), "env": env,
                      "volumeMounts": [_mount("code", WORKING_PATH), _mount("code-password", PASSWORD_DIR, True)]})
+    checkpoints = has_checkpoints(job, member)
+    prefix = checkpoint_prefix(job, owner_uid)
     if member.role == "worker" and spec.data_space.inputs:
         init.append({"name": FETCH_DATA_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_data_command(spec.data_space.inputs), "env": env,
                      "volumeMounts": [_mount("data-input", INPUT_DIR)]})
+    if checkpoints:
+        # Before the trainer starts, whatever the attempt: a suspended and resumed job resumes too.
+        init.append({"name": FETCH_CHECKPOINT_CONTAINER, "image": settings.fetch_image,
+                     "command": fetch_checkpoint_command(prefix), "env": env,
+                     "volumeMounts": [_mount("data-output", OUTPUT_DIR)]})
 
     main_mounts = [_mount("code", WORKING_PATH), _mount("data-input", INPUT_DIR), _mount("data-output", OUTPUT_DIR),
                    _mount("dshm", "/dev/shm")]
@@ -317,7 +378,10 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     containers = [main]
     if sync and spec.data_space.output is not None:
         containers.append({"name": SYNC_CONTAINER, "image": settings.fetch_image,
-                           "command": ["sh", "-c", sync_script(spec.data_space.output)], "env": env,
+                           "command": ["sh", "-c", sync_script(
+                               spec.data_space.output,
+                               sync_checkpoints_command(job, prefix, attempt) if checkpoints else None, prefix)],
+                           "env": env,
                            "volumeMounts": [_mount("data-output", OUTPUT_DIR, True), _mount("done", DONE_DIR)]})
 
     pod_spec: dict[str, Any] = {
