@@ -396,15 +396,18 @@ def _lost_pod(job: tj.TrainJob, status: tj.TrainJobStatus, current: list[PodStat
     """A pod of a running gang that was deleted from outside (preemption, eviction, kubectl delete pod).
 
     Only once the job is Running has every pod been seen, so only then does "missing" mean "deleted".
-    A gang with a replaced member hangs in ps-lite, so this counts as a failure of the whole gang.
+    A gang with a replaced member hangs in ps-lite, so this counts as a failure of the whole gang. Before
+    Running, a pod being deleted counts too once some pod of the gang has started: its workers may have
+    joined the scheduler or a server already, and would wait for the one being replaced until the wall time.
     """
-    if status.phase != "Running":
+    started = any((p.running or p.finished) and not p.deleting for p in current)
+    if status.phase != "Running" and not started:
         return None
     by_name = {p.name: p for p in current}
     for member in podspec.members(job.spec):
         name = member.pod_name(job.metadata.name)
         pod = by_name.get(name)
-        if pod is None or pod.deleting:
+        if (pod is None and status.phase == "Running") or (pod is not None and pod.deleting):
             gone = Termination("", None, "PodDeleted", "the pod was deleted (preempted, evicted or removed by hand)")
             return PodState(name=name, role=member.role, index=member.index, attempt=status.restarts,
                             phase="Failed", failure=gone)
