@@ -170,7 +170,14 @@ def test_pod_options_are_copied() -> None:
             resources={"requests": {"cpu": 4}, "limits": {"memory": "16Gi"}}, gpusPerWorker=0)
     pod = podspec.build_pods(j, SETTINGS)[0]
     assert pod["spec"]["nodeSelector"] == {"gpu": "a100"}
-    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    # The job's own, then the shorter wait on a lost node that restarts the gang within a minute.
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}] + [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+        for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")]
+    patient = job(tolerations=[{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                "effect": "NoExecute", "tolerationSeconds": 600}])
+    assert [t.get("tolerationSeconds") for t in podspec.build_pods(patient, SETTINGS)[0]["spec"]["tolerations"]] \
+        == [600, 60]  # a job that says how long to wait on its node keeps its word
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     main = container(pod, "trainer")
     assert main["image"] == SETTINGS.job_image

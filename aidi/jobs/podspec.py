@@ -65,6 +65,11 @@ DMLC_PORT = 9091  # Kubeflow MXJob's default port
 # The sync container gives up when the trainer's heartbeat is older than this: a container killed as a
 # whole (cgroup OOM kill) cannot write its exit code, and the pod must still finish.
 HEARTBEAT_SECONDS = 10
+# A node that stops answering: Kubernetes evicts its pods after this (its default is 300 s), the lifecycle sees
+# the deletion and restarts the gang, which resumes from the last checkpoint instead of its workers waiting on
+# a dead parameter server until the wall time (docs/operator.md, "When a pod or a node dies").
+NODE_LOST_SECONDS = 60
+NODE_LOST_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
 HEARTBEAT_STALE_SECONDS = 60
 
 Role = Literal["worker", "server", "scheduler"]
@@ -403,8 +408,11 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         pod_spec["schedulerName"] = scheduler
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    tolerations = [t.to_wire() for t in spec.tolerations]
+    given = {t.get("key") for t in tolerations}
+    tolerations += [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": NODE_LOST_SECONDS}
+                    for key in NODE_LOST_TAINTS if key not in given]
+    pod_spec["tolerations"] = tolerations
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_wire() for s in spec.image_pull_secrets]
     if not init:
