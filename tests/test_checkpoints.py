@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,12 @@ def test_checkpoints_commit_once_whole_upload_changes_only_and_restore_byte_exac
     write_epoch(out, "with-bn", 2, os.urandom(300_000))
     uploads: list[str] = []
     put_file = store.store.put_file
-    monkeypatch.setattr(store.store, "put_file", lambda key, *a, **kw: (uploads.append(key), put_file(key, *a, **kw))[1])
+
+    def counted(key: str, *args: Any, **kwargs: Any) -> Any:
+        uploads.append(key)
+        return put_file(key, *args, **kwargs)
+
+    monkeypatch.setattr(store.store, "put_file", counted)
     second = ckpt.sync_once(store, out, attempt=0, previous=first)
     assert second is not None and second.number == 2
     # Epoch 1's files were uploaded by the first copy only; the second sent what changed: epoch 2 and the progress.
@@ -118,8 +124,8 @@ def test_fetch_checkpoint_restores_the_newest_and_says_so_in_the_termination_mes
 
 
 def _sync_process(tmp_path: Path, out: Path, until: Path, interval: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(Path(sys.executable).parent / "aidi"), "sync-checkpoints", "--prefix", PREFIX, "--src", str(out),
-                             "--attempt", "2", "--interval", interval, "--until", str(until)],
+    return subprocess.Popen([str(Path(sys.executable).parent / "aidi"), "sync-checkpoints", "--prefix", PREFIX,
+                             "--src", str(out), "--attempt", "2", "--interval", interval, "--until", str(until)],
                             env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -234,9 +233,9 @@ class CheckpointStore:
                 if limit is not None:
                     limit.account(int(entry["size"]))
             known.add(sha)
+        created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {"attempt": attempt, "files": snap.files, "progress": snap.progress, "done": snap.done,
-                "latestStep": snap.latest_step,
-                "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "latestStep": snap.latest_step, "created": created}
         number = (previous.number if previous is not None else 0) + 1
         while True:
             key = f"{self.prefix}c{number:06d}.json"
@@ -246,7 +245,7 @@ class CheckpointStore:
             except ObjectExists:
                 number = max([number, *self.numbers()]) + 1  # another writer took it: the next free number
         return Checkpoint(key=key, number=number, attempt=attempt, files=snap.files, progress=snap.progress,
-                          done=snap.done, latest_step=snap.latest_step, created=body["created"])
+                          done=snap.done, latest_step=snap.latest_step, created=created)
 
     def restore(self, checkpoint: Checkpoint, dest: Path) -> int:
         """Download the checkpoint's files into ``dest`` (sha256 checked); returns the bytes written."""
@@ -297,9 +296,3 @@ def has_new_checkpoint(src: Path, seen: dict[str, float]) -> bool:
                 changed = True
     return changed
 
-
-def env_attempt() -> int:
-    try:
-        return int(os.environ.get("AIDI_ATTEMPT", "0"))
-    except ValueError:
-        return 0

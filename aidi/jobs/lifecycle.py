@@ -24,7 +24,7 @@ FINISHED = ("Succeeded", "Failed")
 # Why a runner that restarts gangs only after a kill (``decide(..., gang_restarts=KILLED_ONLY)``) failed the job.
 NO_GANG_RESTARTS = ("the local runner restarts a job only when a pod was killed (exit code 128 or above); "
                     "backoffLimit applies on a cluster")
-KILLED_ONLY = "killed"
+KILLED_ONLY: Literal["killed"] = "killed"
 GangRestarts = bool | Literal["killed"]
 # Pod/container reasons that mean "cannot start until someone fixes something".
 _WAITING_PROBLEMS = {
