@@ -222,3 +222,19 @@ def test_trainer_wrapper_forwards_exit_code_and_the_sync_step_waits_for_it(tmp_p
     result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
     assert result.returncode == 0
     assert result.stdout.strip() == "aidi sync-output --src /data_space/output --name models --type dataset"
+
+
+def test_the_aidi_form_sets_the_checkpoint_sync() -> None:
+    from aidi.api import aidi_form
+
+    required = {"JOB_NAME": "j", "JOB_PASSWD": "pw", "UPLOAD_DIR": "./code", "PROJECT_ID": "P1", "WORKER_MIN_NUM": 1,
+                "WORKER_MAX_NUM": 1, "GPU_PER_WORKER": 1, "RUN_SCRIPTS": "${WORKING_PATH}/run.sh"}
+    cases = [({}, (True, 600)), ({"CHECKPOINT_MINUTES": 0}, (True, 0)), ({"CHECKPOINT_MINUTES": 30}, (True, 1800)),
+             ({"CHECKPOINT_SYNC": False}, (False, 600))]
+    for optional, (enabled, seconds) in cases:
+        parsed, errors = aidi_form.parse({"REQUIRED": required, "OPTIONAL": optional})
+        assert parsed is not None and not errors, errors
+        sync = aidi_form.to_trainjob(parsed).spec.checkpoints
+        assert (sync.enabled, sync.interval_seconds) == (enabled, seconds), optional
+    _, errors = aidi_form.parse({"REQUIRED": required, "OPTIONAL": {"CHECKPOINT_MINUTES": -1}})
+    assert [e.path for e in errors] == ["OPTIONAL.CHECKPOINT_MINUTES"]
