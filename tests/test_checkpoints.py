@@ -184,3 +184,33 @@ def test_the_rate_limit_sleeps_off_what_was_sent_too_fast() -> None:
     unlimited = ckpt.RateLimit(None, sleep=slept.append)
     unlimited.account(10**9)
     assert len(slept) == 1
+
+
+def test_files_already_copied_are_not_read_again(s3: DataspaceConfig, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    store = ckpt.CheckpointStore(open_store(s3), PREFIX)
+    copied: list[str] = []
+    real_copy = ckpt._copy
+
+    def counting(src: Path, dest: Path, complete_lines: bool) -> tuple[str, int]:
+        copied.append(src.name)
+        return real_copy(src, dest, complete_lines)
+
+    monkeypatch.setattr(ckpt, "_copy", counting)
+    seen: ckpt.Seen = {}
+    write_epoch(out, "with-bn", 1, b"one")
+    first = ckpt.sync_once(store, out, attempt=0, seen=seen)
+    write_epoch(out, "with-bn", 2, b"two")
+    copied.clear()
+    second = ckpt.sync_once(store, out, attempt=0, previous=first, seen=seen)
+    # Epoch 1's files were neither read nor staged again; the (rewritten) progress file and epoch 2's were.
+    assert sorted(copied) == ["with-bn-0002.params", "with-bn-0002.states", "with-bn-progress.json"]
+    assert second is not None and "with-bn-0001.params" in second.files
+    write_epoch(out, "with-bn", 3, b"three")
+    third = ckpt.sync_once(store, out, attempt=0, previous=second, seen=seen)
+    assert third is not None
+    store.restore(third, tmp_path / "restored")
+    assert files_of(tmp_path / "restored") == files_of(out)
+    store.store.close()

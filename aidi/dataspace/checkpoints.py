@@ -58,7 +58,8 @@ class Snapshot:
     """The complete files of an output folder at one moment, staged in a private folder."""
 
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> {sha256, size}
-    staged: dict[str, Path] = field(default_factory=dict)  # path -> staged copy
+    staged: dict[str, Path] = field(default_factory=dict)  # path -> staged copy (files not seen before)
+    identity: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # path -> (inode, size, mtime)
     progress: dict[str, int] = field(default_factory=dict)  # step -> last saved epoch
     done: list[str] = field(default_factory=list)  # steps whose -last-0000.params exists
     latest_step: str | None = None  # the step written to most recently
@@ -89,8 +90,16 @@ def _progress_then_rest(src: Path, progress_files: list[Path]) -> Iterator[Path]
     yield from sorted(p for p in src.rglob("*") if p.parent != src or not p.name.endswith(_PROGRESS))
 
 
-def take_snapshot(src: Path, staging: Path) -> Snapshot:
-    """Stage a consistent copy of the complete files under ``src`` into ``staging``."""
+# path -> ((inode, size, mtime_ns), {sha256, size}) of files already in a committed checkpoint.
+Seen = dict[str, tuple[tuple[int, int, int], dict[str, Any]]]
+
+
+def take_snapshot(src: Path, staging: Path, seen: Seen | None = None) -> Snapshot:
+    """Stage a consistent copy of the complete files under ``src`` into ``staging``.
+
+    A file in ``seen`` with the same inode, size and modification time is taken from there without being read
+    again: the trainer replaces files (a new inode) rather than change them, so a long run's earlier epochs cost
+    nothing per copy. Progress files are always read (they are small, and their content is the checkpoint)."""
     snap = Snapshot()
     staging.mkdir(parents=True, exist_ok=True)
     progress_files = sorted(src.glob(f"*{_PROGRESS}"))
@@ -99,15 +108,23 @@ def take_snapshot(src: Path, staging: Path) -> Snapshot:
         if path.is_symlink() or not path.is_file() or path.name.endswith(".tmp") or path.name.startswith("."):
             continue
         rel = path.relative_to(src).as_posix()
+        name = path.name
         target = staging / f"{len(snap.staged):06d}"
         try:
-            mtime = path.stat().st_mtime
+            st = path.stat()
+            ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+            known = (seen or {}).get(rel)
+            if known is not None and known[0] == ident and not name.endswith(_PROGRESS):
+                snap.files[rel], snap.identity[rel] = known[1], ident
+                if name.endswith(_LAST) and "/" not in rel:
+                    snap.done.append(name[: -len(_LAST)])
+                continue
+            mtime = st.st_mtime
             sha, size = _copy(path, target, complete_lines=path.suffix == ".jsonl")
         except FileNotFoundError:
             continue  # replaced between listing and reading: the next sync takes the new one
         snap.files[rel] = {"sha256": sha, "size": size}
-        snap.staged[rel] = target
-        name = path.name
+        snap.staged[rel], snap.identity[rel] = target, ident
         if name.endswith(_PROGRESS) and "/" not in rel:
             step = name[: -len(_PROGRESS)]
             try:
@@ -227,6 +244,9 @@ class CheckpointStore:
                 continue
             key = self.object_key(sha)
             if self.store.stat(key) is None:
+                if rel not in snap.staged:
+                    raise IntegrityError(f"{self.store.uri(key)} ({rel}) is gone from the dataspace; the next copy "
+                                         "sends it again")
                 # ObjectExists: the same bytes, put there by an earlier copy whose answer was lost.
                 with contextlib.suppress(ObjectExists):
                     self.store.put_file(key, snap.staged[rel], metadata={"sha256": sha}, create_only=True)
@@ -270,14 +290,23 @@ class CheckpointStore:
 
 
 def sync_once(checkpoints: CheckpointStore, src: Path, attempt: int, previous: Checkpoint | None = None,
-              limit: RateLimit | None = None) -> Checkpoint | None:
-    """Snapshot ``src`` and commit it as the next checkpoint when it changed."""
+              limit: RateLimit | None = None, seen: Seen | None = None) -> Checkpoint | None:
+    """Snapshot ``src`` and commit it as the next checkpoint when it changed; ``seen`` (kept by the caller
+    between copies) learns the files now in the dataspace."""
     if not src.is_dir():
         return None
     staging = Path(tempfile.mkdtemp(prefix="aidi-ckpt-"))
     try:
-        snap = take_snapshot(src, staging)
-        return checkpoints.commit(snap, attempt, limit=limit, previous=previous)
+        snap = take_snapshot(src, staging, seen)
+        try:
+            committed = checkpoints.commit(snap, attempt, limit=limit, previous=previous)
+        except IntegrityError:
+            if seen is not None:
+                seen.clear()  # an object went missing: read and send everything again next time
+            raise
+        if seen is not None:
+            seen.update({rel: (snap.identity[rel], entry) for rel, entry in snap.files.items()})
+        return committed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

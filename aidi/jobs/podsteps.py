@@ -274,6 +274,7 @@ def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, int
         signal.signal(signal.SIGINT, stop)
     limit = ckpt.RateLimit(max_bytes_per_second)
     seen: dict[str, float] = {}
+    files: ckpt.Seen = {}
     previous: ckpt.Checkpoint | None = None
     last = -float("inf")
     try:
@@ -285,7 +286,7 @@ def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, int
             final = stop.requested or (until is not None and Path(until).exists())
             if final or (time.monotonic() - last >= interval and ckpt.has_new_checkpoint(src, seen)):
                 try:
-                    done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit)
+                    done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit, seen=files)
                     last = time.monotonic()
                 except AidiError as exc:
                     log.warning("checkpoint copy failed (%s); trying again", exc)
