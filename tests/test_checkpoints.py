@@ -123,11 +123,14 @@ def test_fetch_checkpoint_restores_the_newest_and_says_so_in_the_termination_mes
     assert podsteps.fetch_checkpoint(PREFIX, tmp_path / "again", message).checkpoint is None
 
 
-def _sync_process(tmp_path: Path, out: Path, until: Path, interval: str) -> subprocess.Popen[str]:
+def _sync_process(tmp_path: Path, out: Path, until: Path, interval: str, *extra: str,
+                  worker: int = 0) -> subprocess.Popen[str]:
     return subprocess.Popen([str(Path(sys.executable).parent / "aidi"), "sync-checkpoints", "--prefix", PREFIX,
-                             "--src", str(out), "--attempt", "2", "--interval", interval, "--until", str(until)],
-                            env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--src", str(out), "--attempt", "2", "--interval", interval, "--until", str(until),
+                             *extra],
+                            env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path),
+                                              "AIDI_WORKER_INDEX": str(worker)},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _wait_for(store: ckpt.CheckpointStore, number: int, timeout: float = 30) -> ckpt.Checkpoint:
@@ -213,4 +216,32 @@ def test_files_already_copied_are_not_read_again(s3: DataspaceConfig, tmp_path: 
     assert third is not None
     store.restore(third, tmp_path / "restored")
     assert files_of(tmp_path / "restored") == files_of(out)
+    store.store.close()
+
+
+def test_only_the_chiefs_pod_copies(s3: DataspaceConfig, tmp_path: Path) -> None:
+    """ps-lite's rank 0 may be any worker's pod: the loop copies where the trainer's rank file says 0."""
+    out, until, rank = tmp_path / "out", tmp_path / "exit-code", tmp_path / "rank"
+    out.mkdir()
+    store = ckpt.CheckpointStore(open_store(s3), PREFIX)
+    write_epoch(out, "with-bn", 1, b"one")
+    rank.write_text("1\n")
+    proc = _sync_process(tmp_path, out, until, "0", "--rank-file", str(rank), worker=0)
+    try:
+        time.sleep(3)  # more than a poll: worker 0's pod, but not the chief, copies nothing
+        assert store.numbers() == []
+        rank.write_text("0\n")  # (a new gang: this pod's trainer is the chief now)
+        write_epoch(out, "with-bn", 2, b"two")
+        assert _wait_for(store, 1).progress == {"with-bn": 2}
+        until.write_text("0\n")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    # Without a rank file (a job's own trainer), only worker 0's pod copies.
+    proc = _sync_process(tmp_path, out, tmp_path / "now", "0", "--rank-file", str(tmp_path / "none"), worker=1)
+    write_epoch(out, "with-bn", 3, b"three")
+    (tmp_path / "now").write_text("0\n")
+    assert proc.wait(timeout=30) == 0
+    assert store.numbers() == [1]
     store.store.close()

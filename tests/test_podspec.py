@@ -96,20 +96,26 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert main["command"][:2] == ["sh", "-c"] and main["command"][4:] == example.spec.command
     # ... and the checkpoints copied beside the trainer meanwhile, every 10 minutes by default.
     assert ("aidi sync-checkpoints --prefix checkpoints/team-a/adasmini-4pe/uid-1/ --src /data_space/output "
-            "--attempt 2 --interval 600 --until /var/run/aidi/done/exit-code &") in sync["command"][2]
+            "--attempt 2 --interval 600 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank &") \
+        in sync["command"][2]
+    assert e["AIDI_RANK_FILE"] == "/var/run/aidi/done/rank"  # the trainer says there whether it is the chief
 
 
-def test_checkpoint_sync_follows_spec_checkpoints_and_runs_on_worker_0_only() -> None:
+def test_checkpoint_sync_follows_spec_checkpoints_on_every_worker() -> None:
     out = {"dataSpace": {"output": {"name": "m"}}}
     tuned = job(workers={"min": 2, "max": 2}, checkpoints={"intervalSeconds": 0, "maxBytesPerSecond": 1 << 20},
                 **out)
     pods = {p["metadata"]["name"]: p for p in podspec.build_pods(tuned, SETTINGS, attempt=1, owner_uid="u")}
+    # ps-lite's rank 0 (the chief, which writes the checkpoints) may be any worker's pod: every worker restores
+    # and runs the copy loop, which copies only where the trainer's rank file says 0.
     for name, pod in pods.items():
         names = [c["name"] for c in pod["spec"].get("initContainers", [])]
-        assert ("fetch-checkpoint" in names) == (name == "j-worker-0"), name
-    script = container(pods["j-worker-0"], "sync-output")["command"][2]
-    assert "--attempt 1 --interval 0 --until /var/run/aidi/done/exit-code --max-bytes-per-second 1048576 &" \
-        in script
+        assert ("fetch-checkpoint" in names) == name.startswith("j-worker-"), name
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        assert containers == (["trainer", "sync-output"] if name.startswith("j-worker-") else ["trainer"]), name
+    script = container(pods["j-worker-1"], "sync-output")["command"][2]
+    assert ("--attempt 1 --interval 0 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank "
+            "--max-bytes-per-second 1048576 &") in script
     assert "aidi delete-checkpoints --prefix checkpoints/team-a/j/u/" in script  # after a success only
     off = job(checkpoints={"enabled": False}, **out)
     (pod,) = podspec.build_pods(off, SETTINGS)
@@ -215,6 +221,15 @@ def test_trainer_wrapper_forwards_exit_code_and_the_sync_step_waits_for_it(tmp_p
     result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
     assert result.returncode == 0
     assert result.stdout.split("\n")[:3] == ["aidi sync-checkpoints", "aidi sync-output", "aidi delete-checkpoints"]
+    # Only the chief's pod (the trainer's rank 0; worker 0's when the trainer does not say) syncs the outputs.
+    (done / "rank").write_text("1\n")
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
+    assert result.returncode == 0 and "rank 1: the chief's pod (rank 0) syncs the outputs" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("aidi")] == ["aidi sync-checkpoints"]
+    (done / "rank").unlink()
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20,
+                            env=path | {"AIDI_WORKER_INDEX": "1"})
+    assert "rank 1: the chief's pod" in result.stdout
     plain = podspec.build_pods(job(dataSpace={"output": {"name": "models"}}, checkpoints={"enabled": False}),
                                SETTINGS)[0]
     sync = container(plain, "sync-output")["command"][2].replace(podspec.DONE_DIR, str(done))

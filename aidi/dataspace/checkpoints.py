@@ -39,6 +39,10 @@ from aidi.errors import IntegrityError, UsageError
 log = logging.getLogger(__name__)
 
 ROOT = "checkpoints"
+# The trainer writes its rank to the file this variable names (the pod sets it). In a distributed run ps-lite's
+# rank 0 (the chief, which alone writes checkpoints and outputs) may be any worker's pod, so the pods' sync steps
+# act where the rank is 0; without the file (another trainer) worker 0's pod does.
+RANK_FILE_ENV = "AIDI_RANK_FILE"
 MANIFEST_NAME = re.compile(r"^c(\d{6,})\.json$")
 _PROGRESS = "-progress.json"
 _LAST = "-last-0000.params"
@@ -309,6 +313,16 @@ def sync_once(checkpoints: CheckpointStore, src: Path, attempt: int, previous: C
         return committed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_chief(rank_file: Path | None, worker_index: int) -> bool:
+    """Whether this pod's trainer is the one whose checkpoints count (see ``RANK_FILE_ENV``)."""
+    try:
+        if rank_file is not None:
+            return rank_file.read_text().strip() == "0"
+    except FileNotFoundError:
+        pass
+    return worker_index == 0
 
 
 def has_new_checkpoint(src: Path, seen: dict[str, float]) -> bool:

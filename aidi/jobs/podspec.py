@@ -50,6 +50,7 @@ PASSWORD_FILE = f"{PASSWORD_DIR}/password"
 DONE_DIR = "/var/run/aidi/done"
 EXIT_CODE_FILE = f"{DONE_DIR}/exit-code"
 HEARTBEAT_FILE = f"{DONE_DIR}/alive"
+RANK_FILE = f"{DONE_DIR}/rank"  # the trainer's rank (AIDI_RANK_FILE): the chief's pod syncs, whichever it is
 
 MAIN_CONTAINER = "trainer"
 FETCH_CODE_CONTAINER = "fetch-code"
@@ -210,7 +211,8 @@ def checkpoint_prefix(job: tj.TrainJob, owner_uid: str | None) -> str:
 
 
 def has_checkpoints(job: tj.TrainJob, member: Member) -> bool:
-    """Worker 0 (the chief, which writes the checkpoints) of a job whose outputs go to the dataspace."""
+    """The workers of a job whose outputs go to the dataspace: every one restores (any may be the next chief);
+    only the chief's copies."""
     return has_sync(job, member) and job.spec.checkpoints.enabled
 
 
@@ -221,7 +223,7 @@ def fetch_checkpoint_command(prefix: str) -> list[str]:
 def sync_checkpoints_command(job: tj.TrainJob, prefix: str, attempt: int) -> list[str]:
     sync = job.spec.checkpoints
     command = ["aidi", "sync-checkpoints", "--prefix", prefix, "--src", OUTPUT_DIR, "--attempt", str(attempt),
-               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE]
+               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE, "--rank-file", RANK_FILE]
     if sync.max_bytes_per_second:
         command += ["--max-bytes-per-second", str(sync.max_bytes_per_second)]
     return command
@@ -243,6 +245,12 @@ exit "$rc"
 """
 
 
+# ps-lite's rank 0 writes the outputs, and it need not be worker 0's pod: only the pod where the trainer said
+# rank 0 syncs them (worker 0's, when the trainer says nothing), so a job makes one version.
+_CHIEF_ONLY = (f'rank=$(cat {RANK_FILE} 2>/dev/null || echo "${{AIDI_WORKER_INDEX:-0}}")\n'
+               'if [ "$rank" != 0 ]; then echo "rank $rank: the chief\'s pod (rank 0) syncs the outputs"; exit 0; fi')
+
+
 def sync_script(output: tj.DatasetOutput, checkpoints: list[str] | None = None, prefix: str = "") -> str:
     """The sync container: wait for the trainer's exit code; upload the outputs only after a success.
 
@@ -260,6 +268,7 @@ while [ ! -f {EXIT_CODE_FILE} ]; do
 done
 rc=$(cat {EXIT_CODE_FILE})
 if [ "$rc" != 0 ]; then echo "the trainer exited with code $rc; outputs not synced"; exit 0; fi
+{_CHIEF_ONLY}
 exec {shlex.join(sync_output_command(output))}
 """
     delete = shlex.join(["aidi", "delete-checkpoints", "--prefix", prefix])
@@ -280,6 +289,7 @@ rc=$(cat {EXIT_CODE_FILE})
 if [ "$rc" != 0 ]; then
   echo "the trainer exited with code $rc; outputs not synced, its last checkpoint kept"; exit 0
 fi
+{_CHIEF_ONLY}
 {shlex.join(sync_output_command(output))} || exit $?
 {delete} || echo "the job's checkpoints were not deleted; 'aidi delete-checkpoints --prefix {prefix}' removes them"
 """
@@ -317,8 +327,9 @@ def password_secret(job: tj.TrainJob) -> tj.SecretKeyRef:
 
 
 def has_sync(job: tj.TrainJob, member: Member) -> bool:
-    """Only worker 0 uploads outputs (rank 0 writes checkpoints), so a job makes one new version."""
-    return job.spec.data_space.output is not None and member == Member("worker", 0)
+    """Every worker of a job with an output runs the sync container; only the chief's pod uploads (the trainer's
+    rank 0, which may be any worker's pod: ``RANK_FILE``), so a job makes one new version."""
+    return job.spec.data_space.output is not None and member.role == "worker"
 
 
 def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attempt: int = 0,
@@ -367,12 +378,15 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         volumes.append({"name": "done", "emptyDir": {}})
         main_mounts.append(_mount("done", DONE_DIR))
         command = ["sh", "-c", _TRAINER_WRAPPER, "aidi-trainer", *command]
+        rank: list[dict[str, Any]] = [{"name": "AIDI_RANK_FILE", "value": RANK_FILE}]
+    else:
+        rank = []
     main: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         "image": spec.image or settings.job_image,
         "command": command,
         "workingDir": WORKING_PATH,
-        "env": env + [e.to_wire() for e in spec.env],
+        "env": env + rank + [e.to_wire() for e in spec.env],
         "volumeMounts": main_mounts,
     }
     resources = _resources(job, member)

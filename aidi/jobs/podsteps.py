@@ -4,8 +4,8 @@
     aidi fetch-data --dest /data_space/input adasmini_4pe:trainset:latest [NAME:TYPE:VERSION ...]
     aidi sync-output --src /data_space/output --name adasmini_4pe_models --type dataset
     aidi fetch-checkpoint --prefix checkpoints/NS/JOB/UID/ --dest /data_space/output --message-file /dev/termination-log
-    aidi sync-checkpoints --prefix checkpoints/NS/JOB/UID/ --src /data_space/output --attempt N --interval 600 \
-        --until /var/run/aidi/done/exit-code
+    aidi sync-checkpoints --prefix checkpoints/NS/JOB/UID/ --src /data_space/output --attempt 0 --interval 600 \
+        --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank
     aidi delete-checkpoints --prefix checkpoints/NS/JOB/UID/
 
 They read the dataspace from the pod's environment (``AIDI_DATASPACE_*``). The operator and the local
@@ -261,14 +261,18 @@ class _Stop:
 
 def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, interval: float,
                      until: str | os.PathLike[str] | None = None, max_bytes_per_second: int | None = None,
-                     config: DataspaceConfig | None = None, poll: float = 2.0) -> int:
+                     config: DataspaceConfig | None = None, poll: float = 2.0,
+                     rank_file: str | os.PathLike[str] | None = None) -> int:
     """Copy new checkpoints from ``src`` while the trainer runs: when a progress file, a finished step or a
     records file changes, and at least ``interval`` seconds after the last copy. Ends after a last copy once
     the file ``until`` exists (the trainer's exit code) or on SIGTERM. Returns how many checkpoints it made.
+    Only the chief's folder is copied: ``rank_file`` holds the trainer's rank (without it, worker 0 is the chief);
+    every worker of a distributed job runs this.
 
     A failed copy (the dataspace unreachable) is logged and tried again: training never waits for it."""
     checkpoints = _checkpoints(prefix, config)
     src, stop, made = Path(src), _Stop(), 0
+    worker_index = int(os.environ.get("AIDI_WORKER_INDEX") or 0)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -284,7 +288,8 @@ def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, int
             log.warning("cannot read the checkpoints so far (%s); trying again at the next copy", exc)
         while True:
             final = stop.requested or (until is not None and Path(until).exists())
-            if final or (time.monotonic() - last >= interval and ckpt.has_new_checkpoint(src, seen)):
+            due = final or (time.monotonic() - last >= interval and ckpt.has_new_checkpoint(src, seen))
+            if due and ckpt.is_chief(None if rank_file is None else Path(rank_file), worker_index):
                 try:
                     done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit, seen=files)
                     last = time.monotonic()
