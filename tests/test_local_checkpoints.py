@@ -47,7 +47,7 @@ def reference(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _submit(tmp_path: Path, workspace: Path, name: str, sync: bool,  # noqa: F811
-            capsys: pytest.CaptureFixture[str]) -> None:
+            capsys: pytest.CaptureFixture[str], workers: int = 1) -> None:
     code = tmp_path / f"code-{name}"
     code.mkdir()
     (code / "ci.py").write_text(_config(workspace))
@@ -62,7 +62,7 @@ def _submit(tmp_path: Path, workspace: Path, name: str, sync: bool,  # noqa: F81
     job = tmp_path / f"{name}.yaml"
     job.write_text(yaml.safe_dump({
         "REQUIRED": {"JOB_NAME": name, "JOB_PASSWD": PASSWORD, "UPLOAD_DIR": f"./code-{name}", "PROJECT_ID": "P1",
-                     "WORKER_MIN_NUM": 1, "WORKER_MAX_NUM": 1, "GPU_PER_WORKER": 0,
+                     "WORKER_MIN_NUM": workers, "WORKER_MAX_NUM": workers, "GPU_PER_WORKER": 0,
                      "RUN_SCRIPTS": "${WORKING_PATH}/run.sh"},
         "OPTIONAL": {"DATA_SPACE": {"DATA_TYPE": "trainset", "INPUT": "adasci", "OUTPUT": f"{name}_models"},
                      "CHECKPOINT_SYNC": sync, "CHECKPOINT_MINUTES": 0},
@@ -70,8 +70,8 @@ def _submit(tmp_path: Path, workspace: Path, name: str, sync: bool,  # noqa: F81
     assert cli(capsys, "submit", "-f", str(job))[0] == 0
 
 
-def _pod_dir(cluster: Path, job: str) -> Path:
-    return cluster / "namespaces" / "default" / "trainjobs" / job / "pods" / f"{job}-worker-0"
+def _pod_dir(cluster: Path, job: str, pod: str | None = None) -> Path:
+    return cluster / "namespaces" / "default" / "trainjobs" / job / "pods" / (pod or f"{job}-worker-0")
 
 
 def _trainer_processes(pgid: int) -> list[int]:
@@ -88,9 +88,9 @@ def _trainer_processes(pgid: int) -> list[int]:
     return found
 
 
-def _kill_in_step_1(cluster: Path, job: str) -> None:
+def _kill_in_step_1(cluster: Path, job: str, pod_name: str | None = None) -> None:
     """SIGKILL the trainer once step 1 has saved an epoch (and so is in the middle of its 4)."""
-    pod = _pod_dir(cluster, job)
+    pod = _pod_dir(cluster, job, pod_name)
     progress = pod / "fs" / "data_space" / "output" / "fusion-bn-c1-progress.json"
     deadline = time.monotonic() + 240
     while not progress.exists():
@@ -173,3 +173,45 @@ def _setup(tmp_path: Path, workspace: Path, s3_server: Any,  # noqa: F811
     finally:
         ds.close()
     return config
+
+
+def test_a_two_worker_job_resumes_from_the_chiefs_checkpoint_whichever_pod_it_is(
+        tmp_path: Path, local_cluster: Path, workspace: Path, s3_server: Any,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Parameter-server training: ps-lite's rank 0 may be worker 1's pod; its checkpoints are the ones copied,
+    every worker restores them after the chief is killed, and one output version is made."""
+    config = _setup(tmp_path, workspace, s3_server, monkeypatch)
+    _submit(tmp_path, workspace, "dist", sync=True, capsys=capsys, workers=2)
+    pods = local_cluster / "namespaces" / "default" / "trainjobs" / "dist" / "pods"
+
+    def ranks() -> dict[str, str]:
+        found = {}
+        for i in (0, 1):
+            rank = pods / f"dist-worker-{i}" / "fs" / "var" / "run" / "aidi" / "done" / "rank"
+            if rank.exists():
+                found[f"dist-worker-{i}"] = rank.read_text().strip()
+        return found
+
+    wait_until(lambda: len(ranks()) == 2, 240)
+    chief = next(pod for pod, rank in ranks().items() if rank == "0")
+    assert sorted(ranks().values()) == ["0", "1"]
+    _kill_in_step_1(local_cluster, "dist", chief)
+    code, out, err = cli(capsys, "wait", "dist", "--interval", "0.5", "--timeout", "600")
+    assert code == 0, (out, err, status(capsys, "dist"))
+    resumed = job_file(local_cluster, "dist")["status"]["resumed"]
+    assert re.fullmatch(r"resumed step fusion-bn-c1 after epoch [123] from attempt 0's checkpoint",
+                        resumed["message"]), resumed
+    # The new gang's chief (whichever pod) resumed from it.
+    chief = next(pod for pod, rank in ranks().items() if rank == "0")
+    log = (pods / chief / "logs" / "trainer.log").read_text()
+    assert "[with-bn] already done" in log and "[fusion-bn-c1] resuming after epoch" in log
+    other = next(pod for pod in ranks() if pod != chief)
+    assert "the chief's pod (rank 0) syncs the outputs" in (pods / other / "logs" / "sync-output.log").read_text()
+    ds = open_dataspace(config)
+    try:
+        [version] = ds.versions("dist_models", "dataset")
+        names = {f.path for f in ds.resolve("dist_models", "dataset", version).files}
+        assert {"int-inference-export-last-0000.params", "fusion-bn-c1-last-0000.params"} <= names
+        assert list(ds.store.list("checkpoints/default/dist/")) == []
+    finally:
+        ds.close()
