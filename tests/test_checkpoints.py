@@ -226,7 +226,8 @@ def test_only_the_chiefs_pod_copies(s3: DataspaceConfig, tmp_path: Path) -> None
     store = ckpt.CheckpointStore(open_store(s3), PREFIX)
     write_epoch(out, "with-bn", 1, b"one")
     rank.write_text("1\n")
-    proc = _sync_process(tmp_path, out, until, "0", "--rank-file", str(rank), worker=0)
+    proc = _sync_process(tmp_path, out, until, "0", "--rank-file", str(rank), "--staging", str(tmp_path / "stage"),
+                         worker=0)
     try:
         time.sleep(3)  # more than a poll: worker 0's pod, but not the chief, copies nothing
         assert store.numbers() == []
@@ -235,6 +236,7 @@ def test_only_the_chiefs_pod_copies(s3: DataspaceConfig, tmp_path: Path) -> None
         assert _wait_for(store, 1).progress == {"with-bn": 2}
         until.write_text("0\n")
         assert proc.wait(timeout=30) == 0
+        assert list((tmp_path / "stage").iterdir()) == []  # each copy's staged files are removed after it
     finally:
         proc.kill()
         proc.wait()

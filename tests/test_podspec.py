@@ -96,7 +96,8 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert main["command"][:2] == ["sh", "-c"] and main["command"][4:] == example.spec.command
     # ... and the checkpoints copied beside the trainer meanwhile, every 10 minutes by default.
     assert ("aidi sync-checkpoints --prefix checkpoints/team-a/adasmini-4pe/uid-1/ --src /data_space/output "
-            "--attempt 2 --interval 600 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank &") \
+            "--attempt 2 --interval 600 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank "
+            "--staging /var/run/aidi/done/staging &") \
         in sync["command"][2]
     assert e["AIDI_RANK_FILE"] == "/var/run/aidi/done/rank"  # the trainer says there whether it is the chief
 
@@ -115,7 +116,7 @@ def test_checkpoint_sync_follows_spec_checkpoints_on_every_worker() -> None:
         assert containers == (["trainer", "sync-output"] if name.startswith("j-worker-") else ["trainer"]), name
     script = container(pods["j-worker-1"], "sync-output")["command"][2]
     assert ("--attempt 1 --interval 0 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank "
-            "--max-bytes-per-second 1048576 &") in script
+            "--staging /var/run/aidi/done/staging --max-bytes-per-second 1048576 &") in script
     assert "aidi delete-checkpoints --prefix checkpoints/team-a/j/u/" in script  # after a success only
     off = job(checkpoints={"enabled": False}, **out)
     (pod,) = podspec.build_pods(off, SETTINGS)

@@ -72,7 +72,8 @@ def run_sync_checkpoints(args: argparse.Namespace) -> int:
     from aidi.jobs import podsteps
 
     made = podsteps.sync_checkpoints(args.prefix, args.src, args.attempt, args.interval, until=args.until,
-                                     max_bytes_per_second=args.max_bytes_per_second, rank_file=args.rank_file)
+                                     max_bytes_per_second=args.max_bytes_per_second, rank_file=args.rank_file,
+                                     staging=args.staging)
     print(f"{made} checkpoint(s) copied to {args.prefix}")
     return 0
 
@@ -154,6 +155,8 @@ def add_commands(subparsers: Any) -> None:
     sync_ckpt.add_argument("--until", metavar="FILE", help="make a last copy and stop once this file exists")
     sync_ckpt.add_argument("--max-bytes-per-second", type=int, default=None, metavar="N",
                            help="upload rate limit (default: unlimited)")
+    sync_ckpt.add_argument("--staging", metavar="DIR",
+                           help="where new files are copied before they are sent (default: $TMPDIR or /tmp)")
     sync_ckpt.add_argument("--rank-file", metavar="FILE",
                            help="the trainer's rank: copy only while it is 0 (default: only on worker 0, "
                                 "$AIDI_WORKER_INDEX)")

@@ -294,12 +294,15 @@ class CheckpointStore:
 
 
 def sync_once(checkpoints: CheckpointStore, src: Path, attempt: int, previous: Checkpoint | None = None,
-              limit: RateLimit | None = None, seen: Seen | None = None) -> Checkpoint | None:
+              limit: RateLimit | None = None, seen: Seen | None = None,
+              staging_root: Path | None = None) -> Checkpoint | None:
     """Snapshot ``src`` and commit it as the next checkpoint when it changed; ``seen`` (kept by the caller
     between copies) learns the files now in the dataspace."""
     if not src.is_dir():
         return None
-    staging = Path(tempfile.mkdtemp(prefix="aidi-ckpt-"))
+    if staging_root is not None:
+        staging_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="aidi-ckpt-", dir=staging_root))
     try:
         snap = take_snapshot(src, staging, seen)
         try:

@@ -223,7 +223,9 @@ def fetch_checkpoint_command(prefix: str) -> list[str]:
 def sync_checkpoints_command(job: tj.TrainJob, prefix: str, attempt: int) -> list[str]:
     sync = job.spec.checkpoints
     command = ["aidi", "sync-checkpoints", "--prefix", prefix, "--src", OUTPUT_DIR, "--attempt", str(attempt),
-               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE, "--rank-file", RANK_FILE]
+               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE, "--rank-file", RANK_FILE,
+               # A writable volume of the pod: the container's own file system may be read-only.
+               "--staging", f"{DONE_DIR}/staging"]
     if sync.max_bytes_per_second:
         command += ["--max-bytes-per-second", str(sync.max_bytes_per_second)]
     return command

@@ -262,12 +262,14 @@ class _Stop:
 def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, interval: float,
                      until: str | os.PathLike[str] | None = None, max_bytes_per_second: int | None = None,
                      config: DataspaceConfig | None = None, poll: float = 2.0,
-                     rank_file: str | os.PathLike[str] | None = None) -> int:
+                     rank_file: str | os.PathLike[str] | None = None,
+                     staging: str | os.PathLike[str] | None = None) -> int:
     """Copy new checkpoints from ``src`` while the trainer runs: when a progress file, a finished step or a
     records file changes, and at least ``interval`` seconds after the last copy. Ends after a last copy once
     the file ``until`` exists (the trainer's exit code) or on SIGTERM. Returns how many checkpoints it made.
     Only the chief's folder is copied: ``rank_file`` holds the trainer's rank (without it, worker 0 is the chief);
-    every worker of a distributed job runs this.
+    every worker of a distributed job runs this. New files are staged (copied whole) under ``staging`` (default:
+    the system's temporary folder) before they are sent.
 
     A failed copy (the dataspace unreachable) is logged and tried again: training never waits for it."""
     checkpoints = _checkpoints(prefix, config)
@@ -291,7 +293,8 @@ def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, int
             due = final or (time.monotonic() - last >= interval and ckpt.has_new_checkpoint(src, seen))
             if due and ckpt.is_chief(None if rank_file is None else Path(rank_file), worker_index):
                 try:
-                    done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit, seen=files)
+                    done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit, seen=files,
+                                          staging_root=None if staging is None else Path(staging))
                     last = time.monotonic()
                 except AidiError as exc:
                     log.warning("checkpoint copy failed (%s); trying again", exc)
