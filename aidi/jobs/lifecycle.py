@@ -375,7 +375,7 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
 
 
 def _resumed(current: list[PodState], attempt: int) -> tj.ResumeRecord | None:
-    """What worker 0's restore step said it restored (its termination message), as the status tells it."""
+    """What the workers' restore step said it restored (its termination message), as the status tells it."""
     for p in current:
         if p.role != "worker" or not p.restored:
             continue
