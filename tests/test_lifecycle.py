@@ -149,3 +149,54 @@ def test_condition_transition_time_moves_only_on_a_flip() -> None:
                    finished).status
     running = next(c for c in third.conditions if c.type == "Running")
     assert running.status == "False" and running.last_transition_time == "2026-11-26T12:09:00Z"
+
+
+def _resumed_pod(message: str, attempt: int = 1) -> dict[str, Any]:
+    return pod("j-worker-0", "Running", attempt, initContainerStatuses=[
+        {"name": "fetch-code", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        {"name": "fetch-checkpoint", "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                                              "message": message}}}])
+
+
+def test_the_status_says_which_checkpoint_the_gang_resumed_from() -> None:
+    restarted = tj.TrainJobStatus(phase="Pending", restarts=1, start_time="2026-11-26T11:00:00Z")
+    restored = '{"checkpoint": 7, "attempt": 0, "summary": "step fusion-bn-c1 after epoch 3"}'
+    plan = decide(job(), restarted, [pod_state(_resumed_pod(restored))], NOW)
+    st = plan.status
+    assert st.resumed is not None and st.resumed.checkpoint == 7 and st.resumed.attempt == 0
+    assert st.resumed.message == "resumed step fusion-bn-c1 after epoch 3 from attempt 0's checkpoint"
+    assert st.phase == "Running"
+    assert st.message == "1/1 worker running; resumed step fusion-bn-c1 after epoch 3 from attempt 0's checkpoint"
+    assert ("Normal", "Resumed", st.resumed.message) in plan.events
+    # Deciding again on the same pods says it once.
+    assert not [e for e in decide(job(), st, [pod_state(_resumed_pod(restored))], NOW).events if e[1] == "Resumed"]
+    # Nothing restored (a first run), or a message that is not the restore step's: nothing said.
+    for message in ("", "garbage"):
+        assert decide(job(), restarted, [pod_state(_resumed_pod(message))], NOW).status.resumed is None
+    # The next restart forgets it: the new gang says what it restored.
+    failed = pod("j-worker-0", "Failed", 1, **terminated(137))
+    again = decide(job(), st, [pod_state(failed)], NOW).status
+    assert again.restarts == 2 and again.resumed is None
+
+
+def test_a_dead_parameter_server_or_scheduler_restarts_the_gang_at_once() -> None:
+    spec = job(workers={"min": 2, "max": 2}, parameterServers=1)
+    names = ("j-scheduler", "j-server-0", "j-worker-0", "j-worker-1")
+    # A server process that died: its pod failed while the workers wait on it.
+    pods = [pod_state(pod(n)) for n in names if n != "j-server-0"]
+    pods.append(pod_state(pod("j-server-0", "Failed", **terminated(137))))
+    plan = decide(spec, running_status(), pods, NOW)
+    assert plan.status.phase == "Restarting" and sorted(plan.delete) == sorted(names)
+    assert plan.status.message == "server-0 exited with code 137; restarting the whole gang (restart 1 of 3)"
+    # The scheduler deleted (node drained, evicted) before the whole gang ran: the running worker joined it.
+    starting = tj.TrainJobStatus(phase="Pending", start_time="2026-11-26T11:00:00Z")
+    scheduler = pod("j-scheduler") | {"metadata": pod("j-scheduler")["metadata"] | {
+        "deletionTimestamp": "2026-11-26T11:59:00Z"}}
+    pods = [pod_state(scheduler), pod_state(pod("j-server-0")), pod_state(pod("j-worker-0")),
+            pod_state(pod("j-worker-1", "Pending"))]
+    plan = decide(spec, starting, pods, NOW)
+    assert plan.status.phase == "Restarting" and plan.status.last_failure.pod == "j-scheduler"
+    assert plan.status.last_failure.reason == "PodDeleted"
+    # Before any pod started nobody joined it: the pod is simply made again once gone.
+    waiting = [pod_state(scheduler)] + [pod_state(pod(n, "Pending")) for n in names[1:]]
+    assert decide(spec, starting, waiting, NOW).status.phase == "Pending"

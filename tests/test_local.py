@@ -312,3 +312,25 @@ def test_deadline_stops_a_job_that_runs_too_long(tmp_path: Path, local_cluster: 
     assert st["message"] == "the job ran longer than activeDeadlineSeconds (2 s); its pods were stopped"
     wait_until(lambda: _gone(pid), 10)  # and they were: the `sleep 60` and its shell are gone
     assert "started" in cli(capsys, "logs", "slow")[1]
+
+
+def test_a_killed_parameter_server_restarts_the_whole_gang_at_once(tmp_path: Path, local_cluster: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The workers would wait on a dead server until the wall time; the gang is replaced instead."""
+    upload_toyset(use_file_dataspace(tmp_path, monkeypatch), tmp_path)
+    monkeypatch.setenv("WAIT_FOR", str(tmp_path / "never"))
+    assert cli(capsys, "submit", "-f", str(make_job(tmp_path, "psdie", workers=2, gpus=0)))[0] == 0
+    pods = local_cluster / "namespaces" / "default" / "trainjobs" / "psdie" / "pods"
+    wait_until(lambda: status(capsys, "psdie")["phase"] == "Running", 60)
+    server = json.loads((pods / "psdie-server-0" / "pod.json").read_text())["local"]["pids"]["trainer"]
+    worker = json.loads((pods / "psdie-worker-1" / "pod.json").read_text())["local"]["pids"]["trainer"]
+    os.killpg(server, signal.SIGKILL)
+    wait_until(lambda: status(capsys, "psdie")["restarts"] == 1, 20)
+    st = job_file(local_cluster, "psdie")["status"]
+    assert st["lastFailure"]["pod"] == "psdie-server-0" and st["lastFailure"]["exitCode"] == 137
+    wait_until(lambda: _gone(worker), 20)  # the old gang's workers were stopped, not left waiting
+    # ... and a new gang (attempt 1) runs in their place.
+    wait_until(lambda: status(capsys, "psdie")["phase"] == "Running", 60)
+    labels = json.loads((pods / "psdie-worker-1" / "pod.json").read_text())["metadata"]["labels"]
+    assert labels["aidi.io/attempt"] == "1"

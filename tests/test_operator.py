@@ -142,14 +142,16 @@ async def test_refused_pod_creation_is_reported(cluster) -> None:
                                  "with name aidi-priority-3 was found (retrying every 10 s)")
 
 
-async def test_output_sync_runs_only_on_worker_zero(cluster) -> None:
+async def test_every_worker_gets_the_sync_step_and_servers_no_datasets(cluster) -> None:
     await cluster.create_job("out", workers={"min": 2, "max": 2},
                              dataSpace={"output": {"name": "models"}, "inputs": [{"name": "adasmini_4pe"}]})
     pods = await cluster.wait_pods("out", ["out-scheduler", "out-server-0", "out-server-1", "out-worker-0",
                                            "out-worker-1"])
     containers = {n: [c["name"] for c in p["spec"]["containers"]] for n, p in pods.items()}
     assert containers["out-worker-0"] == [podspec.MAIN_CONTAINER, podspec.SYNC_CONTAINER]
-    assert containers["out-worker-1"] == [podspec.MAIN_CONTAINER]
+    # Every worker can sync: only the one whose trainer is ps-lite's rank 0 does (podspec.RANK_FILE).
+    assert containers["out-worker-1"] == [podspec.MAIN_CONTAINER, podspec.SYNC_CONTAINER]
+    assert containers["out-server-0"] == [podspec.MAIN_CONTAINER]
     inits = [c["name"] for c in pods["out-server-0"]["spec"].get("initContainers", [])]
     assert podspec.FETCH_DATA_CONTAINER not in inits  # servers need no datasets
 

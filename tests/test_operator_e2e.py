@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aidi_operator.kube import ApiRefused, KubeApi
+from aidi_operator.kube import ApiRefused, KubeApi, core_path
 
 from tests.support import e2e
 from tests.support import operator_scenarios as scenarios
-from tests.support.operator import ScheduledCluster
+from tests.support.operator import ScheduledCluster, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +115,71 @@ async def test_a_stale_write_is_refused_and_loses_nothing(cluster, tmp_path: Pat
     assert status["startTime"] == running["startTime"] and status["restarts"] == 0
     await c.finish_pod("stale-worker-0")
     await c.wait_phase("stale", "Succeeded")
+
+
+def _status_of(name: str, state: dict, ready: bool = False) -> dict:
+    return {"name": name, "image": "aidi/operator:0.1.0", "imageID": "", "ready": ready, "restartCount": 0,
+            "state": state}
+
+
+async def test_a_deleted_workers_replacement_restores_the_checkpoint_and_says_so(cluster) -> None:
+    """Issue 17: the pod that replaces a deleted worker carries the restore step; the status names what it
+    restored (the kubelet's part — the restore step's termination message — played by the test)."""
+    c = cluster
+    job = await c.create_job("ckpt", dataSpace={"output": {"name": "ckpt_models"}}, nodeSelector=c.node_selector)
+    prefix = f"checkpoints/{c.ns}/ckpt/{job['metadata']['uid']}/"
+    first = (await c.wait_pods("ckpt", ["ckpt-worker-0"]))["ckpt-worker-0"]
+    init = {x["name"]: x for x in first["spec"]["initContainers"]}
+    assert init["fetch-checkpoint"]["command"] == [
+        "aidi", "fetch-checkpoint", "--prefix", prefix, "--dest", "/data_space/output",
+        "--message-file", "/dev/termination-log"]
+    sync = next(x for x in first["spec"]["containers"] if x["name"] == "sync-output")
+    assert f"aidi sync-checkpoints --prefix {prefix} --src /data_space/output --attempt 0" in sync["command"][2]
+    await c.run_pod("ckpt-worker-0")
+    await c.wait_phase("ckpt", "Running")
+
+    await c.api.delete(core_path(c.ns, "pods", "ckpt-worker-0"))  # preempted, evicted, or kubectl delete pod
+    status = await eventually(lambda: _restarted(c, "ckpt", 1), timeout=20, what="restart 1")
+    assert status["lastFailure"]["reason"] == "PodDeleted"
+    replacement = (await c.wait_pods("ckpt", ["ckpt-worker-0"], attempt=1, timeout=20))["ckpt-worker-0"]
+    assert replacement["metadata"]["uid"] != first["metadata"]["uid"]
+    assert [x["name"] for x in replacement["spec"]["initContainers"]] == ["fetch-checkpoint"]
+    assert next(x for x in replacement["spec"]["initContainers"])["command"] == init["fetch-checkpoint"]["command"]
+    sync = next(x for x in replacement["spec"]["containers"] if x["name"] == "sync-output")
+    assert "--attempt 1 " in sync["command"][2]
+
+    await c.bound("ckpt-worker-0")
+    restored = json.dumps({"checkpoint": 4, "attempt": 0, "summary": "step fusion-bn-c1 after epoch 3"})
+    await c.set_pod_status("ckpt-worker-0", {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+        "initContainerStatuses": [_status_of("fetch-checkpoint", {"terminated": {
+            "exitCode": 0, "reason": "Completed", "message": restored}})],
+        "containerStatuses": [_status_of("trainer", {"running": {}}, True),
+                              _status_of("sync-output", {"running": {}}, True)]})
+    status = await c.wait_phase("ckpt", "Running", restarts=1, timeout=20)
+    assert status["resumed"] == {"checkpoint": 4, "attempt": 0, "summary": "step fusion-bn-c1 after epoch 3",
+                                 "message": "resumed step fusion-bn-c1 after epoch 3 from attempt 0's checkpoint"}
+    assert status["message"] == ("1/1 worker running; resumed step fusion-bn-c1 after epoch 3 from attempt 0's "
+                                 "checkpoint")
+
+
+async def test_a_deleted_scheduler_restarts_the_whole_gang(cluster) -> None:
+    """Workers joined to a scheduler that is gone would wait until the wall time; the gang is replaced."""
+    c = cluster
+    await c.create_job("psdel", workers={"min": 2, "max": 2}, parameterServers=1, nodeSelector=c.node_selector)
+    names = ["psdel-scheduler", "psdel-server-0", "psdel-worker-0", "psdel-worker-1"]
+    pods = await c.wait_pods("psdel", names)
+    assert {t["key"]: t["tolerationSeconds"] for t in pods["psdel-worker-0"]["spec"]["tolerations"]
+            if t["key"].startswith("node.kubernetes.io/")} == {"node.kubernetes.io/unreachable": 60,
+                                                               "node.kubernetes.io/not-ready": 60}
+    await c.run_all("psdel")
+    await c.wait_phase("psdel", "Running")
+    await c.api.delete(core_path(c.ns, "pods", "psdel-scheduler"))
+    status = await eventually(lambda: _restarted(c, "psdel", 1), timeout=20, what="restart 1")
+    assert status["lastFailure"]["pod"] == "psdel-scheduler" and status["lastFailure"]["reason"] == "PodDeleted"
+    await c.wait_pods("psdel", names, attempt=1, timeout=20)
+
+
+async def _restarted(c, job: str, restarts: int) -> dict | None:
+    status = await c.status(job)
+    return status if status.get("restarts") == restarts and status.get("lastFailure") else None

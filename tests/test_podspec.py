@@ -64,8 +64,11 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert spec["restartPolicy"] == "Never"
     assert "subdomain" not in spec  # one worker: no parameter servers, no Service
 
-    # The init step fetches the code package and the datasets (docs/architecture.md).
-    assert [c["name"] for c in spec["initContainers"]] == ["fetch-code", "fetch-data"]
+    # The init step fetches the code package, the datasets and the last checkpoint (docs/architecture.md).
+    assert [c["name"] for c in spec["initContainers"]] == ["fetch-code", "fetch-data", "fetch-checkpoint"]
+    assert container(pod, "fetch-checkpoint")["command"] == [
+        "aidi", "fetch-checkpoint", "--prefix", "checkpoints/team-a/adasmini-4pe/uid-1/", "--dest",
+        "/data_space/output", "--message-file", "/dev/termination-log"]
     assert container(pod, "fetch-code")["command"] == [
         "aidi", "fetch-code", example.spec.code_package.uri, "--password-file", "/var/run/aidi/code/password",
         "--dest", "/job/code"]
@@ -91,6 +94,37 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert "aidi sync-output --src /data_space/output --name adasmini_4pe_models --type dataset" \
         in sync["command"][2]
     assert main["command"][:2] == ["sh", "-c"] and main["command"][4:] == example.spec.command
+    # ... and the checkpoints copied beside the trainer meanwhile, every 10 minutes by default.
+    assert ("aidi sync-checkpoints --prefix checkpoints/team-a/adasmini-4pe/uid-1/ --src /data_space/output "
+            "--attempt 2 --interval 600 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank "
+            "--staging /var/run/aidi/done/staging &") \
+        in sync["command"][2]
+    assert e["AIDI_RANK_FILE"] == "/var/run/aidi/done/rank"  # the trainer says there whether it is the chief
+
+
+def test_checkpoint_sync_follows_spec_checkpoints_on_every_worker() -> None:
+    out = {"dataSpace": {"output": {"name": "m"}}}
+    tuned = job(workers={"min": 2, "max": 2}, checkpoints={"intervalSeconds": 0, "maxBytesPerSecond": 1 << 20},
+                **out)
+    pods = {p["metadata"]["name"]: p for p in podspec.build_pods(tuned, SETTINGS, attempt=1, owner_uid="u")}
+    # ps-lite's rank 0 (the chief, which writes the checkpoints) may be any worker's pod: every worker restores
+    # and runs the copy loop, which copies only where the trainer's rank file says 0.
+    for name, pod in pods.items():
+        names = [c["name"] for c in pod["spec"].get("initContainers", [])]
+        assert ("fetch-checkpoint" in names) == name.startswith("j-worker-"), name
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        assert containers == (["trainer", "sync-output"] if name.startswith("j-worker-") else ["trainer"]), name
+    script = container(pods["j-worker-1"], "sync-output")["command"][2]
+    assert ("--attempt 1 --interval 0 --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank "
+            "--staging /var/run/aidi/done/staging --max-bytes-per-second 1048576 &") in script
+    assert "aidi delete-checkpoints --prefix checkpoints/team-a/j/u/" in script  # after a success only
+    off = job(checkpoints={"enabled": False}, **out)
+    (pod,) = podspec.build_pods(off, SETTINGS)
+    assert "fetch-checkpoint" not in [c["name"] for c in pod["spec"].get("initContainers", [])]
+    assert "checkpoints" not in container(pod, "sync-output")["command"][2]
+    # Without an output dataset the job keeps nothing in the dataspace: no checkpoints either.
+    (pod,) = podspec.build_pods(job(), SETTINGS)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["trainer"]
 
 
 def test_only_the_fetch_step_sees_the_code_password() -> None:
@@ -143,7 +177,14 @@ def test_pod_options_are_copied() -> None:
             resources={"requests": {"cpu": 4}, "limits": {"memory": "16Gi"}}, gpusPerWorker=0)
     pod = podspec.build_pods(j, SETTINGS)[0]
     assert pod["spec"]["nodeSelector"] == {"gpu": "a100"}
-    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    # The job's own, then the shorter wait on a lost node that restarts the gang within a minute.
+    assert pod["spec"]["tolerations"] == [{"key": "gpu", "operator": "Exists"}] + [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+        for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")]
+    patient = job(tolerations=[{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                "effect": "NoExecute", "tolerationSeconds": 600}])
+    assert [t.get("tolerationSeconds") for t in podspec.build_pods(patient, SETTINGS)[0]["spec"]["tolerations"]] \
+        == [600, 60]  # a job that says how long to wait on its node keeps its word
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     main = container(pod, "trainer")
     assert main["image"] == SETTINGS.job_image
@@ -164,17 +205,52 @@ def test_trainer_wrapper_forwards_exit_code_and_the_sync_step_waits_for_it(tmp_p
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 3 and "training" in result.stdout
     assert (done / "exit-code").read_text().strip() == "3"
-    sync = container(pod, "sync-output")["command"][2].replace(podspec.DONE_DIR, str(done))
-    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20)
-    assert result.returncode == 0 and "exited with code 3; outputs not synced" in result.stdout
-
-    # After a success the sync step runs the sync command (here: a stand-in `aidi` on PATH).
-    (done / "exit-code").write_text("0\n")
+    # A stand-in `aidi` on PATH says which pod steps the sync container runs, in order.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "aidi").write_text('#!/bin/sh\necho "aidi $*"\n')
+    (bin_dir / "aidi").write_text('#!/bin/sh\necho "aidi $1"\n')
     (bin_dir / "aidi").chmod(0o755)
+    path = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    sync = container(pod, "sync-output")["command"][2].replace(podspec.DONE_DIR, str(done))
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
+    assert result.returncode == 0 and "exited with code 3; outputs not synced" in result.stdout
+    # A failed run keeps its checkpoints: copied until the end, never deleted.
+    assert [line for line in result.stdout.splitlines() if line.startswith("aidi")] == ["aidi sync-checkpoints"]
+
+    # After a success: the last checkpoint copy, the outputs, then the checkpoints go (the version is final).
+    (done / "exit-code").write_text("0\n")
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
+    assert result.returncode == 0
+    assert result.stdout.split("\n")[:3] == ["aidi sync-checkpoints", "aidi sync-output", "aidi delete-checkpoints"]
+    # Only the chief's pod (the trainer's rank 0; worker 0's when the trainer does not say) syncs the outputs.
+    (done / "rank").write_text("1\n")
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
+    assert result.returncode == 0 and "rank 1: the chief's pod (rank 0) syncs the outputs" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("aidi")] == ["aidi sync-checkpoints"]
+    (done / "rank").unlink()
     result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20,
-                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+                            env=path | {"AIDI_WORKER_INDEX": "1"})
+    assert "rank 1: the chief's pod" in result.stdout
+    plain = podspec.build_pods(job(dataSpace={"output": {"name": "models"}}, checkpoints={"enabled": False}),
+                               SETTINGS)[0]
+    sync = container(plain, "sync-output")["command"][2].replace(podspec.DONE_DIR, str(done))
+    (bin_dir / "aidi").write_text('#!/bin/sh\necho "aidi $*"\n')
+    result = subprocess.run(["sh", "-c", sync], capture_output=True, text=True, timeout=20, env=path)
     assert result.returncode == 0
     assert result.stdout.strip() == "aidi sync-output --src /data_space/output --name models --type dataset"
+
+
+def test_the_aidi_form_sets_the_checkpoint_sync() -> None:
+    from aidi.api import aidi_form
+
+    required = {"JOB_NAME": "j", "JOB_PASSWD": "pw", "UPLOAD_DIR": "./code", "PROJECT_ID": "P1", "WORKER_MIN_NUM": 1,
+                "WORKER_MAX_NUM": 1, "GPU_PER_WORKER": 1, "RUN_SCRIPTS": "${WORKING_PATH}/run.sh"}
+    cases = [({}, (True, 600)), ({"CHECKPOINT_MINUTES": 0}, (True, 0)), ({"CHECKPOINT_MINUTES": 30}, (True, 1800)),
+             ({"CHECKPOINT_SYNC": False}, (False, 600))]
+    for optional, (enabled, seconds) in cases:
+        parsed, errors = aidi_form.parse({"REQUIRED": required, "OPTIONAL": optional})
+        assert parsed is not None and not errors, errors
+        sync = aidi_form.to_trainjob(parsed).spec.checkpoints
+        assert (sync.enabled, sync.interval_seconds) == (enabled, seconds), optional
+    _, errors = aidi_form.parse({"REQUIRED": required, "OPTIONAL": {"CHECKPOINT_MINUTES": -1}})
+    assert [e.path for e in errors] == ["OPTIONAL.CHECKPOINT_MINUTES"]

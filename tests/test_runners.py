@@ -2,7 +2,7 @@
 playing the kubelet) and through the local cluster (real processes), comparing what each wrote as the job's
 status — phase, reason, message and conditions. Both decide with ``aidi.jobs.lifecycle``; this proves the
 local runner maps its processes onto it as the operator maps pods, and that the one difference is the one
-documented (docs/local.md: the local runner never restarts a gang).
+documented (docs/local.md: the local runner restarts a gang only when a pod was killed).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class Scenario:
     timing: tuple[str, ...] = ()
 
 
-NO_RESTART = "the local runner does not restart jobs (backoffLimit applies on a cluster)"
+NO_RESTART = ("the local runner restarts a job only when a pod was killed (exit code 128 or above); "
+              "backoffLimit applies on a cluster")
 SUSPENDED = "the job is suspended; its pods are deleted until spec.suspend is set to false"
 SCENARIOS = [
     Scenario("succeeds", {}, 0, ("Succeeded", "AllWorkersSucceeded", "1/1 worker succeeded"),
@@ -47,10 +48,14 @@ SCENARIOS = [
              conditions={"Failed": ("True", "WorkerFailed")}),
     Scenario("fails-exit-code", {"restartPolicy": "ExitCode"}, 2,
              ("Failed", "WorkerFailed", "worker-0 exited with code 2; restartPolicy ExitCode does not restart it")),
+    # Killed from outside: both runners restart the gang within backoffLimit (the local one only then).
     Scenario("killed", {"backoffLimit": 0}, 137,
              ("Failed", "BackoffLimitExceeded",
-              "worker-0 exited with code 137; backoffLimit (0) reached after 0 restarts"),
-             local=("Failed", "WorkerFailed", f"worker-0 exited with code 137; {NO_RESTART}")),
+              "worker-0 exited with code 137; backoffLimit (0) reached after 0 restarts")),
+    Scenario("fails-by-itself", {"backoffLimit": 0}, 3,
+             ("Failed", "BackoffLimitExceeded",
+              "worker-0 exited with code 3; backoffLimit (0) reached after 0 restarts"),
+             local=("Failed", "WorkerFailed", f"worker-0 exited with code 3; {NO_RESTART}")),
     Scenario("deadline", {"activeDeadlineSeconds": 2}, None,
              ("Failed", "DeadlineExceeded",
               "the job ran longer than activeDeadlineSeconds (2 s); its pods were stopped"),

@@ -14,6 +14,8 @@ Field mapping (documented in docs/trainjob.md):
     OPTIONAL.DOCKER_IMAGE    -> spec.image
     OPTIONAL.WALL_TIME       -> spec.activeDeadlineSeconds (minutes x 60)
     OPTIONAL.DATA_SPACE      -> spec.dataSpace (INPUT: a name, "name:v3", or a list of them)
+    OPTIONAL.CHECKPOINT_SYNC -> spec.checkpoints.enabled (default true)
+    OPTIONAL.CHECKPOINT_MINUTES -> spec.checkpoints.intervalSeconds (minutes x 60)
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class AidiOptional(_Section):
                                   description=f"the run-time limit in minutes, at most {tj.MAX_WALL_TIME_MINUTES} "
                                               "(90 days)")
     DATA_SPACE: AidiDataSpace | None = Field(default=None, description="DATA_TYPE, INPUT and OUTPUT")
+    CHECKPOINT_SYNC: bool = Field(default=True, description="true or false: copy checkpoints to the dataspace")
+    CHECKPOINT_MINUTES: int | None = Field(
+        default=None, ge=0, le=1440, description="least minutes between two checkpoint copies (0: every epoch)"
+    )
 
 
 class AidiJob(_Section):
@@ -178,8 +184,16 @@ def to_trainjob(job: AidiJob) -> tj.TrainJob:
             priority=opt.PRIORITY,
             active_deadline_seconds=opt.WALL_TIME * 60 if opt.WALL_TIME else None,
             data_space=data_space,
+            checkpoints=_checkpoints(opt),
         ),
     )
+
+
+def _checkpoints(opt: AidiOptional) -> tj.CheckpointSync:
+    sync = tj.CheckpointSync(enabled=opt.CHECKPOINT_SYNC)
+    if opt.CHECKPOINT_MINUTES is not None:
+        sync.interval_seconds = opt.CHECKPOINT_MINUTES * 60
+    return sync
 
 
 def code_secret_name(job_name: str) -> str:

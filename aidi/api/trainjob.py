@@ -159,6 +159,22 @@ class DataSpace(_Model):
     output: DatasetOutput | None = Field(default=None, description="Dataset that receives the outputs.")
 
 
+class CheckpointSync(_Model):
+    """Worker 0's checkpoints copied to the dataspace while the job runs, restored when the gang restarts."""
+
+    enabled: bool = Field(
+        default=True, description="Copy checkpoints to the dataspace (needs dataSpace.output); false turns it off."
+    )
+    interval_seconds: int = Field(
+        default=600, ge=0, le=86400,
+        description="Least time between two copies; each new checkpoint (epoch) is copied once this has passed. "
+                    "0 copies every epoch.",
+    )
+    max_bytes_per_second: int | None = Field(
+        default=None, ge=1024, description="Upload rate limit of the copies (bytes/s); unlimited when unset."
+    )
+
+
 class EnvVar(_Model):
     """An environment variable of the main container."""
 
@@ -242,6 +258,10 @@ class TrainJobSpec(_Model):
         description=f"Run-time limit from the first start (WALL_TIME x 60), at most {MAX_DEADLINE_SECONDS} (90 days).",
     )
     data_space: DataSpace = Field(default_factory=DataSpace, description="Dataspace inputs and output.")
+    checkpoints: CheckpointSync = Field(
+        default_factory=CheckpointSync,
+        description="Checkpoints kept in the dataspace while the job runs, so a restarted gang resumes.",
+    )
     backoff_limit: int = Field(
         default=3, ge=0, le=100, strict=True, description="Gang restarts allowed before the job is Failed."
     )
@@ -357,6 +377,15 @@ class Outputs(_Model):
     uri: str | None = None
 
 
+class ResumeRecord(_Model):
+    """The checkpoint the current gang was restored from."""
+
+    checkpoint: int
+    attempt: int
+    summary: str = ""
+    message: str = ""
+
+
 class TrainJobStatus(_Model):
     """What the operator observed. Written only through the status subresource."""
 
@@ -371,6 +400,7 @@ class TrainJobStatus(_Model):
     start_time: str | None = None
     completion_time: str | None = None
     last_failure: FailureRecord | None = None
+    resumed: ResumeRecord | None = None
     outputs: Outputs | None = None
     observed_generation: int | None = None
 

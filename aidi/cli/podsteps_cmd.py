@@ -69,6 +69,38 @@ def run_sync_output(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_fetch_checkpoint(args: argparse.Namespace) -> int:
+    from aidi.jobs import podsteps
+
+    result = podsteps.fetch_checkpoint(args.prefix, args.dest, args.message_file)
+    if args.json:
+        cmdline.print_json(asdict(result))
+    elif result.checkpoint is None:
+        print(f"no checkpoint under {args.prefix}: the trainer starts from the beginning")
+    else:
+        print(f"restored checkpoint {result.checkpoint} (attempt {result.attempt}'s, {result.summary}): "
+              f"{result.files} files in {result.dest}")
+    return 0
+
+
+def run_sync_checkpoints(args: argparse.Namespace) -> int:
+    from aidi.jobs import podsteps
+
+    made = podsteps.sync_checkpoints(args.prefix, args.src, args.attempt, args.interval, until=args.until,
+                                     max_bytes_per_second=args.max_bytes_per_second, rank_file=args.rank_file,
+                                     staging=args.staging)
+    print(f"{made} checkpoint(s) copied to {args.prefix}")
+    return 0
+
+
+def run_delete_checkpoints(args: argparse.Namespace) -> int:
+    from aidi.jobs import podsteps
+
+    removed = podsteps.delete_checkpoints(args.prefix)
+    print(f"deleted {removed} object(s) under {args.prefix}")
+    return 0
+
+
 def add_commands(subparsers: Any) -> None:
     code = cmdline.subcommand(
         subparsers, "fetch-code", run_fetch_code, "download, verify, decrypt and unpack a job's code package",
@@ -114,3 +146,49 @@ def add_commands(subparsers: Any) -> None:
     sync.add_argument("--type", default="dataset", help="output dataset type (default: dataset)")
     cmdline.add_jobs(sync, default=8)
     cmdline.add_json(sync)
+
+    prefix_help = "the job's checkpoints: checkpoints/NAMESPACE/JOB/UID/ (docs/dataspace.md, \"Checkpoints\")"
+    fetch = cmdline.subcommand(
+        subparsers, "fetch-checkpoint", run_fetch_checkpoint,
+        "restore a job's newest complete checkpoint before its trainer starts",
+        epilog="example (worker 0's init step):\n"
+               "  aidi fetch-checkpoint --prefix checkpoints/team-a/adasmini-4pe/<uid>/ --dest /data_space/output \\\n"
+               "      --message-file /dev/termination-log\n\n"
+               "Nothing to restore is not an error: the trainer then starts from the beginning.\n" + _ENV_NOTE,
+    )
+    fetch.add_argument("--prefix", required=True, help=prefix_help)
+    fetch.add_argument("--dest", required=True, metavar="DIR", help="the trainer's output folder (/data_space/output)")
+    fetch.add_argument("--message-file", metavar="F",
+                       help="write what was restored here as JSON (the pod's termination message)")
+    cmdline.add_json(fetch)
+
+    sync_ckpt = cmdline.subcommand(
+        subparsers, "sync-checkpoints", run_sync_checkpoints,
+        "copy a running trainer's checkpoints to the dataspace as they are written",
+        epilog="example (beside the trainer in worker 0's pod):\n"
+               "  aidi sync-checkpoints --prefix checkpoints/team-a/adasmini-4pe/<uid>/ --src /data_space/output \\\n"
+               "      --attempt 0 --interval 600 --until /var/run/aidi/done/exit-code\n\n"
+               "Copies complete files only (*.tmp skipped, *.jsonl cut after the last full line); a checkpoint is\n"
+               "visible once whole. Ends after a last copy when --until exists or on SIGTERM.\n" + _ENV_NOTE,
+    )
+    sync_ckpt.add_argument("--prefix", required=True, help=prefix_help)
+    sync_ckpt.add_argument("--src", required=True, metavar="DIR", help="the trainer's output folder")
+    sync_ckpt.add_argument("--attempt", type=int, default=0,
+                           help="the gang's restart count (recorded in each checkpoint)")
+    sync_ckpt.add_argument("--interval", type=float, default=600.0, metavar="SECONDS",
+                           help="least time between two copies (default 600; 0: every new checkpoint)")
+    sync_ckpt.add_argument("--until", metavar="FILE", help="make a last copy and stop once this file exists")
+    sync_ckpt.add_argument("--max-bytes-per-second", type=int, default=None, metavar="N",
+                           help="upload rate limit (default: unlimited)")
+    sync_ckpt.add_argument("--staging", metavar="DIR",
+                           help="where new files are copied before they are sent (default: $TMPDIR or /tmp)")
+    sync_ckpt.add_argument("--rank-file", metavar="FILE",
+                           help="the trainer's rank: copy only while it is 0 (default: only on worker 0, "
+                                "$AIDI_WORKER_INDEX)")
+
+    delete = cmdline.subcommand(
+        subparsers, "delete-checkpoints", run_delete_checkpoints, "delete a job's checkpoints from the dataspace",
+        epilog="example (a failed job's checkpoints are kept until this):\n"
+               "  aidi delete-checkpoints --prefix checkpoints/team-a/adasmini-4pe/<uid>/\n" + _ENV_NOTE,
+    )
+    delete.add_argument("--prefix", required=True, help=prefix_help)

@@ -74,6 +74,7 @@ class JobReport:
     start_time: str | None = None
     completion_time: str | None = None
     last_failure: dict[str, Any] | None = None
+    resumed: dict[str, Any] | None = None  # status.resumed: the checkpoint the running gang restored
     pods: list[PodState] = field(default_factory=list)
     explanation: str = ""
 
@@ -156,6 +157,7 @@ def report(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobReport:
         conditions=list(status.get("conditions") or []), workers=dict(status.get("workers") or {}),
         restarts=int(status.get("restarts") or 0), start_time=status.get("startTime"),
         completion_time=status.get("completionTime"), last_failure=status.get("lastFailure"),
+        resumed=status.get("resumed"),
         pods=[pod_state(p) for p in pods],
     )
     if cancelled:
@@ -182,6 +184,8 @@ def render(rep: JobReport, job_hint: str) -> list[str]:
         lines.append("workers:    " + ", ".join(f"{k} {v}" for k, v in rep.workers.items()))
     if rep.restarts:
         lines.append(f"restarts:   {rep.restarts}")
+    if rep.resumed and rep.resumed.get("message"):
+        lines.append(f"resumed:    {rep.resumed['message']} (checkpoint {rep.resumed.get('checkpoint')})")
     if rep.start_time:
         lines.append(f"started:    {rep.start_time}" + (f", finished {rep.completion_time}"
                                                         if rep.completion_time else ""))

@@ -23,6 +23,7 @@ removed version; the claim stays, so the number is never reused. Versions writte
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -272,6 +273,16 @@ class Dataspace:
                                      "other content (did the files change?); nothing of this run was kept: "
                                      "upload again") from None
             manifest = committed
+        if self.store.exists(prefix + DELETED):
+            # `hitc dataspace rm` of this version ran while it was being written: its tombstone hides the version
+            # whatever else is there, so the commit counts for nothing; remove what the delete may have missed.
+            tombstone = self._read_json(prefix + DELETED) or {}
+            for info in list(self.store.list(prefix)):
+                if _basename(info.key) not in (DELETED, CLAIM):
+                    self.store.delete(info.key)
+            raise IntegrityError(f"{name}/{type} {version} was deleted (by {tombstone.get('deleted_by', 'someone')}, "
+                                 f"`hitc dataspace rm`) while this upload was writing it; nothing of this upload was "
+                                 "kept: upload again to make a new version")
         if resumed:
             self.store.delete(prefix + PENDING)  # a version begun before claims existed
             self.store.abort_uploads(prefix)  # parts of big files from the interrupted attempt
@@ -440,7 +451,8 @@ class Dataspace:
             if manifest is None:
                 raise self._missing(name, type, None)
             return manifest
-        if self.store.stat(self.version_prefix(name, type, version) + MANIFEST) is None:
+        prefix = self.version_prefix(name, type, version)
+        if self.store.stat(prefix + MANIFEST) is None or self.store.stat(prefix + DELETED) is not None:
             raise self._missing(name, type, version)
         return self._read_manifest(name, type, version)
 
@@ -531,11 +543,14 @@ class Dataspace:
         if not objects:
             raise self._missing(name, type, version)
         removed = 0
+        # The tombstone first: a version with one is gone for every reader, and an upload still writing this
+        # version sees it after its commit and fails rather than leave a version with files missing.
+        with contextlib.suppress(ObjectExists):
+            self.store.put_bytes(prefix + DELETED, json.dumps({"deleted_by": self.uploader or getpass.getuser(),
+                                                               "deleted": _now()}).encode(), create_only=True)
         if prefix + MANIFEST in objects:
             self.store.delete(prefix + MANIFEST)
             removed += 1
-        self.store.put_bytes(prefix + DELETED, json.dumps({"deleted_by": self.uploader or getpass.getuser(),
-                                                           "deleted": _now()}).encode())
         for key in objects:
             if key != prefix + MANIFEST:
                 self.store.delete(key)
@@ -563,7 +578,7 @@ class Dataspace:
 
         def state_of(number: int) -> str:
             prefix = self.version_prefix(name, type, f"v{number}")
-            for marker, state in ((MANIFEST, "complete"), (DELETED, "deleted"), (CLAIM, "pending"),
+            for marker, state in ((DELETED, "deleted"), (MANIFEST, "complete"), (CLAIM, "pending"),
                                   (PENDING, "pending")):
                 if self.store.stat(prefix + marker) is not None:
                     return state

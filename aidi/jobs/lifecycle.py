@@ -13,6 +13,7 @@ and ``Suspended``. Reasons and messages are written for the user reading ``kubec
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,8 +21,11 @@ from aidi.api import trainjob as tj
 from aidi.jobs import podspec
 
 FINISHED = ("Succeeded", "Failed")
-# Why a runner that does not restart gangs (``decide(..., gang_restarts=False)``) failed the job at once.
-NO_GANG_RESTARTS = "the local runner does not restart jobs (backoffLimit applies on a cluster)"
+# Why a runner that restarts gangs only after a kill (``decide(..., gang_restarts=KILLED_ONLY)``) failed the job.
+NO_GANG_RESTARTS = ("the local runner restarts a job only when a pod was killed (exit code 128 or above); "
+                    "backoffLimit applies on a cluster")
+KILLED_ONLY: Literal["killed"] = "killed"
+GangRestarts = bool | Literal["killed"]
 # Pod/container reasons that mean "cannot start until someone fixes something".
 _WAITING_PROBLEMS = {
     "ErrImagePull": "cannot pull image",
@@ -59,6 +63,7 @@ class PodState:
     waiting: tuple[str, str, str] | None = None  # (container, reason, message)
     failure: Termination | None = None  # a container of the pod that ended badly
     trainer_done: bool = False
+    restored: str = ""  # the restore step's termination message: which checkpoint the pod resumes from
 
     @property
     def short(self) -> str:
@@ -100,6 +105,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     waiting: tuple[str, str, str] | None = None
     failure: Termination | None = None
     trainer_done = False
+    restored = ""
     statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
     for cs in statuses:
         state = cs.get("state") or {}
@@ -110,6 +116,8 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         if term is None:
             continue
         code = _int(term.get("exitCode"))
+        if name == podspec.FETCH_CHECKPOINT_CONTAINER and code == 0:
+            restored = (term.get("message") or "").strip()
         if name == podspec.MAIN_CONTAINER:
             trainer_done = True
         if code not in (0, None) and failure is None:
@@ -122,7 +130,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         index=_int(labels.get(podspec.LABEL_INDEX)) or 0, attempt=_int(labels.get(podspec.LABEL_ATTEMPT)),
         phase=phase, deleting=bool(meta.get("deletionTimestamp")), reason=status.get("reason") or "",
         message=status.get("message") or "", unschedulable=unschedulable, waiting=waiting, failure=failure,
-        trainer_done=trainer_done,
+        trainer_done=trainer_done, restored=restored,
     )
 
 
@@ -247,11 +255,13 @@ def _pending_message(pods: list[PodState], expected: int) -> tuple[str, str]:
 
 
 def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], now: dt.datetime,
-           generation: int | None = None, gang_restarts: bool = True) -> Plan:
+           generation: int | None = None, gang_restarts: GangRestarts = True) -> Plan:
     """The next step of the job, from what is observed now.
 
-    ``gang_restarts=False`` (the local runner): a failed gang is not restarted, whatever ``backoffLimit`` says;
-    a run being debugged fails once, with its log.
+    ``gang_restarts=False``: a failed gang is not restarted, whatever ``backoffLimit`` says. ``KILLED_ONLY``
+    (the local runner): restarted within ``backoffLimit`` only when the pod was killed from outside (exit code
+    128 or above, or deleted), so that a run being debugged fails once, with its log, while a killed one
+    resumes from its checkpoint.
     """
     spec = job.spec
     st = status.model_copy(deep=True)
@@ -338,11 +348,18 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
     if plan.create:
         set_condition(st, "Created", True, "PodsCreated", _created_message(spec), now)
 
+    resumed = _resumed(current, attempt)
+    if resumed is not None and resumed != st.resumed:
+        st.resumed = resumed
+        plan.events.append(("Normal", "Resumed", resumed.message))
+
     running_workers = sum(1 for p in workers if p.running or p.succeeded)
     total_workers = podspec.worker_count(spec)
     ps_ok = all(p.running or p.succeeded for p in current if p.role != "worker")
     if not plan.create and running_workers == total_workers and ps_ok:
         message = f"{running_workers}/{total_workers} worker{'s' if total_workers != 1 else ''} running"
+        if st.resumed is not None:
+            message += f"; {st.resumed.message}"
         if st.phase != "Running":
             plan.events.append(("Normal", "Running", message))
         _set_phase(st, "Running", "AllWorkersRunning", message)
@@ -357,19 +374,40 @@ def decide(job: tj.TrainJob, status: tj.TrainJobStatus, pods: list[PodState], no
     return plan
 
 
+def _resumed(current: list[PodState], attempt: int) -> tj.ResumeRecord | None:
+    """What the workers' restore step said it restored (its termination message), as the status tells it."""
+    for p in current:
+        if p.role != "worker" or not p.restored:
+            continue
+        try:
+            data = json.loads(p.restored)
+            checkpoint, from_attempt = int(data["checkpoint"]), int(data["attempt"])
+            summary = str(data.get("summary") or "")
+        except (ValueError, KeyError, TypeError):
+            return None  # not the restore step's JSON: say nothing rather than something wrong
+        what = f"resumed {summary}".rstrip()
+        source = "this attempt's" if from_attempt == attempt else f"attempt {from_attempt}'s"
+        return tj.ResumeRecord(checkpoint=checkpoint, attempt=from_attempt, summary=summary,
+                               message=f"{what} from {source} checkpoint")
+    return None
+
+
 def _lost_pod(job: tj.TrainJob, status: tj.TrainJobStatus, current: list[PodState]) -> PodState | None:
     """A pod of a running gang that was deleted from outside (preemption, eviction, kubectl delete pod).
 
     Only once the job is Running has every pod been seen, so only then does "missing" mean "deleted".
-    A gang with a replaced member hangs in ps-lite, so this counts as a failure of the whole gang.
+    A gang with a replaced member hangs in ps-lite, so this counts as a failure of the whole gang. Before
+    Running, a pod being deleted counts too once some pod of the gang has started: its workers may have
+    joined the scheduler or a server already, and would wait for the one being replaced until the wall time.
     """
-    if status.phase != "Running":
+    started = any((p.running or p.finished) and not p.deleting for p in current)
+    if status.phase != "Running" and not started:
         return None
     by_name = {p.name: p for p in current}
     for member in podspec.members(job.spec):
         name = member.pod_name(job.metadata.name)
         pod = by_name.get(name)
-        if pod is None or pod.deleting:
+        if (pod is None and status.phase == "Running") or (pod is not None and pod.deleting):
             gone = Termination("", None, "PodDeleted", "the pod was deleted (preempted, evicted or removed by hand)")
             return PodState(name=name, role=member.role, index=member.index, attempt=status.restarts,
                             phase="Failed", failure=gone)
@@ -385,7 +423,7 @@ def _created_message(spec: tj.TrainJobSpec) -> str:
 
 
 def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodState], now: dt.datetime,
-                gang_restarts: bool) -> Plan:
+                gang_restarts: GangRestarts) -> Plan:
     spec, st = job.spec, plan.status
     reason, message = describe_failure(pod)
     f = pod.failure
@@ -394,8 +432,10 @@ def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodSt
     plan.failed_pod = pod.name
     if reason == "DeadlineExceeded":
         return _finish(plan, spec, current, now, "Failed", "DeadlineExceeded", message, stop_all=True)
-    if gang_restarts and _retryable(spec.restart_policy, pod) and st.restarts < spec.backoff_limit:
+    allowed = gang_restarts is True or (gang_restarts == KILLED_ONLY and _retryable("ExitCode", pod))
+    if allowed and _retryable(spec.restart_policy, pod) and st.restarts < spec.backoff_limit:
         st.restarts += 1
+        st.resumed = None  # the next gang says what it restored
         text = f"{message}; restarting the whole gang (restart {st.restarts} of {spec.backoff_limit})"
         plan.delete = [p.name for p in current if not p.deleting]
         _count_status(st, current, [])
@@ -407,7 +447,7 @@ def _on_failure(plan: Plan, job: tj.TrainJob, pod: PodState, current: list[PodSt
     if not _retryable(spec.restart_policy, pod):
         text = f"{message}; restartPolicy {spec.restart_policy} does not restart it"
         final = reason
-    elif not gang_restarts:
+    elif not allowed:
         text, final = f"{message}; {NO_GANG_RESTARTS}", reason
     else:
         text = f"{message}; backoffLimit ({spec.backoff_limit}) reached after {st.restarts} restarts"

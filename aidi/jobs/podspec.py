@@ -58,17 +58,27 @@ PASSWORD_FILE = f"{PASSWORD_DIR}/password"
 DONE_DIR = "/var/run/aidi/done"
 EXIT_CODE_FILE = f"{DONE_DIR}/exit-code"
 HEARTBEAT_FILE = f"{DONE_DIR}/alive"
+RANK_FILE = f"{DONE_DIR}/rank"  # the trainer's rank (AIDI_RANK_FILE): the chief's pod syncs, whichever it is
 
 MAIN_CONTAINER = "trainer"
 FETCH_CODE_CONTAINER = "fetch-code"
 FETCH_DATA_CONTAINER = "fetch-data"
 SYNC_CONTAINER = "sync-output"
+FETCH_CHECKPOINT_CONTAINER = "fetch-checkpoint"
+# Where the kubelet takes a container's termination message from (the pod's status carries it): the
+# restore step says there which checkpoint it restored, and the lifecycle puts that into the job's status.
+TERMINATION_LOG = "/dev/termination-log"
 GPU_RESOURCE = "nvidia.com/gpu"
 DMLC_PORT = 9091  # Kubeflow MXJob's default port
 
 # The sync container gives up when the trainer's heartbeat is older than this: a container killed as a
 # whole (cgroup OOM kill) cannot write its exit code, and the pod must still finish.
 HEARTBEAT_SECONDS = 10
+# A node that stops answering: Kubernetes evicts its pods after this (its default is 300 s), the lifecycle sees
+# the deletion and restarts the gang, which resumes from the last checkpoint instead of its workers waiting on
+# a dead parameter server until the wall time (docs/operator.md, "When a pod or a node dies").
+NODE_LOST_SECONDS = 60
+NODE_LOST_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
 HEARTBEAT_STALE_SECONDS = 60
 
 Role = Literal["worker", "server", "scheduler"]
@@ -247,6 +257,33 @@ def sync_output_command(output: tj.DatasetOutput) -> list[str]:
     return ["aidi", "sync-output", "--src", OUTPUT_DIR, "--name", output.name, "--type", output.type]
 
 
+def checkpoint_prefix(job: tj.TrainJob, owner_uid: str | None) -> str:
+    """``checkpoints/<namespace>/<job>/<uid>/``: the uid keeps a job submitted again under the same name from
+    resuming the checkpoints of the one before (aidi/dataspace/checkpoints.py)."""
+    return f"checkpoints/{job.metadata.namespace or 'default'}/{job.metadata.name}/{owner_uid or 'no-uid'}/"
+
+
+def has_checkpoints(job: tj.TrainJob, member: Member) -> bool:
+    """The workers of a job whose outputs go to the dataspace: every one restores (any may be the next chief);
+    only the chief's copies."""
+    return has_sync(job, member) and job.spec.checkpoints.enabled
+
+
+def fetch_checkpoint_command(prefix: str) -> list[str]:
+    return ["aidi", "fetch-checkpoint", "--prefix", prefix, "--dest", OUTPUT_DIR, "--message-file", TERMINATION_LOG]
+
+
+def sync_checkpoints_command(job: tj.TrainJob, prefix: str, attempt: int) -> list[str]:
+    sync = job.spec.checkpoints
+    command = ["aidi", "sync-checkpoints", "--prefix", prefix, "--src", OUTPUT_DIR, "--attempt", str(attempt),
+               "--interval", str(sync.interval_seconds), "--until", EXIT_CODE_FILE, "--rank-file", RANK_FILE,
+               # A writable volume of the pod: the container's own file system may be read-only.
+               "--staging", f"{DONE_DIR}/staging"]
+    if sync.max_bytes_per_second:
+        command += ["--max-bytes-per-second", str(sync.max_bytes_per_second)]
+    return command
+
+
 # The trainer's command runs as a child so that SIGTERM reaches it (a shell as PID 1 ignores it), and its
 # exit code lands where the sync container waits for it.
 _TRAINER_WRAPPER = f"""\
@@ -263,9 +300,20 @@ exit "$rc"
 """
 
 
-def sync_script(output: tj.DatasetOutput) -> str:
-    """The sync container: wait for the trainer's exit code; upload the outputs only after a success."""
-    return f"""\
+# ps-lite's rank 0 writes the outputs, and it need not be worker 0's pod: only the pod where the trainer said
+# rank 0 syncs them (worker 0's, when the trainer says nothing), so a job makes one version.
+_CHIEF_ONLY = (f'rank=$(cat {RANK_FILE} 2>/dev/null || echo "${{AIDI_WORKER_INDEX:-0}}")\n'
+               'if [ "$rank" != 0 ]; then echo "rank $rank: the chief\'s pod (rank 0) syncs the outputs"; exit 0; fi')
+
+
+def sync_script(output: tj.DatasetOutput, checkpoints: list[str] | None = None, prefix: str = "") -> str:
+    """The sync container: wait for the trainer's exit code; upload the outputs only after a success.
+
+    With ``checkpoints`` (the ``aidi sync-checkpoints`` command line) that loop copies checkpoints meanwhile,
+    makes a last copy when the trainer ends (or the pod is deleted), and the checkpoints under ``prefix`` are
+    removed once a successful run's outputs are a version of their own."""
+    if not checkpoints:
+        return f"""\
 while [ ! -f {EXIT_CODE_FILE} ]; do
   if [ -f {HEARTBEAT_FILE} ] &&
      [ $(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) )) -gt {HEARTBEAT_STALE_SECONDS} ]; then
@@ -275,7 +323,30 @@ while [ ! -f {EXIT_CODE_FILE} ]; do
 done
 rc=$(cat {EXIT_CODE_FILE})
 if [ "$rc" != 0 ]; then echo "the trainer exited with code $rc; outputs not synced"; exit 0; fi
+{_CHIEF_ONLY}
 exec {shlex.join(sync_output_command(output))}
+"""
+    delete = shlex.join(["aidi", "delete-checkpoints", "--prefix", prefix])
+    return f"""\
+{shlex.join(checkpoints)} &
+ckpt=$!
+trap 'kill -TERM "$ckpt" 2>/dev/null; wait "$ckpt"; exit 143' TERM INT
+while [ ! -f {EXIT_CODE_FILE} ]; do
+  if [ -f {HEARTBEAT_FILE} ] &&
+     [ $(( $(date +%s) - $(stat -c %Y {HEARTBEAT_FILE}) )) -gt {HEARTBEAT_STALE_SECONDS} ]; then
+    echo "the trainer container stopped without an exit code; outputs not synced" >&2
+    kill -TERM "$ckpt" 2>/dev/null; wait "$ckpt"; exit 1
+  fi
+  sleep 2
+done
+wait "$ckpt"
+rc=$(cat {EXIT_CODE_FILE})
+if [ "$rc" != 0 ]; then
+  echo "the trainer exited with code $rc; outputs not synced, its last checkpoint kept"; exit 0
+fi
+{_CHIEF_ONLY}
+{shlex.join(sync_output_command(output))} || exit $?
+{delete} || echo "the job's checkpoints were not deleted; 'aidi delete-checkpoints --prefix {prefix}' removes them"
 """
 
 
@@ -329,8 +400,9 @@ def password_secret(job: tj.TrainJob) -> tj.SecretKeyRef:
 
 
 def has_sync(job: tj.TrainJob, member: Member) -> bool:
-    """Only worker 0 uploads outputs (rank 0 writes checkpoints), so a job makes one new version."""
-    return job.spec.data_space.output is not None and member == Member("worker", 0)
+    """Every worker of a job with an output runs the sync container; only the chief's pod uploads (the trainer's
+    rank 0, which may be any worker's pod: ``RANK_FILE``), so a job makes one new version."""
+    return job.spec.data_space.output is not None and member.role == "worker"
 
 
 def runs_as_root(job: tj.TrainJob, hardening: PodHardening) -> bool:
@@ -398,25 +470,38 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
                      "command": fetch_code_command(spec.code_package.uri), "env": env,
                      "resources": _step_resources(hard), "securityContext": step_security,
                      "volumeMounts": [_mount("code", WORKING_PATH), _mount("code-password", PASSWORD_DIR, True)]})
+    checkpoints = has_checkpoints(job, member)
+    prefix = checkpoint_prefix(job, owner_uid)
     if member.role == "worker" and spec.data_space.inputs:
         init.append({"name": FETCH_DATA_CONTAINER, "image": settings.fetch_image,
                      "command": fetch_data_command(spec.data_space.inputs), "env": env,
                      "resources": _step_resources(hard), "securityContext": step_security,
                      "volumeMounts": [_mount("data-input", INPUT_DIR)]})
+    if checkpoints:
+        # Before the trainer starts, whatever the attempt: a suspended and resumed job resumes too.
+        init.append({"name": FETCH_CHECKPOINT_CONTAINER, "image": settings.fetch_image,
+                     "command": fetch_checkpoint_command(prefix), "env": env,
+                     "resources": _step_resources(hard), "securityContext": step_security,
+                     "volumeMounts": [_mount("data-output", OUTPUT_DIR)]})
 
     main_mounts = [_mount("code", WORKING_PATH), _mount("data-input", INPUT_DIR), _mount("data-output", OUTPUT_DIR),
                    _mount("dshm", "/dev/shm")]
     command = list(spec.command)
     if sync:
-        volumes.append(_empty_dir("done", "1Mi"))
+        # The exit-code and rank files; with checkpoints also the copy loop's staging of one checkpoint's new
+        # files, at most what the output folder holds.
+        volumes.append(_empty_dir("done", hard.output_size_limit if checkpoints else "1Mi"))
         main_mounts.append(_mount("done", DONE_DIR))
         command = ["sh", "-c", _TRAINER_WRAPPER, "aidi-trainer", *command]
+        rank: list[dict[str, Any]] = [{"name": "AIDI_RANK_FILE", "value": RANK_FILE}]
+    else:
+        rank = []
     main: dict[str, Any] = {
         "name": MAIN_CONTAINER,
         "image": spec.image or settings.job_image,
         "command": command,
         "workingDir": WORKING_PATH,
-        "env": env + [e.to_wire() for e in spec.env],
+        "env": env + rank + [e.to_wire() for e in spec.env],
         "volumeMounts": main_mounts,
         "securityContext": container_security_context(runs_as_root(job, hard)),
         "resources": _resources(job, member, hard),
@@ -426,7 +511,10 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     containers = [main]
     if sync and spec.data_space.output is not None:
         containers.append({"name": SYNC_CONTAINER, "image": settings.fetch_image,
-                           "command": ["sh", "-c", sync_script(spec.data_space.output)], "env": env,
+                           "command": ["sh", "-c", sync_script(
+                               spec.data_space.output,
+                               sync_checkpoints_command(job, prefix, attempt) if checkpoints else None, prefix)],
+                           "env": env,
                            "resources": _step_resources(hard), "securityContext": step_security,
                            "volumeMounts": [_mount("data-output", OUTPUT_DIR, True), _mount("done", DONE_DIR)]})
 
@@ -453,8 +541,11 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
         pod_spec["schedulerName"] = scheduler
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in spec.tolerations]
+    tolerations = [t.to_wire() for t in spec.tolerations]
+    given = {t.get("key") for t in tolerations}
+    tolerations += [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": NODE_LOST_SECONDS}
+                    for key in NODE_LOST_TAINTS if key not in given]
+    pod_spec["tolerations"] = tolerations
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_wire() for s in spec.image_pull_secrets]
     if not init:

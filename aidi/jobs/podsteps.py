@@ -3,6 +3,10 @@
     aidi fetch-code "$URI" --password-file /var/run/aidi/code/password --dest /job/code
     aidi fetch-data --dest /data_space/input adasmini_4pe:trainset:latest [NAME:TYPE:VERSION ...]
     aidi sync-output --src /data_space/output --name adasmini_4pe_models --type dataset
+    aidi fetch-checkpoint --prefix checkpoints/NS/JOB/UID/ --dest /data_space/output --message-file /dev/termination-log
+    aidi sync-checkpoints --prefix checkpoints/NS/JOB/UID/ --src /data_space/output --attempt 0 --interval 600 \
+        --until /var/run/aidi/done/exit-code --rank-file /var/run/aidi/done/rank
+    aidi delete-checkpoints --prefix checkpoints/NS/JOB/UID/
 
 They read the dataspace from the pod's environment (``AIDI_DATASPACE_*``). The operator and the local
 runner both run them, so they live in the core package.
@@ -10,18 +14,30 @@ runner both run them, so they live in the core package.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from aidi.api import trainjob as tj
-from aidi.dataspace import LATEST, Dataspace, DataspaceConfig, TransferProgress, TransferResult, open_dataspace
-from aidi.errors import UsageError
+from aidi.dataspace import (
+    LATEST,
+    Dataspace,
+    DataspaceConfig,
+    TransferProgress,
+    TransferResult,
+    open_dataspace,
+    open_store,
+)
+from aidi.dataspace import checkpoints as ckpt
+from aidi.errors import AidiError, IntegrityError, UsageError
 from aidi.jobs import codepkg
 
 log = logging.getLogger(__name__)
@@ -174,3 +190,136 @@ def sync_output(src: str | os.PathLike[str], name: str, type_: str, config: Data
         log.info("synced %d files (%s) from %s to %s:%s:%s", result.files, codepkg.human_bytes(result.bytes), src,
                  name, type_, result.version)
     return result
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass
+class RestoreResult:
+    checkpoint: int | None
+    attempt: int | None = None
+    summary: str = ""
+    files: int = 0
+    bytes: int = 0
+    dest: str = ""
+
+    def message(self) -> str:
+        """The line the lifecycle reads from the termination message (kept small: the kubelet keeps 4 KiB)."""
+        if self.checkpoint is None:
+            return ""
+        return json.dumps({"checkpoint": self.checkpoint, "attempt": self.attempt, "summary": self.summary})
+
+
+def _checkpoints(prefix: str, config: DataspaceConfig | None) -> ckpt.CheckpointStore:
+    if not prefix.startswith(ckpt.ROOT + "/") or not prefix.endswith("/"):
+        raise UsageError(f"--prefix {prefix!r}: expected {ckpt.ROOT}/NAMESPACE/JOB/UID/ (as the operator writes it)")
+    return ckpt.CheckpointStore(open_store(config or DataspaceConfig.from_env(), jobs=1), prefix)
+
+
+def fetch_checkpoint(prefix: str, dest: str | os.PathLike[str], message_file: str | os.PathLike[str] | None = None,
+                     config: DataspaceConfig | None = None) -> RestoreResult:
+    """Restore the newest complete checkpoint under ``prefix`` into ``dest`` (the trainer's output folder).
+
+    A manifest that cannot be read (damaged by hand) is skipped for the one before it. What was restored goes
+    to ``message_file`` (the container's termination message), where the job's status picks it up."""
+    checkpoints = _checkpoints(prefix, config)
+    result = RestoreResult(checkpoint=None, dest=str(dest))
+    try:
+        for number in reversed(checkpoints.numbers()):
+            try:
+                found = checkpoints.read(number)
+            except IntegrityError as exc:
+                log.warning("%s; trying the checkpoint before it", exc)
+                continue
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            size = checkpoints.restore(found, Path(dest))
+            result = RestoreResult(checkpoint=found.number, attempt=found.attempt, summary=found.summary,
+                                   files=len(found.files), bytes=size, dest=str(dest))
+            log.info("restored checkpoint %d (attempt %d's, %s): %d files, %s into %s", found.number, found.attempt,
+                     found.summary, len(found.files), codepkg.human_bytes(size), dest)
+            break
+        else:
+            log.info("no checkpoint under %s: the trainer starts from the beginning", checkpoints.store.uri(prefix))
+    finally:
+        checkpoints.store.close()
+    if message_file is not None:
+        try:
+            Path(message_file).write_text(result.message(), encoding="utf-8")
+        except OSError as exc:  # outside a pod (no /dev/termination-log): the log line above says it all
+            log.debug("cannot write %s: %s", message_file, exc)
+    return result
+
+
+class _Stop:
+    """SIGTERM (the pod is deleted) or SIGINT: end after one last copy, within the grace period."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def sync_checkpoints(prefix: str, src: str | os.PathLike[str], attempt: int, interval: float,
+                     until: str | os.PathLike[str] | None = None, max_bytes_per_second: int | None = None,
+                     config: DataspaceConfig | None = None, poll: float = 2.0,
+                     rank_file: str | os.PathLike[str] | None = None,
+                     staging: str | os.PathLike[str] | None = None) -> int:
+    """Copy new checkpoints from ``src`` while the trainer runs: when a progress file, a finished step or a
+    records file changes, and at least ``interval`` seconds after the last copy. Ends after a last copy once
+    the file ``until`` exists (the trainer's exit code) or on SIGTERM. Returns how many checkpoints it made.
+    Only the chief's folder is copied: ``rank_file`` holds the trainer's rank (without it, worker 0 is the chief);
+    every worker of a distributed job runs this. New files are staged (copied whole) under ``staging`` (default:
+    the system's temporary folder) before they are sent.
+
+    A failed copy (the dataspace unreachable) is logged and tried again: training never waits for it."""
+    checkpoints = _checkpoints(prefix, config)
+    src, stop, made = Path(src), _Stop(), 0
+    worker_index = int(os.environ.get("AIDI_WORKER_INDEX") or 0)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    limit = ckpt.RateLimit(max_bytes_per_second)
+    seen: dict[str, float] = {}
+    files: ckpt.Seen = {}
+    previous: ckpt.Checkpoint | None = None
+    last = -float("inf")
+    try:
+        try:
+            previous = checkpoints.latest()
+        except AidiError as exc:
+            log.warning("cannot read the checkpoints so far (%s); trying again at the next copy", exc)
+        while True:
+            final = stop.requested or (until is not None and Path(until).exists())
+            due = final or (time.monotonic() - last >= interval and ckpt.has_new_checkpoint(src, seen))
+            if due and ckpt.is_chief(None if rank_file is None else Path(rank_file), worker_index):
+                try:
+                    done = ckpt.sync_once(checkpoints, src, attempt, previous=previous, limit=limit, seen=files,
+                                          staging_root=None if staging is None else Path(staging))
+                    last = time.monotonic()
+                except AidiError as exc:
+                    log.warning("checkpoint copy failed (%s); trying again", exc)
+                    seen.clear()
+                    done = None
+                if done is not None:
+                    previous, made = done, made + 1
+                    log.info("checkpoint %d (%s): %d files, %s", done.number, done.summary, len(done.files),
+                             codepkg.human_bytes(done.size))
+            if final:
+                return made
+            for _ in range(max(1, int(poll / 0.2))):
+                if stop.requested:
+                    break
+                time.sleep(0.2)
+    finally:
+        checkpoints.store.close()
+
+
+def delete_checkpoints(prefix: str, config: DataspaceConfig | None = None) -> int:
+    """Remove every checkpoint under ``prefix``; returns how many objects went."""
+    checkpoints = _checkpoints(prefix, config)
+    try:
+        return checkpoints.delete_all()
+    finally:
+        checkpoints.store.close()

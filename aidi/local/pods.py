@@ -27,6 +27,8 @@ from aidi.local.store import Namespace
 HOST_PATHS = ("/dev/shm",)  # mounts that keep the host's folder
 STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL after this, as the kubelet's terminationGracePeriodSeconds
 MAX_REWRITE_BYTES = 1 << 20
+TERMINATION_MESSAGE_BYTES = 4096
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Variables of the submitting shell that a pod must not inherit: the pod sets its own.
 _POD_OWNED_PREFIXES = ("AIDI_", "DMLC_")
 
@@ -104,6 +106,16 @@ class ContainerRun:
     env: dict[str, str]
     cwd: Path
     problems: list[str] = field(default_factory=list)
+    termination_log: Path | None = None  # the file behind the container's terminationMessagePath
+
+    def termination_message(self) -> str:
+        """What the container wrote to its termination log, capped as the kubelet caps it (4 KiB)."""
+        if self.termination_log is None:
+            return ""
+        try:
+            return self.termination_log.read_bytes()[:TERMINATION_MESSAGE_BYTES].decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
 
 
 def host_environment() -> dict[str, str]:
@@ -136,7 +148,16 @@ def container_env(container: dict[str, Any], namespace: Namespace, paths: PathMa
 
 
 def container_run(container: dict[str, Any], namespace: Namespace, paths: PathMap, base: dict[str, str],
-                  extra_env: dict[str, str]) -> ContainerRun:
+                  extra_env: dict[str, str], termination_dir: Path | None = None) -> ContainerRun:
+    """``termination_dir``: where each container's termination log lives (the kubelet mounts a file at
+    ``terminationMessagePath``; here that path, as the container names it, becomes a file in this folder)."""
+    termination_log = None
+    if termination_dir is not None:
+        termination_dir.mkdir(parents=True, exist_ok=True)
+        termination_log = termination_dir / container["name"]
+        termination_log.unlink(missing_ok=True)
+        path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_LOG
+        paths = PathMap({**paths.mounts, path: termination_log})
     env, problems = container_env(container, namespace, paths, base)
     env.update(extra_env)
     argv = [paths.rewrite(a) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
@@ -145,7 +166,7 @@ def container_run(container: dict[str, Any], namespace: Namespace, paths: PathMa
         # The pod steps' `aidi` is the one of this Python (the image's, on a cluster).
         found = shutil.which("aidi", path=env.get("PATH"))
         argv[0] = found or argv[0]
-    return ContainerRun(container["name"], argv, env, cwd, problems)
+    return ContainerRun(container["name"], argv, env, cwd, problems, termination_log)
 
 
 def start(run: ContainerRun, log_path: Path) -> subprocess.Popen[bytes]:

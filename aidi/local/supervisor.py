@@ -9,8 +9,9 @@ forgets the pods to delete, keeps a failed pod's log tail, and writes the status
 phases, conditions, reasons and messages are the operator's, decided by the same code. SIGTERM
 (``traincli cancel``) counts as ``spec.suspend``: the pods are deleted and the job is ``Suspended``.
 
-One difference from the operator, asked of the lifecycle by ``gang_restarts=False``: a failed job is not
-restarted (``backoffLimit`` applies on a cluster); a run you are debugging should fail once, with its log.
+One difference from the operator, asked of the lifecycle by ``gang_restarts=KILLED_ONLY``: a gang is restarted
+(within ``backoffLimit``) only when a pod was killed from outside (exit code 128 or above: SIGKILL, OOM), and
+then resumes from its checkpoint; a run you are debugging that fails by itself fails once, with its log.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ class PodRunner(threading.Thread):
         problems = localpods.prepare_volumes(self.manifest, self.fs, self.sup.namespace)
         base = self.sup.base_env(paths, self.member)
         for init in spec.get("initContainers") or []:
-            run = localpods.container_run(init, self.sup.namespace, paths, base, self.sup.extra_env)
+            run = localpods.container_run(init, self.sup.namespace, paths, base, self.sup.extra_env,
+                                          self.dir / "termination")
             if problems or run.problems:
                 message = "; ".join(problems + run.problems)
                 self._set_state(init["name"], {"waiting": {"reason": "CreateContainerConfigError", "message": message}})
@@ -168,8 +170,8 @@ class PodRunner(threading.Thread):
                 return
             if init["name"] == podspec.FETCH_CODE_CONTAINER:
                 self._map_code_paths(paths)
-        runs = [localpods.container_run(c, self.sup.namespace, paths, base, self.sup.extra_env)
-                for c in spec["containers"]]
+        runs = [localpods.container_run(c, self.sup.namespace, paths, base, self.sup.extra_env,
+                                        self.dir / "termination") for c in spec["containers"]]
         problems += [p for r in runs for p in r.problems]
         if problems:
             message = "; ".join(problems)
@@ -179,7 +181,7 @@ class PodRunner(threading.Thread):
         for run in runs:
             self._start(run)
         self._set_phase("Running")
-        codes = {run.name: self._wait(run.name) for run in runs}
+        codes = {run.name: self._wait(run.name, run) for run in runs}
         if any(code is None for code in codes.values()):
             return  # stopped
         if any(code != 0 for code in codes.values()):
@@ -207,7 +209,7 @@ class PodRunner(threading.Thread):
             self._set_state(run.name, {"running": {"startedAt": now_stamp()}}, ready=True)
             self.save()
 
-    def _wait(self, name: str) -> int | None:
+    def _wait(self, name: str, run: localpods.ContainerRun | None = None) -> int | None:
         proc = self.procs.get(name)
         if proc is None:
             return None
@@ -216,16 +218,20 @@ class PodRunner(threading.Thread):
         if self.stopped.is_set():
             return None
         code = _exit_code(returncode)
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "startedAt": started,
+                      "finishedAt": now_stamp()}
+        message = run.termination_message() if run is not None else ""
+        if message:
+            terminated["message"] = message
         with self.lock:
-            self._set_state(name, {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                                  "startedAt": started, "finishedAt": now_stamp()}})
+            self._set_state(name, {"terminated": terminated})
             self.pod["local"]["pids"].pop(name, None)
             self.save()
         return code
 
     def _run_one(self, run: localpods.ContainerRun) -> int | None:
         self._start(run)
-        return self._wait(run.name)
+        return self._wait(run.name, run)
 
     def stop(self) -> None:
         """SIGTERM every container's process group, then SIGKILL what is left after the grace period."""
@@ -275,7 +281,7 @@ class Supervisor:
                 job.spec.suspend = True  # `traincli cancel` (or delete): stop as the operator does for suspend
             observed = [lifecycle.pod_state(pod.snapshot()) for pod in self.pods.values()]
             plan = lifecycle.decide(job, jobfile.status_of(data), observed, _now(), jobfile.generation_of(data),
-                                    gang_restarts=False)
+                                    gang_restarts=lifecycle.KILLED_ONLY)
             self._carry_out(job, data, plan)
             phase = plan.status.phase
             if phase in lifecycle.FINISHED:

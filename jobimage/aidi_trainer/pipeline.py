@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import mxnet as mx
 import numpy as np
 
+from aidi.dataspace.checkpoints import RANK_FILE_ENV
 from aidi.errors import AidiError
 from aidi_trainer import quant
 from aidi_trainer.data import TaskDataset, make_loader, train_batches
@@ -68,6 +70,9 @@ class Pipeline:
     def __init__(self, config: TrainConfig, runtime: Runtime, output: Path, pipeline_test: bool = False) -> None:
         self.config, self.runtime, self.out, self.pipeline_test = config, runtime, output, pipeline_test
         self.out.mkdir(parents=True, exist_ok=True)
+        rank_file = os.environ.get(RANK_FILE_ENV)
+        if rank_file:  # the pod's checkpoint and output sync act where the chief runs, whichever pod it is
+            atomic_save(Path(rank_file), lambda p: Path(p).write_text(f"{runtime.rank}\n"))
         mx.random.seed(config.seed)
         np.random.seed(config.seed)
         self.net = MultiTaskNet(config.backbone, config.heads(), config.head_channels)
