@@ -257,15 +257,49 @@ async def test_language_follows_the_choice_and_sticks(rig) -> None:
             assert 'id="lang" href="/jobs?tab=failed&amp;lang=zh"' in await r.text()   # the tab stays
 
 
+REDIRECTS = [("/datasets?lang=zh", "/datasets?lang=zh"), ("/jobs/a%20b", "/jobs/a%20b"), ("//evil.example/x", "/jobs"),
+             ("/\\evil.example", "/jobs"), ("https://evil.example", "/jobs"), ("/\t/evil.example", "/jobs"),
+             ("/\n/evil.example", "/jobs"), ("/%09/evil.example", "/jobs"), ("/%2F/evil.example", "/jobs"),
+             ("/%5Cevil.example", "/jobs"), ("/%252F/evil.example", "/jobs"), ("evil.example", "/jobs"), ("", "/jobs")]
+
+
 async def test_login_redirects_only_within_the_console(rig) -> None:
     async with aiohttp.ClientSession() as client:
-        for target, expected in (("/datasets?lang=zh", "/datasets?lang=zh"), ("//evil.example/x", "/jobs"),
-                                 ("/\\evil.example", "/jobs"), ("https://evil.example", "/jobs")):
+        for target, expected in REDIRECTS:
             async with client.post(f"{rig['url']}/login", data={"token": rig["team_a"], "next": target},
                                    allow_redirects=False) as r:
-                assert (r.status, r.headers["Location"]) == (303, expected)
+                assert (r.status, r.headers["Location"]) == (303, expected), target
                 cookie = r.cookies["aidi_console"]
                 assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_the_login_form_keeps_only_same_site_next_links(rig) -> None:
+    async with aiohttp.ClientSession() as client:
+        # The encoded query decodes to "/<TAB>/evil.example": the form must not carry it on to the POST.
+        async with client.get(f"{rig['url']}/login?next=/%09/evil.example") as r:
+            page = await r.text()
+        assert 'name="next" value="/jobs"' in page   # (the language link keeps the query, encoded: harmless)
+        async with client.get(f"{rig['url']}/login?next=/datasets") as r:
+            assert 'name="next" value="/datasets"' in await r.text()
+
+
+async def test_login_from_another_site_is_refused(rig) -> None:
+    url = rig["url"]
+    host = url.split("://", 1)[1]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Referer": "https://evil.example/form.html"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Origin": f"http://{host}.evil.example"}):
+            async with client.post(f"{url}/login", data={"token": rig["team_a"], "next": "/jobs"}, headers=headers,
+                                   allow_redirects=False) as r:
+                assert r.status == 403, headers
+                assert "another site" in await r.text() and "aidi_console" not in r.cookies
+        assert not client.cookie_jar.filter_cookies(url).get("aidi_console")
+        for headers in ({"Origin": url}, {"Referer": f"{url}/login?next=/jobs"}, {"Sec-Fetch-Site": "same-origin"},
+                        {}):
+            async with client.post(f"{url}/login", data={"token": rig["team_a"], "next": "/jobs"}, headers=headers,
+                                   allow_redirects=False) as r:
+                assert r.status == 303, headers
 
 
 async def test_logout_ends_the_session(rig) -> None:
@@ -411,3 +445,62 @@ def test_sessions_expire_when_idle_and_bearer_checks_are_brief(monkeypatch: pyte
     assert sessions.bearer("team-a:tok") is cached and sessions.bearer("team-a:other") is None
     clock[0] += server.BEARER_CACHE_SECONDS
     assert sessions.bearer("team-a:tok") is None         # asked the API server again after a while
+
+
+def test_sessions_are_swept_on_a_timer_and_capped_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidi.console import server
+    from aidi.console.identity import Identity
+
+    closed: list[str] = []
+
+    class Counted(Identity):
+        def close(self) -> None:
+            closed.append(self.user)
+
+    clock = [time.monotonic() + 1e6]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    sessions = server.Sessions(idle_seconds=60, per_user=3)
+    made = [sessions.new(Counted(namespace=NS, queue=None, user="alice", cluster=None)) for _ in range(40)]
+    other = sessions.new(Counted(namespace=NS, queue=None, user="bob", cluster=None))
+    # 40 logins of one user leave 3 sessions; the 37 ended ones released their clients.
+    assert len(sessions) == 4 and closed.count("alice") == 37 and "bob" not in closed
+    assert all(sessions.get(s.id) is s for s in made[-3:]) and sessions.get(made[0].id) is None
+    clock[0] += 30
+    assert sessions.get(other.id) is other               # bob is active, alice's sessions are not
+    clock[0] += 31
+    assert sessions.sweep() == 3 and len(sessions) == 1 and closed.count("alice") == 40
+    assert sessions.get(other.id) is other
+    sessions.remember_bearer("team-a:tok", Counted(namespace=NS, queue=None, user="script", cluster=None))
+    clock[0] += server.BEARER_CACHE_SECONDS + 1
+    assert sessions.sweep() == 0 and "script" not in closed   # stale, but maybe still serving a request
+    clock[0] += server.BEARER_CACHE_SECONDS
+    assert sessions.sweep() == 2 and "script" in closed and "bob" in closed   # bob idled out meanwhile
+    assert server.sweep_interval(8 * 3600) == 60 and server.sweep_interval(2) == 1
+
+
+async def test_the_console_sweeps_idle_sessions_by_itself(rig) -> None:
+    from dataclasses import replace
+
+    from aiohttp import web
+
+    from aidi.console import create_app, server
+
+    app = create_app(replace(rig["settings"], session_idle_seconds=1))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        session = await login(url, rig["team_a"])
+        await session.close()
+        sessions = app[server.SESSIONS]
+        assert len(sessions) == 1
+        # Nobody comes back with the cookie: the timer alone ends the session (and releases its client).
+        for _ in range(50):
+            if not len(sessions):
+                break
+            await asyncio.sleep(0.1)
+        assert len(sessions) == 0
+    finally:
+        await runner.cleanup()

@@ -53,6 +53,7 @@ class ConsoleSettings:
     login_token: str | None = field(default=None, repr=False)   # local mode only
     refresh_seconds: float = 5.0
     session_idle_seconds: int = 8 * 3600
+    sessions_per_user: int = 10             # more logins of one user end that user's oldest sessions
     secure_cookies: bool = False
     log_tail_lines: int = 100
 
