@@ -376,7 +376,8 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any]]]) -> N
         assert expand(one(docs, "Role", "aidi-operator", namespace)["rules"]) == NEEDED_IN_JOB_NAMESPACES
     assert expand(one(docs, "ClusterRole", "aidi-operator-cluster")["rules"]) == (
         NEEDED_CLUSTER_WIDE | NEEDED_WITH_WATCH_NAMESPACES)
-    env = {e["name"]: e.get("value") for e in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AIDI_NAMESPACES"] == "team-a,team-b"
     wide = rendered["console-values.yaml"]
     assert expand(one(wide, "ClusterRole", "aidi-operator")["rules"]) == NEEDED_IN_JOB_NAMESPACES
@@ -407,7 +408,8 @@ def test_team_onboarding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert find(docs, "ResourceQuota", namespace="team-b") == []
     assert [n["metadata"]["name"] for n in find(docs, "Namespace")] == ["team-a"]   # team-b already exists
     binding = one(docs, "RoleBinding", "aidi-team", "team-a")
-    assert binding["subjects"] == [{"kind": "Group", "name": "team-a-engineers", "apiGroup": "rbac.authorization.k8s.io"}]
+    assert binding["subjects"] == [{"kind": "Group", "name": "team-a-engineers",
+                                    "apiGroup": "rbac.authorization.k8s.io"}]
     assert not find(docs, "RoleBinding", "aidi-team", "team-b")
     policy = one(docs, "NetworkPolicy", "aidi-minio")
     allowed = policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
