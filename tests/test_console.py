@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 import subprocess
@@ -42,10 +43,30 @@ def write_rec(folder: Path, records: int) -> Path:
 
 async def put_team_secret(api: Any, namespace: str, config: DataspaceConfig) -> None:
     data = {k: base64.b64encode(v.encode()).decode() for k, v in
-            (("accessKey", config.access_key), ("secretKey", config.secret_key))}
+            (("accessKey", config.access_key), ("secretKey", config.secret_key), ("bucket", config.bucket))}
     assert await api.create(f"/api/v1/namespaces/{namespace}/secrets",
                             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                              "metadata": {"name": "aidi-dataspace", "namespace": namespace}, "data": data})
+
+
+def team_config(s3_server: Any, team: str) -> DataspaceConfig:
+    """The team's own dataspace account on the test server: its bucket only (tests/support/seaweedfs.py)."""
+    account = s3_server.teams[team]
+    return DataspaceConfig(endpoint=s3_server.endpoint, bucket=account.bucket, access_key=account.access_key,
+                           secret_key=account.secret_key)
+
+
+RIG_PREFIXES = ("datasets/adasmini_4pe/", "datasets/hidden_b/", "models/adasmini_multitask/")
+
+
+def clear_team_buckets(s3_server: Any) -> None:
+    """The rig's objects in the two shared team buckets, gone before and after (tests leave no state)."""
+    for team in (NS, OTHER):
+        admin = dataclasses.replace(team_config(s3_server, team), access_key=s3_server.access_key,
+                                    secret_key=s3_server.secret_key)
+        store = open_dataspace(admin).store
+        for prefix in RIG_PREFIXES:
+            store.delete_prefix(prefix)
 
 
 @pytest.fixture()
@@ -54,31 +75,36 @@ def dataspace(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
 
 
 @pytest.fixture()
-async def rig(kube_api, dataspace: DataspaceConfig, tmp_path: Path):
-    """Two teams with a job each, a dataset of team-a and one of another account, and the console."""
+async def rig(kube_api, dataspace: DataspaceConfig, s3_server, tmp_path: Path):
+    """Two teams with a job each; team-a's dataset and model in its own bucket, team-b's dataset in its own
+    (each uploaded with the team's account, which the storage limits to its bucket); and the console."""
     check = TokenCheck(kube_api)
     api = kmock_api(str(kube_api.url))
     for namespace in (NS, OTHER):
-        await put_team_secret(api, namespace, dataspace)
+        await put_team_secret(api, namespace, team_config(s3_server, namespace))
     await Cluster(api, NS).create_job("vehicle-a", priority=5, dataSpace={
         "inputs": [{"name": "adasmini_4pe", "type": "trainset", "version": "v1"}], "output": {"name": "models-a"}})
     await Cluster(api, OTHER).create_job("secret-b")
-    ds = open_dataspace(dataspace)
+    await asyncio.to_thread(clear_team_buckets, s3_server)
+    ds = open_dataspace(team_config(s3_server, NS))
     await asyncio.to_thread(ds.upload_dataset, "adasmini_4pe", "trainset", write_rec(tmp_path / "rec", 7))
     model = tmp_path / "model" / "int-inference-export-last-symbol.json"
     model.parent.mkdir()
     model.write_text("{}")
-    registry = ModelRegistry(ds.store, uploader=dataspace.access_key)
+    registry = ModelRegistry(ds.store, uploader=ds.uploader)
     await asyncio.to_thread(lambda: registry.append("adasmini_multitask", [(model.name, model)],
                                                     source_job="vehicle-a", metrics={"mAP": 0.61}))
-    other = open_dataspace(dataspace, uploader="team-b-account")
+    # Team B's upload says it came from team-a's account: the console must not believe the manifest.
+    other = open_dataspace(team_config(s3_server, OTHER), uploader=s3_server.teams[NS].access_key)
     await asyncio.to_thread(other.upload_dataset, "hidden_b", "trainset", write_rec(tmp_path / "rec-b", 3))
     settings = cluster_settings(kube_api, check, tmp_path, DataspaceConfig(endpoint=dataspace.endpoint,
                                                                           bucket=dataspace.bucket))
     async with serving(settings) as url:
         yield {"url": url, "check": check, "api": api, "team_a": f"{NS}:{check.team_token(NS)}",
-               "team_b": f"{OTHER}:{check.team_token(OTHER)}", "kube_api": kube_api, "settings": settings}
+               "team_b": f"{OTHER}:{check.team_token(OTHER)}", "kube_api": kube_api, "settings": settings,
+               "s3": s3_server}
     await api.close()
+    await asyncio.to_thread(clear_team_buckets, s3_server)
 
 
 async def login(url: str, token: str) -> aiohttp.ClientSession:
@@ -143,11 +169,16 @@ async def test_a_team_sees_its_own_jobs_and_datasets_only(rig) -> None:
             assert "adasmini_multitask" in page and "mAP=0.61" in page and "vehicle-a" in page
         async with session.get(f"{url}/api/v1/datasets") as r:
             rows = await r.json()
-        assert [(d["name"], d["latest"], d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", "v1", 7)]
-    # The other team, by bearer token, sees its own job and not team-a's.
+        # One version (its number depends on the shared team bucket's history: SeaweedFS keeps empty folders).
+        assert [(d["name"], len(d["versions"]), d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", 1, 7)]
+    # The other team, by bearer token, sees its own job and dataset, and not team-a's.
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {rig['team_b']}"}) as b:
         async with b.get(f"{url}/api/v1/jobs") as r:
             assert [j["name"] for j in await r.json()] == ["secret-b"]
+        async with b.get(f"{url}/api/v1/datasets") as r:
+            assert [d["name"] for d in await r.json()] == ["hidden_b"]
+        async with b.get(f"{url}/api/v1/models") as r:
+            assert await r.json() == []
         async with b.get(f"{url}/api/v1/jobs/vehicle-a") as r:
             assert r.status == 404
 
@@ -193,8 +224,19 @@ async def test_appkeys_are_issued_listed_and_revoked_with_least_privilege(rig, t
     async with session:
         async with session.get(f"{url}/personal") as r:
             page = await r.text()
-        # The dataspace token is the team Secret's, read with the user's token.
+        # The team's dataspace account (read by the console, not with the user's key): the access key and
+        # bucket are on the page, the secret key is not — until a POST with the form's CSRF token asks.
+        account = rig["s3"].teams[NS]
         assert f"{rig['settings'].dataspace.endpoint}" in page and "hitc init -t -" in page
+        assert account.access_key in page and f"--bucket {account.bucket}" in page
+        assert account.secret_key not in page and 'id="dataspace-token"' not in page
+        async with session.post(f"{url}/personal/dataspace-token") as r:
+            assert r.status == 403 and account.secret_key not in await r.text()
+        async with session.get(f"{url}/personal/dataspace-token") as r:
+            assert r.status == 405
+        async with session.post(f"{url}/personal/dataspace-token", data={"csrf": csrf_of(page)}) as r:
+            revealed = await r.text()
+        assert f'id="dataspace-token">{account.token}</code>' in revealed
         async with session.post(f"{url}/personal/appkeys", data={"queue": "gpu-a100", "description": "ci"}) as r:
             assert r.status == 403        # no CSRF token: refused
         async with session.post(f"{url}/personal/appkeys",

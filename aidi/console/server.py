@@ -172,7 +172,8 @@ def create_app(settings: ConsoleSettings) -> web.Application:
         web.get("/login", _login_form), web.post("/login", _login_submit), web.post("/logout", _logout),
         web.get("/", _home), web.get("/datasets", _datasets), web.get("/datasets/{name}/{type}", _dataset),
         web.get("/models", _models), web.get("/jobs", _jobs), web.get("/jobs/{name}", _job),
-        web.get("/personal", _personal), web.post("/personal/appkeys", _appkey_create),
+        web.get("/personal", _personal), web.post("/personal/dataspace-token", _dataspace_token),
+        web.post("/personal/appkeys", _appkey_create),
         web.post("/personal/appkeys/{id}/revoke", _appkey_revoke), web.get("/personal/ca.crt", _ca),
         web.get("/api/v1/whoami", _api_whoami), web.get("/api/v1/datasets", _api_datasets),
         web.get("/api/v1/datasets/{name}/{type}", _api_dataset), web.get("/api/v1/models", _api_models),
@@ -541,7 +542,7 @@ def _personal_view(request: web.Request, **extra: Any) -> pages.PersonalView:
     return pages.PersonalView(
         namespace=identity.namespace, queue=identity.queue, user=identity.user, dataspace_endpoint=endpoint,
         dataspace_bucket=ds.bucket if ds and not ds.is_local else None,
-        dataspace_token=ds.token if ds and ds.access_key else None,
+        dataspace_access_key=ds.access_key if ds and ds.access_key else None,
         dataspace_problem=(f"the dataspace is the local folder {ds.local_root}: hitc needs no token "
                            f"(hitc init --endpoint {ds.endpoint})" if ds and ds.is_local
                            else identity.dataspace_problem), appkeys_enabled=settings.appkeys_enabled, keys=keys,
@@ -556,6 +557,17 @@ async def _personal(request: web.Request) -> web.Response:
     revoked = request.query.get("revoked")
     flash = pages.text("revoked", request[LANG], id=revoked) if revoked else None
     view = await blocking(lambda: _personal_view(request, flash=flash))
+    return html(pages.personal(page_of(request), view))
+
+
+async def _dataspace_token(request: web.Request) -> web.Response:
+    """The team's dataspace token, on an explicit request only (a POST with the form's CSRF token)."""
+    identity = session_of(request).identity
+    ds = identity.dataspace
+    if ds is None or not ds.access_key:
+        raise NotFoundError(identity.dataspace_problem or "your team has no dataspace token")
+    log.info("dataspace token of %s (access key %s) shown to %s", identity.namespace, ds.access_key, identity.user)
+    view = await blocking(lambda: _personal_view(request, dataspace_token=ds.token))
     return html(pages.personal(page_of(request), view))
 
 
