@@ -66,24 +66,18 @@ def resume(client: JobClient, name: str) -> None:
 def delete(client: JobClient, name: str) -> list[str]:
     """Delete the TrainJob and its code Secret. Returns what was removed."""
     secret = aidi_form.code_secret_name(name)
-    job = client.get_job(name)  # a missing or forbidden job is reported as such, before anything is read or removed
+    client.get_job(name)  # a missing or forbidden job is reported as such, before anything is read or removed
     # The garbage collector may delete the Secret (owned by the job) before we do: look first, so the answer
     # does not depend on who was faster. A team's APP KEY may neither read nor delete Secrets (docs/security.md):
-    # then the Secret traincli made, owned by the job, goes with it (the garbage collector).
+    # then only what is known is reported; the Secret traincli made is owned by the job and goes with it.
     had_secret = _secret_question(client.secret_exists, secret)
     client.delete_job(name)
     removed = [f"trainjob/{name}"]
     # Owner references make the cluster collect it; deleting it here too covers servers without a
     # garbage collector and jobs whose Secret could not be owned.
-    deleted = _secret_question(client.delete_secret, secret)
-    if deleted or had_secret or (deleted is None and _names_its_code_secret(job, secret)):
+    if _secret_question(client.delete_secret, secret) or had_secret:
         removed.append(f"secret/{secret}")
     return removed
-
-
-def _names_its_code_secret(job: dict[str, Any], secret: str) -> bool:
-    ref = ((job.get("spec") or {}).get("codePackage") or {}).get("passwordSecretRef") or {}
-    return bool(ref.get("name") == secret)
 
 
 def _secret_question(ask: Callable[[str], bool], secret: str) -> bool | None:
