@@ -355,11 +355,13 @@ def _safe_next(value: str | None) -> str:
 def _cross_site_reason(request: web.Request) -> str | None:
     """Why a login POST looks cross-site (login CSRF: logging the victim into the attacker's account), or None.
 
-    Browsers send ``Origin`` (or at least ``Referer``, or ``Sec-Fetch-Site``) with a form POST; each must name
-    this host. A request with none of them is not a browser's cross-site form (scripts, curl): allowed."""
+    ``Sec-Fetch-Site``, set by the browser itself, decides when present (every current browser sends it; with
+    our ``Referrer-Policy: no-referrer`` Chromium's own same-origin form POST carries ``Origin: null``). Older
+    browsers: ``Origin``, else ``Referer``, must name this host (``null`` does not: sandboxed frames send it).
+    A request with none of them is not a browser's form (scripts, curl): allowed."""
     site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return f"Sec-Fetch-Site is {site!r}"
+    if site is not None:
+        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site is {site!r}"
     for header in ("Origin", "Referer"):
         sent = request.headers.get(header)
         if sent is None:
