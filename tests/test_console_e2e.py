@@ -11,7 +11,9 @@ each sees.
   namespace, and once revoked is gone and refused (401) — `traincli` exits 4 with its message;
 - the console's own ServiceAccount can do the APP-KEY things docs/console.md lists and nothing else;
 - forged, misappropriated, revoked (the APP KEY above) and expired tokens are refused at login (401 on the
-  login page, no session cookie).
+  login page, no session cookie);
+- each team's personal centre shows its own dataspace account (read by the console's Role, by name), the
+  secret key only in the answer to a POST.
 """
 
 from __future__ import annotations
@@ -424,3 +426,20 @@ def test_an_expired_token_is_refused_at_login(platform: e2e.Platform, console: C
         assert session.get(f"{console.url}/api/v1/whoami").json()["namespace"] == team_a
     expired = resigned(genuine, key, iat=now - 7200, nbf=now - 7200, exp=now - 3600)
     assert f"refused this token for namespace {team_a}" in refused_at_login(console, f"{team_a}:{expired}")
+
+
+def test_each_team_gets_its_own_dataspace_account_and_the_secret_key_only_on_request(
+        platform: e2e.Platform, console: ConsoleProcess, s3_server) -> None:
+    """The console reads a team's aidi-dataspace with its own Role (by name; the member's key may not), shows the
+    access key and bucket, and the secret key only in the answer to a POST with the form's CSRF token."""
+    for team, account in zip(platform.teams, s3_server.teams.values(), strict=True):
+        other = next(a for a in s3_server.teams.values() if a is not account)
+        with login(console, team_token(platform, team)) as session:
+            page = session.get(f"{console.url}/personal").text
+            assert account.access_key in page and f"--bucket {account.bucket}" in page
+            assert account.secret_key not in page and other.access_key not in page
+            assert session.post(f"{console.url}/personal/dataspace-token").status_code == 403   # no CSRF token
+            revealed = session.post(f"{console.url}/personal/dataspace-token", data={"csrf": csrf_of(session, console)})
+            assert revealed.status_code == 200 and f'id="dataspace-token">{account.token}</code>' in revealed.text
+            assert other.secret_key not in revealed.text
+    assert not any(a.secret_key in console.output() for a in s3_server.teams.values())   # never logged
