@@ -548,3 +548,41 @@ async def test_the_console_sweeps_idle_sessions_by_itself(rig) -> None:
         assert len(sessions) == 0
     finally:
         await runner.cleanup()
+
+
+async def test_aidi_appkey_issues_lists_and_revokes_with_the_admins_kubeconfig(kube_api, tmp_path: Path) -> None:
+    """`aidi appkey` (a platform engineer's first key for a team) through a real argument list, with a kubeconfig
+    whose token may manage accounts only (tests/support/console.py); the key then works for its team."""
+    check = TokenCheck(kube_api)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+        "clusters": [{"name": "c", "cluster": {"server": str(kube_api.url).rstrip("/")}}],
+        "users": [{"name": "admin", "user": {"token": check.issuer}}],
+        "contexts": [{"name": "admin", "context": {"cluster": "c", "user": "admin"}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")} | {
+        "KUBECONFIG": str(kubeconfig)}
+
+    def aidi(*argv: str) -> tuple[int, str, str]:
+        done = subprocess.run([str(Path(sys.executable).parent / "aidi"), *argv], capture_output=True, text=True,
+                              env=env, timeout=60)
+        return done.returncode, done.stdout, done.stderr
+
+    code, out, err = await asyncio.to_thread(aidi, "appkey", "issue", "-n", NS, "--description", "alice")
+    assert code == 0 and out.count("\n") == 1 and out.startswith(f"{NS}:"), err
+    token = out.strip().split(":", 1)[1]
+    assert check.namespace_of(token) == NS and token not in err
+    key_id = re.search(r"APP KEY ([0-9a-f]{8}) ", err).group(1)
+    assert f"aidi appkey revoke -n {NS} {key_id}" in err
+    code, out, _ = await asyncio.to_thread(aidi, "appkey", "list", "-n", NS)
+    assert code == 0 and key_id in out and "alice" in out and token not in out
+    code, out, _ = await asyncio.to_thread(aidi, "appkey", "revoke", "-n", NS, key_id)
+    assert code == 0 and f"APP KEY {key_id} in {NS} revoked" in out
+    assert check.namespace_of(token) is None   # its ServiceAccount is gone: the token no longer authenticates
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "revoke", "-n", NS, key_id)
+    assert code == 3 and f"no APP KEY {key_id} in {NS}" in err
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "issue", "-n", NS, "--ttl", "60")
+    assert code == 2 and "at least 600 seconds" in err
+    env["KUBECONFIG"] = str(tmp_path / "missing")
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "list", "-n", NS)
+    assert code == 2 and "aidi appkey acts with your own kubeconfig" in err

@@ -33,8 +33,14 @@ def _issuer(args: argparse.Namespace) -> Any:
     from aidi.cluster.gpucluster import Cluster, ResolvedCluster
     from aidi.cluster.kube import api_client
     from aidi.console.appkeys import AppKeyIssuer
+    from aidi.errors import UsageError
 
-    api, _ = api_client(ResolvedCluster("kubeconfig", Cluster(), Path("kubeconfig")))
+    try:
+        api, _ = api_client(ResolvedCluster("kubeconfig", Cluster(), Path("kubeconfig")))
+    except UsageError:
+        raise UsageError("aidi appkey acts with your own kubeconfig (KUBECONFIG, else ~/.kube/config), and found "
+                         "none usable; it needs the rights of the console's Role in the team namespace "
+                         "(docs/console.md, \"RBAC\")") from None
     return AppKeyIssuer(api, args.team_role, getattr(args, "ttl", 90 * DAY))
 
 
