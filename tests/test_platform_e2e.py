@@ -179,6 +179,39 @@ def namespaced_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
         e2e.kubectl("delete", "namespace", release.namespace, "--ignore-not-found", "--wait=false", check=False)
 
 
+@pytest.fixture(scope="module")
+def team_scoped_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
+    """A third release that lists one team of its own and says nothing else about the operator's scope: the
+    chart's default with teams (docs/security.md, "The operator")."""
+    release = e2e.Platform(platform.run, platform.home, platform.s3_endpoint, platform.s3_credentials,
+                           release="aidi-e2e-teams", namespace=f"{platform.namespace}-teams")
+    team = f"aidi-e2e-{platform.run}-team-c"
+    release.values |= {"teams": [{"namespace": team}], "priorityClasses": {"create": False},
+                       "console": {"enabled": False}, "operator": {"resyncSeconds": 1}}
+    release.teams = (team, team)
+    release.install()
+    try:
+        yield release
+    finally:
+        release.helm("uninstall", release.release, "-n", release.namespace, "--wait", "--timeout", "120s",
+                     check=False)
+        e2e.kubectl("delete", "namespace", release.namespace, team, "--ignore-not-found", "--wait=false", check=False)
+
+
+def test_with_teams_listed_the_operator_has_rights_in_their_namespaces_only(
+        team_scoped_release: e2e.Platform, platform: e2e.Platform, anyone: set[Rule], tmp_path: Path) -> None:
+    config = operator_kubeconfig(team_scoped_release, tmp_path)
+    team = team_scoped_release.teams[0]
+    cluster_wide = NEEDED_CLUSTER_WIDE | NEEDED_WITH_WATCH_NAMESPACES
+    assert rules(config, team) - anyone == NEEDED_IN_JOB_NAMESPACES | cluster_wide
+    for elsewhere in (platform.teams[0], "default"):
+        assert rules(config, elsewhere) - anyone == cluster_wide, f"it may touch pods in {elsewhere}"
+    deployment = json.loads(e2e.kubectl("get", "deployment", f"{team_scoped_release.release}-operator", "-n",
+                                        team_scoped_release.namespace, "-o", "json").stdout)
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AIDI_NAMESPACES"] == team   # and it watches only there
+
+
 def test_with_watch_namespaces_the_operator_reaches_those_namespaces_only(
         namespaced_release: e2e.Platform, anyone: set[Rule], tmp_path: Path) -> None:
     config = operator_kubeconfig(namespaced_release, tmp_path)
