@@ -74,9 +74,10 @@ def e2e_nodes(e2e_run: str) -> Iterator[e2e.Kubelet]:
 def platform(e2e_run: str, e2e_nodes: e2e.Kubelet, s3_server: SeaweedFS,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[e2e.Platform]:
     """charts/aidi installed for real (`helm install`) with two teams and the console, the tests' S3
-    server as its dataspace; removed at the end."""
+    server as its dataspace (each team with its own account there); removed at the end."""
     installed = e2e.Platform(e2e_run, tmp_path_factory.mktemp("helm-home"), s3_server.endpoint,
-                             (s3_server.access_key, s3_server.secret_key))
+                             (s3_server.access_key, s3_server.secret_key),
+                             team_accounts=tuple(s3_server.teams.values()))
     try:
         installed.install()
         yield installed

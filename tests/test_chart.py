@@ -198,7 +198,9 @@ def test_ci_value_sets_take_both_sides_of_every_optional_branch(rendered: dict[s
         "operator ServiceAccount created": lambda d: any(s["metadata"]["name"].endswith("-operator")
                                                          for s in find(d, "ServiceAccount")),
         "image digests": lambda d: "@sha256:" in yaml.safe_dump_all(find(d, "Deployment") + find(d, "StatefulSet")),
-        "extra team subjects": lambda d: any(len(b["subjects"]) > 1 for b in find(d, "RoleBinding", "aidi-team")),
+        "team subjects bound": lambda d: bool(find(d, "RoleBinding", "aidi-team")),
+        "operator cluster-wide with teams": lambda d: bool(find(d, "Namespace")) and bool(
+            [r for r in find(d, "ClusterRole") if r["metadata"]["name"].endswith("-operator")]),
         "MinIO root Secret made by the chart": lambda d: any(s["metadata"]["name"].endswith("-minio")
                                                             for s in find(d, "Secret")),
     }
@@ -280,15 +282,17 @@ def test_every_value_is_commented_and_in_the_schema() -> None:
 # ----------------------------------------------------------------------------- what gets installed
 
 
-def test_default_install_shares_one_dataspace_credential_and_keeps_root_apart(helm: Helm) -> None:
+def test_default_install_gives_each_team_its_own_dataspace_account_and_keeps_root_apart(helm: Helm) -> None:
     docs = helm.template("--set", "teams[0].namespace=team-a,teams[1].namespace=team-b")
     platform = one(docs, "Secret", "aidi-dataspace", NAMESPACE)
     team_a = one(docs, "Secret", "aidi-dataspace", "team-a")
     team_b = one(docs, "Secret", "aidi-dataspace", "team-b")
-    assert platform["data"] == team_a["data"] == team_b["data"]
-    assert secret_value(team_a, "accessKey") == "aidi-dataspace" and len(secret_value(team_a, "secretKey")) == 40
+    assert len({secret_value(s, "accessKey") for s in (platform, team_a, team_b)}) == 3
+    assert len({secret_value(s, "secretKey") for s in (platform, team_a, team_b)}) == 3
+    assert secret_value(platform, "accessKey") == "aidi-dataspace" and len(secret_value(team_a, "secretKey")) == 40
     root = one(docs, "Secret", "aidi-minio", NAMESPACE)
-    assert secret_value(root, "rootPassword") != secret_value(team_a, "secretKey")
+    assert secret_value(root, "rootPassword") not in (secret_value(team_a, "secretKey"),
+                                                      secret_value(platform, "secretKey"))
     # The bucket-init Job creates exactly the user the pods use, from the same Secret.
     job = one(docs, "Job")
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -300,11 +304,14 @@ def test_default_install_shares_one_dataspace_credential_and_keeps_root_apart(he
 
 def test_given_credentials_are_used_and_no_secret_leaks_into_args(helm: Helm) -> None:
     docs = helm.template("--set", "teams[0].namespace=t,dataspace.credentials.accessKey=ak-team,"
-                         "dataspace.credentials.secretKey=s3cr3t-value-1,minio.auth.rootPassword=r00t-password-1")
-    assert secret_value(one(docs, "Secret", "aidi-dataspace", "t"), "secretKey") == "s3cr3t-value-1"
+                         "dataspace.credentials.secretKey=s3cr3t-value-1,minio.auth.rootPassword=r00t-password-1,"
+                         "teams[0].dataspace.secretKey=t3am-s3cr3t-1")
+    assert secret_value(one(docs, "Secret", "aidi-dataspace", NAMESPACE), "secretKey") == "s3cr3t-value-1"
+    assert secret_value(one(docs, "Secret", "aidi-dataspace", "t"), "secretKey") == "t3am-s3cr3t-1"
     assert secret_value(one(docs, "Secret", "aidi-minio"), "rootPassword") == "r00t-password-1"
     workloads = yaml.safe_dump_all([d for d in docs if d["kind"] != "Secret"])
     assert "s3cr3t-value-1" not in workloads and "r00t-password-1" not in workloads
+    assert "t3am-s3cr3t-1" not in workloads
 
 
 def test_existing_secrets_create_no_copies(helm: Helm) -> None:
@@ -362,9 +369,20 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any]]]) -> N
     for role in find(docs, "ClusterRole") + find(docs, "Role"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role["metadata"]["name"]
-    # Exactly what the operator needs (tests/support/rbac.py, docs/operator.md's table): nothing more.
-    assert expand(one(docs, "ClusterRole", "aidi-operator")["rules"]) == NEEDED_IN_JOB_NAMESPACES
-    assert expand(one(docs, "ClusterRole", "aidi-operator-cluster")["rules"]) == NEEDED_CLUSTER_WIDE
+    # Exactly what the operator needs (tests/support/rbac.py, docs/operator.md's table): nothing more. With
+    # teams listed, its rights are Roles in their namespaces; cluster-wide only when asked (console-values).
+    assert not find(docs, "ClusterRole", "aidi-operator")
+    for namespace in ("team-a", "team-b"):
+        assert expand(one(docs, "Role", "aidi-operator", namespace)["rules"]) == NEEDED_IN_JOB_NAMESPACES
+    assert expand(one(docs, "ClusterRole", "aidi-operator-cluster")["rules"]) == (
+        NEEDED_CLUSTER_WIDE | NEEDED_WITH_WATCH_NAMESPACES)
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AIDI_NAMESPACES"] == "team-a,team-b"
+    wide = rendered["console-values.yaml"]
+    assert expand(one(wide, "ClusterRole", "aidi-operator")["rules"]) == NEEDED_IN_JOB_NAMESPACES
+    assert expand(one(wide, "ClusterRole", "aidi-operator-cluster")["rules"]) == NEEDED_CLUSTER_WIDE
+    assert not [r for r in find(wide, "Role") if r["metadata"]["name"].endswith("-operator")]
     # With watchNamespaces: a Role in each listed namespace, and kopf may follow namespaces.
     scoped = rendered["external-s3-values.yaml"]
     assert expand(one(scoped, "ClusterRole", "aidi-platform-operator-cluster")["rules"]) == (
@@ -375,23 +393,60 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any]]]) -> N
     team = {(g, r): set(rule["verbs"]) for rule in one(docs, "Role", "aidi-team", "team-a")["rules"]
             for g in rule["apiGroups"] for r in rule["resources"]}
     assert {"create", "delete", "watch"} <= team[("aidi.io", "trainjobs")]
-    assert team[("", "pods/log")] == {"get"} and "create" in team[("", "secrets")]
-    assert ("", "pods") in team and "create" not in team[("", "pods")]
+    assert team[("", "pods/log")] == {"get"} and ("", "pods") in team and "create" not in team[("", "pods")]
+    # Secrets: create only. get/list/watch/patch/update/delete all answer with a Secret's data.
+    assert team[("", "secrets")] == {"create"}
+    assert not any(rule.get("resourceNames") for rule in one(docs, "Role", "aidi-team", "team-a")["rules"])
 
 
 def test_team_onboarding(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["teams-values.yaml"]
-    token = one(docs, "Secret", "traincli-token", "team-a")
-    assert token["type"] == "kubernetes.io/service-account-token"
-    assert token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "traincli"
+    # No long-lived credential in a team namespace: no token Secret, no team ServiceAccount.
+    assert not [s for s in find(docs, "Secret") if s.get("type") == "kubernetes.io/service-account-token"]
+    assert not find(docs, "ServiceAccount", "traincli")
     assert one(docs, "ResourceQuota", namespace="team-a")["spec"]["hard"] == {"requests.nvidia.com/gpu": "16"}
     assert find(docs, "ResourceQuota", namespace="team-b") == []
     assert [n["metadata"]["name"] for n in find(docs, "Namespace")] == ["team-a"]   # team-b already exists
     binding = one(docs, "RoleBinding", "aidi-team", "team-a")
-    assert {"kind": "ServiceAccount", "name": "traincli", "namespace": "team-a"} in binding["subjects"]
+    assert binding["subjects"] == [{"kind": "Group", "name": "team-a-engineers",
+                                    "apiGroup": "rbac.authorization.k8s.io"}]
+    assert not find(docs, "RoleBinding", "aidi-team", "team-b")
     policy = one(docs, "NetworkPolicy", "aidi-minio")
     allowed = policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
     assert allowed == [NAMESPACE, "team-a", "team-b"]
+
+
+def _secret(doc: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+
+
+def test_each_team_has_its_own_dataspace_account(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["teams-values.yaml"]
+    a, b = (_secret(one(docs, "Secret", "aidi-dataspace", ns)) for ns in ("team-a", "team-b"))
+    assert (a["bucket"], a["accessKey"], b["bucket"], b["accessKey"]) == ("aidi-team-a", "aidi-team-a",
+                                                                          "aidi-team-b", "aidi-team-b")
+    assert a["sharedBucket"] == b["sharedBucket"] == "aidi"
+    assert len(a["secretKey"]) == 40 and a["secretKey"] != b["secretKey"]
+    assert "team-dataspace" not in (a["accessKey"], b["accessKey"])   # not the platform's account
+    # The bucket-init Job gets exactly these keys, as files, and makes one user and policy per team.
+    keys = _secret(one(docs, "Secret", "aidi-team-dataspace"))
+    assert keys == {"team-a.accessKey": a["accessKey"], "team-a.secretKey": a["secretKey"],
+                    "team-b.accessKey": b["accessKey"], "team-b.secretKey": b["secretKey"]}
+    job = one(docs, "Job")
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    for ns in ("team-a", "team-b"):
+        assert f'team_bucket="aidi-{ns}"' in script and f"aidi-team-{ns}" in script
+    assert a["secretKey"] not in yaml.safe_dump(job)
+    chosen = _secret(one(rendered["console-values.yaml"], "Secret", "aidi-dataspace", "team-a"))
+    assert (chosen["bucket"], chosen["accessKey"], chosen["secretKey"]) == (
+        "vision-data", "vision-team", "ci-only-team-secret-0123")
+
+
+def test_the_console_reads_only_the_teams_dataspace_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["console-noappkeys-values.yaml"]
+    role = one(docs, "Role", "aidi-console-dataspace", "team-a")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+                              "resourceNames": ["aidi-dataspace"]}]
 
 
 def test_priority_classes_follow_the_trainjob_priority(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import re
 import subprocess
@@ -42,10 +43,30 @@ def write_rec(folder: Path, records: int) -> Path:
 
 async def put_team_secret(api: Any, namespace: str, config: DataspaceConfig) -> None:
     data = {k: base64.b64encode(v.encode()).decode() for k, v in
-            (("accessKey", config.access_key), ("secretKey", config.secret_key))}
+            (("accessKey", config.access_key), ("secretKey", config.secret_key), ("bucket", config.bucket))}
     assert await api.create(f"/api/v1/namespaces/{namespace}/secrets",
                             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                              "metadata": {"name": "aidi-dataspace", "namespace": namespace}, "data": data})
+
+
+def team_config(s3_server: Any, team: str) -> DataspaceConfig:
+    """The team's own dataspace account on the test server: its bucket only (tests/support/seaweedfs.py)."""
+    account = s3_server.teams[team]
+    return DataspaceConfig(endpoint=s3_server.endpoint, bucket=account.bucket, access_key=account.access_key,
+                           secret_key=account.secret_key)
+
+
+RIG_PREFIXES = ("datasets/adasmini_4pe/", "datasets/hidden_b/", "models/adasmini_multitask/")
+
+
+def clear_team_buckets(s3_server: Any) -> None:
+    """The rig's objects in the two shared team buckets, gone before and after (tests leave no state)."""
+    for team in (NS, OTHER):
+        admin = dataclasses.replace(team_config(s3_server, team), access_key=s3_server.access_key,
+                                    secret_key=s3_server.secret_key)
+        store = open_dataspace(admin).store
+        for prefix in RIG_PREFIXES:
+            store.delete_prefix(prefix)
 
 
 @pytest.fixture()
@@ -54,31 +75,36 @@ def dataspace(s3_server, monkeypatch: pytest.MonkeyPatch) -> DataspaceConfig:
 
 
 @pytest.fixture()
-async def rig(kube_api, dataspace: DataspaceConfig, tmp_path: Path):
-    """Two teams with a job each, a dataset of team-a and one of another account, and the console."""
+async def rig(kube_api, dataspace: DataspaceConfig, s3_server, tmp_path: Path):
+    """Two teams with a job each; team-a's dataset and model in its own bucket, team-b's dataset in its own
+    (each uploaded with the team's account, which the storage limits to its bucket); and the console."""
     check = TokenCheck(kube_api)
     api = kmock_api(str(kube_api.url))
     for namespace in (NS, OTHER):
-        await put_team_secret(api, namespace, dataspace)
+        await put_team_secret(api, namespace, team_config(s3_server, namespace))
     await Cluster(api, NS).create_job("vehicle-a", priority=5, dataSpace={
         "inputs": [{"name": "adasmini_4pe", "type": "trainset", "version": "v1"}], "output": {"name": "models-a"}})
     await Cluster(api, OTHER).create_job("secret-b")
-    ds = open_dataspace(dataspace)
+    await asyncio.to_thread(clear_team_buckets, s3_server)
+    ds = open_dataspace(team_config(s3_server, NS))
     await asyncio.to_thread(ds.upload_dataset, "adasmini_4pe", "trainset", write_rec(tmp_path / "rec", 7))
     model = tmp_path / "model" / "int-inference-export-last-symbol.json"
     model.parent.mkdir()
     model.write_text("{}")
-    registry = ModelRegistry(ds.store, uploader=dataspace.access_key)
+    registry = ModelRegistry(ds.store, uploader=ds.uploader)
     await asyncio.to_thread(lambda: registry.append("adasmini_multitask", [(model.name, model)],
                                                     source_job="vehicle-a", metrics={"mAP": 0.61}))
-    other = open_dataspace(dataspace, uploader="team-b-account")
+    # Team B's upload says it came from team-a's account: the console must not believe the manifest.
+    other = open_dataspace(team_config(s3_server, OTHER), uploader=s3_server.teams[NS].access_key)
     await asyncio.to_thread(other.upload_dataset, "hidden_b", "trainset", write_rec(tmp_path / "rec-b", 3))
     settings = cluster_settings(kube_api, check, tmp_path, DataspaceConfig(endpoint=dataspace.endpoint,
                                                                           bucket=dataspace.bucket))
     async with serving(settings) as url:
         yield {"url": url, "check": check, "api": api, "team_a": f"{NS}:{check.team_token(NS)}",
-               "team_b": f"{OTHER}:{check.team_token(OTHER)}", "kube_api": kube_api, "settings": settings}
+               "team_b": f"{OTHER}:{check.team_token(OTHER)}", "kube_api": kube_api, "settings": settings,
+               "s3": s3_server}
     await api.close()
+    await asyncio.to_thread(clear_team_buckets, s3_server)
 
 
 async def login(url: str, token: str) -> aiohttp.ClientSession:
@@ -143,11 +169,16 @@ async def test_a_team_sees_its_own_jobs_and_datasets_only(rig) -> None:
             assert "adasmini_multitask" in page and "mAP=0.61" in page and "vehicle-a" in page
         async with session.get(f"{url}/api/v1/datasets") as r:
             rows = await r.json()
-        assert [(d["name"], d["latest"], d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", "v1", 7)]
-    # The other team, by bearer token, sees its own job and not team-a's.
+        # One version (its number depends on the shared team bucket's history: SeaweedFS keeps empty folders).
+        assert [(d["name"], len(d["versions"]), d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", 1, 7)]
+    # The other team, by bearer token, sees its own job and dataset, and not team-a's.
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {rig['team_b']}"}) as b:
         async with b.get(f"{url}/api/v1/jobs") as r:
             assert [j["name"] for j in await r.json()] == ["secret-b"]
+        async with b.get(f"{url}/api/v1/datasets") as r:
+            assert [d["name"] for d in await r.json()] == ["hidden_b"]
+        async with b.get(f"{url}/api/v1/models") as r:
+            assert await r.json() == []
         async with b.get(f"{url}/api/v1/jobs/vehicle-a") as r:
             assert r.status == 404
 
@@ -193,8 +224,19 @@ async def test_appkeys_are_issued_listed_and_revoked_with_least_privilege(rig, t
     async with session:
         async with session.get(f"{url}/personal") as r:
             page = await r.text()
-        # The dataspace token is the team Secret's, read with the user's token.
+        # The team's dataspace account (read by the console, not with the user's key): the access key and
+        # bucket are on the page, the secret key is not — until a POST with the form's CSRF token asks.
+        account = rig["s3"].teams[NS]
         assert f"{rig['settings'].dataspace.endpoint}" in page and "hitc init -t -" in page
+        assert account.access_key in page and f"--bucket {account.bucket}" in page
+        assert account.secret_key not in page and 'id="dataspace-token"' not in page
+        async with session.post(f"{url}/personal/dataspace-token") as r:
+            assert r.status == 403 and account.secret_key not in await r.text()
+        async with session.get(f"{url}/personal/dataspace-token") as r:
+            assert r.status == 405
+        async with session.post(f"{url}/personal/dataspace-token", data={"csrf": csrf_of(page)}) as r:
+            revealed = await r.text()
+        assert f'id="dataspace-token">{account.token}</code>' in revealed
         async with session.post(f"{url}/personal/appkeys", data={"queue": "gpu-a100", "description": "ci"}) as r:
             assert r.status == 403        # no CSRF token: refused
         async with session.post(f"{url}/personal/appkeys",
@@ -257,15 +299,51 @@ async def test_language_follows_the_choice_and_sticks(rig) -> None:
             assert 'id="lang" href="/jobs?tab=failed&amp;lang=zh"' in await r.text()   # the tab stays
 
 
+REDIRECTS = [("/datasets?lang=zh", "/datasets?lang=zh"), ("/jobs/a%20b", "/jobs/a%20b"), ("//evil.example/x", "/jobs"),
+             ("/\\evil.example", "/jobs"), ("https://evil.example", "/jobs"), ("/\t/evil.example", "/jobs"),
+             ("/\n/evil.example", "/jobs"), ("/%09/evil.example", "/jobs"), ("/%2F/evil.example", "/jobs"),
+             ("/%5Cevil.example", "/jobs"), ("/%252F/evil.example", "/jobs"), ("evil.example", "/jobs"), ("", "/jobs")]
+
+
 async def test_login_redirects_only_within_the_console(rig) -> None:
     async with aiohttp.ClientSession() as client:
-        for target, expected in (("/datasets?lang=zh", "/datasets?lang=zh"), ("//evil.example/x", "/jobs"),
-                                 ("/\\evil.example", "/jobs"), ("https://evil.example", "/jobs")):
+        for target, expected in REDIRECTS:
             async with client.post(f"{rig['url']}/login", data={"token": rig["team_a"], "next": target},
                                    allow_redirects=False) as r:
-                assert (r.status, r.headers["Location"]) == (303, expected)
+                assert (r.status, r.headers["Location"]) == (303, expected), target
                 cookie = r.cookies["aidi_console"]
                 assert cookie["httponly"] and cookie["samesite"] == "Strict"
+
+
+async def test_the_login_form_keeps_only_same_site_next_links(rig) -> None:
+    async with aiohttp.ClientSession() as client:
+        # The encoded query decodes to "/<TAB>/evil.example": the form must not carry it on to the POST.
+        async with client.get(f"{rig['url']}/login?next=/%09/evil.example") as r:
+            page = await r.text()
+        assert 'name="next" value="/jobs"' in page   # (the language link keeps the query, encoded: harmless)
+        async with client.get(f"{rig['url']}/login?next=/datasets") as r:
+            assert 'name="next" value="/datasets"' in await r.text()
+
+
+async def test_login_from_another_site_is_refused(rig) -> None:
+    url = rig["url"]
+    host = url.split("://", 1)[1]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Referer": "https://evil.example/form.html"}, {"Sec-Fetch-Site": "cross-site"},
+                        {"Sec-Fetch-Site": "same-site", "Origin": "https://other.example"},
+                        {"Sec-Fetch-Site": "cross-site", "Origin": url}, {"Origin": f"http://{host}.evil.example"}):
+            async with client.post(f"{url}/login", data={"token": rig["team_a"], "next": "/jobs"}, headers=headers,
+                                   allow_redirects=False) as r:
+                assert r.status == 403, headers
+                assert "another site" in await r.text() and "aidi_console" not in r.cookies
+        assert not client.cookie_jar.filter_cookies(url).get("aidi_console")
+        # What browsers send for the console's own form (Chromium: Origin null under no-referrer), and scripts.
+        for headers in ({"Origin": url}, {"Referer": f"{url}/login?next=/jobs"}, {"Sec-Fetch-Site": "same-origin"},
+                        {"Sec-Fetch-Site": "same-origin", "Origin": "null"}, {}):
+            async with client.post(f"{url}/login", data={"token": rig["team_a"], "next": "/jobs"}, headers=headers,
+                                   allow_redirects=False) as r:
+                assert r.status == 303, headers
 
 
 async def test_logout_ends_the_session(rig) -> None:
@@ -411,3 +489,100 @@ def test_sessions_expire_when_idle_and_bearer_checks_are_brief(monkeypatch: pyte
     assert sessions.bearer("team-a:tok") is cached and sessions.bearer("team-a:other") is None
     clock[0] += server.BEARER_CACHE_SECONDS
     assert sessions.bearer("team-a:tok") is None         # asked the API server again after a while
+
+
+def test_sessions_are_swept_on_a_timer_and_capped_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidi.console import server
+    from aidi.console.identity import Identity
+
+    closed: list[str] = []
+
+    class Counted(Identity):
+        def close(self) -> None:
+            closed.append(self.user)
+
+    clock = [time.monotonic() + 1e6]
+    monkeypatch.setattr(server.time, "monotonic", lambda: clock[0])
+    sessions = server.Sessions(idle_seconds=60, per_user=3)
+    made = [sessions.new(Counted(namespace=NS, queue=None, user="alice", cluster=None)) for _ in range(40)]
+    other = sessions.new(Counted(namespace=NS, queue=None, user="bob", cluster=None))
+    # 40 logins of one user leave 3 sessions; the 37 ended ones released their clients.
+    assert len(sessions) == 4 and closed.count("alice") == 37 and "bob" not in closed
+    assert all(sessions.get(s.id) is s for s in made[-3:]) and sessions.get(made[0].id) is None
+    clock[0] += 30
+    assert sessions.get(other.id) is other               # bob is active, alice's sessions are not
+    clock[0] += 31
+    assert sessions.sweep() == 3 and len(sessions) == 1 and closed.count("alice") == 40
+    assert sessions.get(other.id) is other
+    sessions.remember_bearer("team-a:tok", Counted(namespace=NS, queue=None, user="script", cluster=None))
+    clock[0] += server.BEARER_CACHE_SECONDS + 1
+    assert sessions.sweep() == 0 and "script" not in closed   # stale, but maybe still serving a request
+    clock[0] += server.BEARER_CACHE_SECONDS
+    assert sessions.sweep() == 2 and "script" in closed and "bob" in closed   # bob idled out meanwhile
+    assert server.sweep_interval(8 * 3600) == 60 and server.sweep_interval(2) == 1
+
+
+async def test_the_console_sweeps_idle_sessions_by_itself(rig) -> None:
+    from dataclasses import replace
+
+    from aiohttp import web
+
+    from aidi.console import create_app, server
+
+    app = create_app(replace(rig["settings"], session_idle_seconds=1))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        session = await login(url, rig["team_a"])
+        await session.close()
+        sessions = app[server.SESSIONS]
+        assert len(sessions) == 1
+        # Nobody comes back with the cookie: the timer alone ends the session (and releases its client).
+        for _ in range(50):
+            if not len(sessions):
+                break
+            await asyncio.sleep(0.1)
+        assert len(sessions) == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_aidi_appkey_issues_lists_and_revokes_with_the_admins_kubeconfig(kube_api, tmp_path: Path) -> None:
+    """`aidi appkey` (a platform engineer's first key for a team) through a real argument list, with a kubeconfig
+    whose token may manage accounts only (tests/support/console.py); the key then works for its team."""
+    check = TokenCheck(kube_api)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+        "clusters": [{"name": "c", "cluster": {"server": str(kube_api.url).rstrip("/")}}],
+        "users": [{"name": "admin", "user": {"token": check.issuer}}],
+        "contexts": [{"name": "admin", "context": {"cluster": "c", "user": "admin"}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")} | {
+        "KUBECONFIG": str(kubeconfig)}
+
+    def aidi(*argv: str) -> tuple[int, str, str]:
+        done = subprocess.run([str(Path(sys.executable).parent / "aidi"), *argv], capture_output=True, text=True,
+                              env=env, timeout=60)
+        return done.returncode, done.stdout, done.stderr
+
+    code, out, err = await asyncio.to_thread(aidi, "appkey", "issue", "-n", NS, "--description", "alice")
+    assert code == 0 and out.count("\n") == 1 and out.startswith(f"{NS}:"), err
+    token = out.strip().split(":", 1)[1]
+    assert check.namespace_of(token) == NS and token not in err
+    key_id = re.search(r"APP KEY ([0-9a-f]{8}) ", err).group(1)
+    assert f"aidi appkey revoke -n {NS} {key_id}" in err
+    code, out, _ = await asyncio.to_thread(aidi, "appkey", "list", "-n", NS)
+    assert code == 0 and key_id in out and "alice" in out and token not in out
+    code, out, _ = await asyncio.to_thread(aidi, "appkey", "revoke", "-n", NS, key_id)
+    assert code == 0 and f"APP KEY {key_id} in {NS} revoked" in out
+    assert check.namespace_of(token) is None   # its ServiceAccount is gone: the token no longer authenticates
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "revoke", "-n", NS, key_id)
+    assert code == 3 and f"no APP KEY {key_id} in {NS}" in err
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "issue", "-n", NS, "--ttl", "60")
+    assert code == 2 and "at least 600 seconds" in err
+    env["KUBECONFIG"] = str(tmp_path / "missing")
+    code, _, err = await asyncio.to_thread(aidi, "appkey", "list", "-n", NS)
+    assert code == 2 and "aidi appkey acts with your own kubeconfig" in err

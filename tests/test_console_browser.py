@@ -177,7 +177,7 @@ async def test_a_user_walks_through_the_console(kube_api, s3_server, monkeypatch
 
         # Personal centre: the dataspace token, and an APP KEY that traincli uses.
         await b.click("#nav-personal")
-        await b.click("button.reveal")
+        await b.click("#reveal-dataspace-token")   # a POST: the key is in no page until asked for
         await b.wait_text("#dataspace-token", f"{dataspace.access_key}:{dataspace.secret_key}")
         await b.type("#queue", "gpu-a100")
         await b.type("#description", "browser test")

@@ -68,10 +68,14 @@ def test_the_console_may_issue_app_keys_and_nothing_else(console_docs: list[dict
         }
         binding = one(console_docs, "RoleBinding", "aidi-console-appkeys", namespace)
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "aidi-console", "namespace": NAMESPACE}]
-    # Bound nowhere else: reads go with the user's token.
+        # Its only read: the team's dataspace Secret, by name (for the team's logged-in members).
+        assert one(console_docs, "Role", "aidi-console-dataspace", namespace)["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["aidi-dataspace"]}]
+    # Bound nowhere else: every other read goes with the user's token.
     bound = [b for b in find(console_docs, "RoleBinding") + find(console_docs, "ClusterRoleBinding")
              if any(s.get("name") == "aidi-console" for s in b["subjects"])]
-    assert {b["metadata"]["name"] for b in bound} == {"aidi-console-appkeys"} and len(bound) == 2
+    assert {b["metadata"]["name"] for b in bound} == {"aidi-console-appkeys", "aidi-console-dataspace"}
+    assert len(bound) == 4
     assert find(console_docs, "Role", "aidi-console-appkeys", NAMESPACE) == []
 
 
@@ -84,14 +88,14 @@ def test_ingress_and_service(console_docs: list[dict[str, Any]]) -> None:
     assert service["spec"]["selector"]["app.kubernetes.io/component"] == "console"
 
 
-def test_without_app_keys_the_console_has_no_token_and_no_rights(chart: Helm) -> None:
+def test_without_app_keys_the_console_may_only_read_the_team_dataspace_secret(chart: Helm) -> None:
     docs = chart.template("-f", str(CHART / "ci" / "console-noappkeys-values.yaml"))
     container = _container(docs)
     assert "--no-appkeys" in container["args"]
-    assert not any(a.startswith("--issuer-token-file") for a in container["args"])
-    pod = one(docs, "Deployment", "aidi-console")["spec"]["template"]["spec"]
-    assert "issuer-token" not in {v["name"] for v in pod["volumes"]}
+    assert "--issuer-token-file=/var/run/aidi/console/token" in container["args"]
     assert find(docs, "Role", "aidi-console-appkeys") == [] and find(docs, "Ingress") == []
+    roles = [r for r in find(docs, "Role") if "console" in r["metadata"]["name"]]
+    assert [r["metadata"]["name"] for r in roles] == ["aidi-console-dataspace"]
 
 
 def test_off_by_default_and_an_ingress_needs_a_host(chart: Helm) -> None:

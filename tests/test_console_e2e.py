@@ -1,8 +1,9 @@
 """The console in cluster mode on a real API server, as deployed: `aidi console --mode cluster` as its own
 process (what the chart's Deployment runs), outside the cluster, with the API server's CA from the
 ``kube-root-ca.crt`` ConfigMap (what the pod reads) and a TokenRequest token of the chart's own console
-ServiceAccount as its APP KEY issuer — never the admin kubeconfig. Users log in with the real
-``traincli-token`` of the two teams the ``platform`` fixture installs; real RBAC decides what each sees.
+ServiceAccount as its APP KEY issuer — never the admin kubeconfig. Users log in with the first APP KEY
+of each of the two teams the ``platform`` fixture installs (`aidi appkey issue`); real RBAC decides what
+each sees.
 
 - a team sees only its jobs (pages and JSON API, cookie and bearer), another team's job is a 404;
 - an APP KEY made through the console exists on the server (ServiceAccount + RoleBinding), works with the
@@ -10,7 +11,9 @@ ServiceAccount as its APP KEY issuer — never the admin kubeconfig. Users log i
   namespace, and once revoked is gone and refused (401) — `traincli` exits 4 with its message;
 - the console's own ServiceAccount can do the APP-KEY things docs/console.md lists and nothing else;
 - forged, misappropriated, revoked (the APP KEY above) and expired tokens are refused at login (401 on the
-  login page, no session cookie).
+  login page, no session cookie);
+- each team's personal centre shows its own dataspace account (read by the console's Role, by name), the
+  secret key only in the answer to a POST.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def test_each_team_sees_only_its_own_jobs(platform: e2e.Platform, console: Conso
         own, foreign = jobs[mine], jobs[other]
         with login(console, team_token(platform, mine)) as session:
             whoami = session.get(f"{console.url}/api/v1/whoami").json()
-            assert whoami["namespace"] == mine and whoami["user"] == f"{mine}/traincli"
+            assert whoami["namespace"] == mine and whoami["user"] == f"{mine}/{platform.team_account(mine)}"
             page = session.get(f"{console.url}/jobs")
             assert page.status_code == 200 and own in page.text and foreign not in page.text
             listed = session.get(f"{console.url}/api/v1/jobs")
@@ -256,7 +259,8 @@ def test_an_appkey_made_in_the_console_works_with_traincli_until_revoked(
             # On the real server: the account (labelled, annotated) and its binding to the team's Role.
             account = json.loads(e2e.kubectl("get", "serviceaccount", name, "-n", team_a, "-o", "json").stdout)
             assert account["metadata"]["labels"]["aidi.io/appkey"] == "true"
-            assert account["metadata"]["annotations"]["aidi.io/created-by"] == f"{team_a}/traincli"
+            assert account["metadata"]["annotations"]["aidi.io/created-by"] == \
+                f"{team_a}/{platform.team_account(team_a)}"
             assert account["metadata"]["annotations"]["aidi.io/description"] == "e2e laptop"
             binding = json.loads(e2e.kubectl("get", "rolebinding", name, "-n", team_a, "-o", "json").stdout)
             assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "aidi-team"}
@@ -329,13 +333,15 @@ def test_the_consoles_own_service_account_may_only_manage_appkeys(platform: e2e.
     me = f"system:serviceaccount:{platform.namespace}:{platform.console_service_account}"
     expected: dict[tuple[str, str, str | None], bool] = {}
     for team in platform.teams:
-        # It never reads with its own rights: no TrainJob, pod, log, event or Secret.
+        # It never reads with its own rights: no TrainJob, pod, log, event or Secret — but for the team's
+        # dataspace Secret, by name, which a member's key may not read (docs/security.md).
         for verb, resource in (("get", "trainjobs.aidi.io"), ("list", "trainjobs.aidi.io"),
                                ("create", "trainjobs.aidi.io"), ("get", "pods"), ("list", "pods"),
                                ("get", "pods/log"), ("list", "events"), ("get", "secrets"), ("list", "secrets"),
-                               ("get", "secrets/traincli-token"), ("get", "secrets/aidi-dataspace"),
+                               ("get", "secrets/traincli-token"), ("delete", "secrets/aidi-dataspace"),
                                ("get", "configmaps")):
             expected[verb, resource, team] = False
+        expected["get", "secrets/aidi-dataspace", team] = True
         # What the table lists, and only that.
         for verb, resource in (("get", "serviceaccounts"), ("list", "serviceaccounts"),
                                ("create", "serviceaccounts"), ("patch", "serviceaccounts"),
@@ -413,10 +419,27 @@ def test_an_expired_token_is_refused_at_login(platform: e2e.Platform, console: C
     if key is None:
         pytest.skip("needs the cluster's service-account signing key (only ../shared/k8s/control-plane shows it)")
     team_a = platform.teams[0]
-    genuine = e2e.create_token("traincli", team_a, seconds=600)
+    genuine = e2e.create_token(platform.team_account(team_a), team_a, seconds=600)
     now = int(time.time())
     valid = resigned(genuine, key, iat=now - 60, nbf=now - 60, exp=now + 600)
     with login(console, f"{team_a}:{valid}") as session:
         assert session.get(f"{console.url}/api/v1/whoami").json()["namespace"] == team_a
     expired = resigned(genuine, key, iat=now - 7200, nbf=now - 7200, exp=now - 3600)
     assert f"refused this token for namespace {team_a}" in refused_at_login(console, f"{team_a}:{expired}")
+
+
+def test_each_team_gets_its_own_dataspace_account_and_the_secret_key_only_on_request(
+        platform: e2e.Platform, console: ConsoleProcess, s3_server) -> None:
+    """The console reads a team's aidi-dataspace with its own Role (by name; the member's key may not), shows the
+    access key and bucket, and the secret key only in the answer to a POST with the form's CSRF token."""
+    for team, account in zip(platform.teams, s3_server.teams.values(), strict=True):
+        other = next(a for a in s3_server.teams.values() if a is not account)
+        with login(console, team_token(platform, team)) as session:
+            page = session.get(f"{console.url}/personal").text
+            assert account.access_key in page and f"--bucket {account.bucket}" in page
+            assert account.secret_key not in page and other.access_key not in page
+            assert session.post(f"{console.url}/personal/dataspace-token").status_code == 403   # no CSRF token
+            revealed = session.post(f"{console.url}/personal/dataspace-token", data={"csrf": csrf_of(session, console)})
+            assert revealed.status_code == 200 and f'id="dataspace-token">{account.token}</code>' in revealed.text
+            assert other.secret_key not in revealed.text
+    assert not any(a.secret_key in console.output() for a in s3_server.teams.values())   # never logged

@@ -123,6 +123,27 @@ def test_init_rejects_bad_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not (tmp_path / "c.yaml").exists()
 
 
+def _jwt(claims: dict[str, object]) -> str:
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+def test_init_says_when_the_app_key_expires_and_refuses_an_expired_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.yaml"
+    later = _jwt({"sub": "system:serviceaccount:team-a:appkey-1a2b3c4d", "exp": 4102444800})   # 2100-01-01
+    assert traincli.main(["init", "-t", f"team-a:{later}", "--server", "https://k:6443", "-c", str(path)]) == 0
+    assert "the APP KEY expires 2100-01-01 00:00 UTC" in capsys.readouterr().out
+    path.unlink()
+    expired = _jwt({"sub": "system:serviceaccount:team-a:appkey-1a2b3c4d", "exp": 1700000000})
+    assert traincli.main(["init", "-t", f"team-a:{expired}", "--server", "https://k:6443", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "this APP KEY expired at 2023-11-14 22:13 UTC" in err and "aidi appkey issue" in err
+    assert expired not in err and not path.exists()
+    assert gpucluster.token_expiry("not-a-jwt") is None and gpucluster.token_expiry(_jwt({"sub": "x"})) is None
+
+
 def test_broken_config_names_the_file_and_field(tmp_path: Path) -> None:
     path = tmp_path / "gpucluster.yaml"
     path.write_text("current-cluster: a\nclusters:\n  a: {appid: team-a, insecur: true}\n")

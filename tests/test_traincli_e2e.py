@@ -1,11 +1,12 @@
 """`traincli` and `kubectl` as a team member uses them, on a real API server with the chart installed for real.
 
-A team member's workstation is set up exactly as docs/install.md says: the admin reads the team's token and
-CA from the Secret ``traincli-token`` and the dataspace token from ``aidi-dataspace``; the member runs
-``traincli init -t -`` and ``hitc init -t -``. Then the real ``traincli`` console script runs as a subprocess
-with that HOME and no KUBECONFIG, so every request carries the team's own ServiceAccount token (never the
-admin's). The operator runs as deployed (its own process, the chart's ServiceAccount); the real scheduler
-binds the pods to this run's GPU nodes and the test plays their kubelet.
+A team member's workstation is set up exactly as docs/install.md says: the admin issues the team's APP KEY
+(`aidi appkey issue`), reads the cluster's CA from the ConfigMap ``kube-root-ca.crt`` and the team's
+dataspace token and bucket from ``aidi-dataspace``; the member runs ``traincli init -t -`` and ``hitc init
+-t -``. Then the real ``traincli`` console script runs as a subprocess with that HOME and no KUBECONFIG, so
+every request carries the member's APP KEY (never the admin's credential). The operator runs as deployed
+(its own process, the chart's ServiceAccount); the real scheduler binds the pods to this run's GPU nodes
+and the test plays their kubelet.
 
 Covered: submit (both forms: AIDI's train_job.yaml and a TrainJob with ``aidi.io/upload-dir``), list,
 status, wait (exit codes 0, 1, 3, 124, 125), cancel, delete; RBAC between teams; ``kubectl apply`` of
@@ -129,10 +130,9 @@ def admin_server() -> str:
 class Members:
     """One workstation per team, set up once per module (`traincli init`, `hitc init`, as the docs say)."""
 
-    def __init__(self, platform: e2e.Platform, root: Path, bucket: str) -> None:
+    def __init__(self, platform: e2e.Platform, root: Path) -> None:
         self.platform = platform
         self.root = root
-        self.bucket = bucket
         self._members: dict[str, Member] = {}
         self.init_outputs: dict[str, str] = {}
 
@@ -141,11 +141,12 @@ class Members:
             self._members[team] = self._onboard(team)
         member = self._members[team]
         if dataspace and not (member.home / ".olympus" / "config.yaml").exists():
-            # `hitc init` with the dataspace token the admin read from the team's Secret aidi-dataspace.
+            # `hitc init` with the team's own dataspace account and bucket, read by the admin from the team's
+            # Secret aidi-dataspace (the storage limits the account to that bucket).
             token = (f"{admin_secret_data(team, 'aidi-dataspace', 'accessKey')}:"
                      f"{admin_secret_data(team, 'aidi-dataspace', 'secretKey')}")
-            ok(member.hitc("init", "-t", "-", "--endpoint", self.platform.s3_endpoint, "--bucket", self.bucket,
-                           "--create-bucket", input=token + "\n"))
+            ok(member.hitc("init", "-t", "-", "--endpoint", self.platform.s3_endpoint, "--bucket",
+                           admin_secret_data(team, "aidi-dataspace", "bucket"), input=token + "\n"))
         return member
 
     def _onboard(self, team: str) -> Member:
@@ -153,7 +154,8 @@ class Members:
         home.mkdir()
         # The admin's part (docs/install.md, "Hand out gpucluster.yaml and the hitc token").
         ca = home / f"{team}-ca.crt"
-        ca.write_text(admin_secret_data(team, "traincli-token", r"ca\.crt"))
+        ca.write_text(e2e.kubectl("get", "configmap", "kube-root-ca.crt", "-n", team, "-o",
+                                  r"jsonpath={.data.ca\.crt}").stdout)
         appkey = self.platform.team_token(team)
         member = Member(team, home, e2e.token_kubeconfig(home / "kubeconfig", appkey, team))
         # The member's part: tokens on stdin, so they stay out of `ps`.
@@ -166,7 +168,7 @@ class Members:
 
 @pytest.fixture(scope="module")
 def members(platform: e2e.Platform, tmp_path_factory: pytest.TempPathFactory) -> Members:
-    return Members(platform, tmp_path_factory.mktemp("members"), f"traincli-e2e-{platform.run}")
+    return Members(platform, tmp_path_factory.mktemp("members"))
 
 
 @pytest.fixture()
@@ -262,7 +264,8 @@ async def test_submit_the_aidi_example_follow_it_to_success_and_delete_it(
     match = re.fullmatch(r"code package: (\d+) files, .+ encrypted, at (s3://\S+)", lines[1])
     assert match, submitted
     uri = match[2]
-    assert uri.startswith(f"s3://{members.bucket}/codepkgs/{ns}/{job}/") and uri.endswith(".tar.gz.enc")
+    bucket = admin_secret_data(ns, "aidi-dataspace", "bucket")   # the team's own bucket
+    assert uri.startswith(f"s3://{bucket}/codepkgs/{ns}/{job}/") and uri.endswith(".tar.gz.enc")
     assert f"traincli wait {job}" in submitted and f"traincli cancel {job}" in submitted
 
     # What landed on the server: the CR points at the package, the password is only in the Secret.
@@ -278,16 +281,26 @@ async def test_submit_the_aidi_example_follow_it_to_success_and_delete_it(
     assert secret["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
     assert admin_get("secret", f"{job}-code", team_b.team) is None
 
-    # The package decrypts with the Secret's password, as the pods' fetch-code step does it.
+    # The package decrypts with the Secret's password, as the pods' fetch-code step does it, with the
+    # environment a job pod of the team gets (its Secret aidi-dataspace); another team's account is refused.
     password = tmp_path / "password"
     password.write_text("change-me\n")
-    fetched = subprocess.run(
-        [str(BIN / "aidi"), "fetch-code", uri, "--password-file", str(password), "--dest", str(tmp_path / "code")],
-        capture_output=True, text=True, timeout=60, env=team_a.env() | {
-            "AIDI_DATASPACE_ENDPOINT": platform.s3_endpoint, "AIDI_DATASPACE_BUCKET": members.bucket,
-            "AIDI_DATASPACE_ACCESS_KEY": platform.s3_credentials[0],
-            "AIDI_DATASPACE_SECRET_KEY": platform.s3_credentials[1]})
-    ok(fetched)
+
+    def fetch(team: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "aidi"), "fetch-code", uri, "--password-file", str(password), "--dest", str(tmp_path / team)],
+            capture_output=True, text=True, timeout=60, env=team_a.env() | {
+                "AIDI_DATASPACE_ENDPOINT": platform.s3_endpoint, "AIDI_DATASPACE_BUCKET": "aidi",
+                "AIDI_DATASPACE_TEAM_BUCKET": admin_secret_data(team, "aidi-dataspace", "bucket"),
+                "AIDI_DATASPACE_ACCESS_KEY": admin_secret_data(team, "aidi-dataspace", "accessKey"),
+                "AIDI_DATASPACE_SECRET_KEY": admin_secret_data(team, "aidi-dataspace", "secretKey")})
+
+    ok(fetch(ns))
+    stolen = fetch(team_b.team)
+    assert stolen.returncode == 4 and stolen.stderr.startswith(f"aidi: error: access denied to s3://{bucket}/"), \
+        stolen.stderr
+    assert "your dataspace credential is for team team-b" in stolen.stderr and "Traceback" not in stolen.stderr
+    (tmp_path / "code").symlink_to(tmp_path / ns)
     source = EXAMPLES / "auto_matrix_development_toolkit"
     assert (tmp_path / "code" / "run.sh").read_bytes() == (source / "run.sh").read_bytes()
     assert int(match[1]) == sum(1 for p in source.rglob("*") if p.is_file() or p.is_symlink())
@@ -336,9 +349,12 @@ async def test_submit_the_aidi_example_follow_it_to_success_and_delete_it(
     # A finished job cannot be cancelled; delete removes the job and its Secret (docs/traincli.md).
     error = refused(team_a.traincli("cancel", job), 2)
     assert f"job {job} already Succeeded; nothing to cancel" in error
+    # The key may not touch Secrets: the job's own (owned by it) goes with it, by the garbage collector.
     deleted = ok(team_a.traincli("delete", job))
-    assert deleted == f"deleted trainjob/{job}, secret/{job}-code (its pods go with it)\n"
-    assert admin_get("trainjob", job, ns) is None and admin_get("secret", f"{job}-code", ns) is None
+    assert deleted == f"deleted trainjob/{job} (its pods go with it)\n"
+    assert admin_get("trainjob", job, ns) is None
+    e2e.wait_for(lambda: admin_get("secret", f"{job}-code", ns) is None, timeout=30,
+                 what="the garbage collector to remove the job's Secret (the key may not)")
     await cluster.wait_pods(job, [], timeout=30)  # the garbage collector, by owner references
     assert f"no TrainJob '{job}' in namespace {ns}" in refused(team_a.traincli("status", job), 3)
 
@@ -384,9 +400,10 @@ async def test_a_failing_job_makes_wait_exit_1_with_the_reason(
     assert f"phase:      Failed — {failed['reason']}\n" in status
     assert f"last failure: pod {job}-worker-0 Error exit code 3" in status
     assert "→ the container exited with code 3; the container exited with an error" in status
-    assert json.loads(ok(team_a.traincli("delete", job, "--json"))) == {"deleted": [f"trainjob/{job}",
-                                                                                   f"secret/{job}-code"]}
-    assert admin_get("trainjob", job, ns) is None and admin_get("secret", f"{job}-code", ns) is None
+    assert json.loads(ok(team_a.traincli("delete", job, "--json"))) == {"deleted": [f"trainjob/{job}"]}
+    assert admin_get("trainjob", job, ns) is None
+    e2e.wait_for(lambda: admin_get("secret", f"{job}-code", ns) is None, timeout=30,
+                 what="the garbage collector to remove the job's Secret")
 
 
 async def test_the_team_credential_is_not_admin(team_a: Member, team_b: Member,
@@ -428,8 +445,9 @@ async def test_the_team_credential_is_not_admin(team_a: Member, team_b: Member,
     can = team_a.kubectl("auth", "can-i", "list", "trainjobs.aidi.io", "-n", team_b.team)
     assert can.stdout.strip() == "no"
 
-    assert ok(team_a.traincli("delete", job)) == f"deleted trainjob/{job}, secret/{job}-code (its pods go with it)\n"
-    assert admin_get("secret", f"{job}-code", team_a.team) is None
+    assert ok(team_a.traincli("delete", job)) == f"deleted trainjob/{job} (its pods go with it)\n"
+    e2e.wait_for(lambda: admin_get("secret", f"{job}-code", team_a.team) is None, timeout=30,
+                 what="the garbage collector to remove the job's Secret")
 
 
 async def test_kubectl_apply_the_example_get_tj_and_cancel_it_with_traincli(

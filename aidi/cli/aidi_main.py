@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from aidi import __version__, cmdline
-from aidi.cli import console_cmd, eval_cmd, pack_cmd, podsteps_cmd, predict_cmd
+from aidi.cli import appkey_cmd, console_cmd, eval_cmd, pack_cmd, podsteps_cmd, predict_cmd
 
 DESCRIPTION = """\
 The AIDI toolbox. Packing, prediction and evaluation run here; datasets go up with `hitc`, jobs
@@ -15,7 +15,7 @@ with `traincli`.
 """
 
 # Command families, one module each under aidi/cli/ (`<family>_cmd.py`); each has `add_commands(subparsers)`.
-COMMAND_MODULES = [eval_cmd, pack_cmd, podsteps_cmd, predict_cmd, console_cmd]
+COMMAND_MODULES = [eval_cmd, pack_cmd, podsteps_cmd, predict_cmd, console_cmd, appkey_cmd]
 
 
 def run_crd(args: argparse.Namespace) -> int:

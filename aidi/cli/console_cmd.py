@@ -1,5 +1,5 @@
 """`aidi console`: the platform's web console — on this machine with your own credentials, or (`--mode
-cluster`, as the Helm chart runs it) for every team, each user logging in with their team's token."""
+cluster`, as the Helm chart runs it) for every team, each user logging in with an APP KEY."""
 
 from __future__ import annotations
 

@@ -65,9 +65,10 @@ def run_init(args: argparse.Namespace) -> int:
     cluster = resolved.cluster
     how = ("the embedded local runner" if cluster.runs_here else
            f"{cluster.server} with a bearer token" if cluster.appkey else "your kubeconfig")
+    expires = gpucluster.token_expiry(cluster.appkey.get_secret_value()) if cluster.appkey else None
     print(f"wrote {resolved.path} (mode 0600): current-cluster {resolved.name}, namespace "
           f"{cluster.namespace or '(kubeconfig default)'}" + (f", queue {cluster.queue}" if cluster.queue else "")
-          + f", via {how}")
+          + f", via {how}" + (f"; the APP KEY expires {expires:%Y-%m-%d %H:%M} UTC" if expires else ""))
     return 0
 
 

@@ -14,6 +14,9 @@ Written 0600 (it holds a credential). Reference: docs/traincli.md.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
 import os
 import re
 import tempfile
@@ -164,6 +167,21 @@ def parse_token(token: str) -> tuple[str, str | None]:
     return appid, (appkey or None)
 
 
+def token_expiry(appkey: str) -> datetime.datetime | None:
+    """When a ServiceAccount token (an APP KEY, a JWT) expires, from its ``exp`` claim; None when it has none.
+
+    For messages only, never for a decision on access: the claims are not verified here (the API server does)."""
+    parts = appkey.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        return datetime.datetime.fromtimestamp(int(exp), datetime.UTC) if exp is not None else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def init(token: str, path: str | Path | None = None, name: str = DEFAULT_CLUSTER_NAME, server: str | None = None,
          certificate_authority: str | None = None, insecure: bool = False,
          type_: Literal["kubernetes", "local"] = "kubernetes") -> ResolvedCluster:
@@ -173,6 +191,10 @@ def init(token: str, path: str | Path | None = None, name: str = DEFAULT_CLUSTER
         raise UsageError("an APPKEY needs the API server: add --server https://HOST:6443")
     if certificate_authority and not Path(certificate_authority).is_file():
         raise UsageError(f"--certificate-authority {certificate_authority}: no such file")
+    expires = token_expiry(appkey) if appkey else None
+    if expires is not None and expires <= datetime.datetime.now(datetime.UTC):
+        raise UsageError(f"this APP KEY expired at {expires:%Y-%m-%d %H:%M} UTC; make a new one in the console's "
+                         "personal centre, or ask your platform admin (`aidi appkey issue`)")
     try:
         cluster = Cluster(appid=appid, appkey=appkey, server=server,
                           certificate_authority=str(Path(certificate_authority).resolve())

@@ -185,33 +185,27 @@ class KubeJobClient:
 
     # ---------------------------------------------------------------------------------- the Secret
 
-    def put_password_secret(self, secret_name: str, job_name: str, password: str) -> None:
-        """Create (or overwrite) the Secret holding the code password; its value never leaves this call."""
+    def put_password_secret(self, secret_name: str, job_name: str, password: str,
+                            owner: dict[str, Any] | None = None) -> None:
+        """Create the Secret holding the code password, owned by ``owner`` (the created TrainJob) so that it goes
+        with the job. Create only: a team's Role has no other right on Secrets (each of get, patch, delete would
+        answer with a Secret's data; docs/security.md). Its value never leaves this call."""
         from kubernetes import client
 
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(name=secret_name, namespace=self.namespace, labels={JOB_LABEL: job_name}),
-            type="Opaque",
-            data={"password": base64.b64encode(password.encode("utf-8")).decode("ascii")},
-        )
-        what = f"create Secret {self.namespace}/{secret_name}"
+        meta = client.V1ObjectMeta(name=secret_name, namespace=self.namespace, labels={JOB_LABEL: job_name})
+        if owner is not None:
+            meta.owner_references = [client.V1OwnerReference(
+                api_version=tj.API_VERSION, kind=tj.KIND, name=owner["metadata"]["name"],
+                uid=owner["metadata"]["uid"], controller=True)]
+        body = client.V1Secret(metadata=meta, type="Opaque",
+                               data={"password": base64.b64encode(password.encode("utf-8")).decode("ascii")})
         try:
-            with api_errors(what, echo_body=False):
+            with api_errors(f"create Secret {self.namespace}/{secret_name}", echo_body=False):
                 self.core.create_namespaced_secret(self.namespace, body)
         except ConflictError:
-            # A Secret left by an earlier submit of the same name (its job is gone): replace its password.
-            with api_errors(what, echo_body=False):
-                self.core.patch_namespaced_secret(secret_name, self.namespace,
-                                                  {"data": body.data, "metadata": {"labels": {JOB_LABEL: job_name}}})
-
-    def own_secret(self, secret_name: str, job: dict[str, Any]) -> None:
-        """Make the TrainJob own the Secret so deleting the job deletes it (garbage collection)."""
-        meta = job["metadata"]
-        owner = {"apiVersion": tj.API_VERSION, "kind": tj.KIND, "name": meta["name"], "uid": meta["uid"],
-                 "controller": True}
-        with api_errors(f"set the owner of Secret {secret_name}"):
-            self.core.patch_namespaced_secret(secret_name, self.namespace,
-                                              {"metadata": {"ownerReferences": [owner]}})
+            raise ConflictError(f"a Secret named {secret_name!r} already exists in namespace {self.namespace} (left by "
+                                f"an earlier job named {job_name!r}; the cluster removes it with that job within "
+                                "seconds): submit again in a moment, or choose another JOB_NAME") from None
 
     def secret_exists(self, secret_name: str) -> bool:
         try:

@@ -18,7 +18,7 @@ from aidi.api import trainjob as tj
 from aidi.api.loader import JobFile
 from aidi.cluster.client import JobClient
 from aidi.cluster.gpucluster import ResolvedCluster
-from aidi.errors import UsageError
+from aidi.errors import AuthError, UsageError
 from aidi.jobs import codepkg
 
 log = logging.getLogger(__name__)
@@ -66,27 +66,34 @@ def submit(job_file: JobFile, resolved: ResolvedCluster, client: JobClient, *, o
     secret_name = aidi_form.code_secret_name(name)
     if upload_dir is not None and secret is not None:
         _upload_code(job, upload_dir, secret, namespace, open_dataspace, max_bytes, result)
-        client.put_password_secret(secret_name, name, secret)
     elif job.spec.code_package and job.spec.code_package.password_secret_ref:
-        ref = job.spec.code_package.password_secret_ref.name
-        if not client.secret_exists(ref):
-            log.warning("the code package's Secret %s does not exist in %s yet; the job waits for it "
-                        "(kubectl -n %s create secret generic %s --from-file=password=FILE)",
-                        ref, namespace, namespace, ref)
-    try:
-        created = client.create_job(job.to_wire())
-    except BaseException:
-        if secret is not None:
-            client.delete_secret(secret_name)
-        raise
+        _warn_if_missing(client, job.spec.code_package.password_secret_ref.name, namespace)
+    # The job first, then its Secret, created already owned by it: a team's credential may create Secrets but
+    # not change them, and the pods wait for the Secret to appear (seconds).
+    created = client.create_job(job.to_wire())
     result.uid = (created.get("metadata") or {}).get("uid")
     if secret is not None:
-        if result.uid:
-            client.own_secret(secret_name, created)
-        else:
+        try:
+            client.put_password_secret(secret_name, name, secret, owner=created if result.uid else None)
+        except BaseException:
+            client.delete_job(name)
+            raise
+        if not result.uid:
             log.warning("the API server returned no uid for TrainJob %s, so Secret %s cannot be owned by it; "
                         "`traincli delete %s` removes both", name, secret_name, name)
     return result
+
+
+def _warn_if_missing(client: JobClient, ref: str, namespace: str) -> None:
+    """A hint for a CR naming a password Secret made beforehand; a team's key may not read Secrets (then: no hint)."""
+    try:
+        exists = client.secret_exists(ref)
+    except AuthError:
+        return
+    if not exists:
+        log.warning("the code package's Secret %s does not exist in %s yet; the job waits for it "
+                    "(kubectl -n %s create secret generic %s --from-file=password=FILE)",
+                    ref, namespace, namespace, ref)
 
 
 def _code_source(job_file: JobFile, job: tj.TrainJob, password: str | None) -> tuple[Path | None, str | None]:

@@ -80,8 +80,11 @@ _TEXT: dict[str, tuple[str, str]] = {
     "team": ("Team (namespace)", "团队（命名空间）"),
     "user": ("User", "用户"),
     "dataspace_token": ("Dataspace token (for hitc)", "数据空间令牌（hitc 使用）"),
-    "show": ("Show", "显示"),
-    "hide": ("Hide", "隐藏"),
+    "access_key": ("Access key", "访问密钥 ID"),
+    "bucket": ("Bucket", "存储桶"),
+    "reveal_secret": ("Show the secret key", "显示密钥"),
+    "reveal_help": ("The secret key is your team's: it is shown only when you ask, and the console logs who asked.",
+                    "密钥属于整个团队：仅在您请求时显示，控制台会记录请求者。"),
     "cluster_config": ("Cluster configuration — APP KEY", "集群配置 — APP KEY"),
     "appkey_help": ("An APP KEY is a revocable credential for traincli in your team's namespace, optionally for a "
                     "Kueue queue. Its token is shown once: paste the snippet into ~/.hobot/gpucluster.yaml.",

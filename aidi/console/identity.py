@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Identity:
-    """A logged-in user. ``uploader`` scopes the datasets shown: those uploaded with this dataspace access
-    key (the team's); None shows every dataset (a local folder has no accounts)."""
+    """A logged-in user. ``dataspace`` is the team's own account (its bucket): what it may list is what the
+    pages show, decided by the storage, not by the console (docs/security.md)."""
 
     namespace: str
     queue: str | None
@@ -38,10 +38,6 @@ class Identity:
     dataspace_problem: str | None = None
     cluster_problem: str | None = None
     _client: JobClient | None = field(default=None, repr=False)
-
-    @property
-    def uploader(self) -> str | None:
-        return (self.dataspace.access_key or None) if self.dataspace else None
 
     def jobs(self) -> JobClient:
         """The user's JobClient (one per session; its connection pool is reused)."""
@@ -99,31 +95,43 @@ def login_cluster(settings: ConsoleSettings, token: str) -> Identity:
     except AidiError:
         identity.close()
         raise
-    identity.dataspace, identity.dataspace_problem = team_dataspace(settings, kube)
+    identity.dataspace, identity.dataspace_problem = team_dataspace(settings, identity.namespace)
     return identity
 
 
-def team_dataspace(settings: ConsoleSettings, client: KubeJobClient) -> tuple[DataspaceConfig | None, str | None]:
-    """The team's dataspace credential: the Secret its job pods read, read with the user's own token."""
+def team_dataspace(settings: ConsoleSettings, namespace: str) -> tuple[DataspaceConfig | None, str | None]:
+    """The team's dataspace account: the Secret its job pods read, read with the console's own token (a
+    member's key may read no Secret; the console's Role may read this one, by name, in team namespaces
+    only). Called only after the user's token proved the namespace."""
     if settings.dataspace is None:
         return None, "the console has no dataspace configured (--dataspace-endpoint)"
+    token = settings.issuer_token()
+    if not token:
+        return None, (f"the console has no ServiceAccount token at {settings.issuer_token_file} to read the team's "
+                      "dataspace Secret (the chart mounts it)")
     name = settings.dataspace_secret
+    console = Cluster(appkey=token, server=settings.kube_server, certificate_authority=settings.kube_ca,
+                      insecure=settings.kube_insecure)
+    client = KubeJobClient.for_cluster(ResolvedCluster("console", console, Path("console ServiceAccount")), namespace)
     try:
-        with api_errors(f"read Secret {client.namespace}/{name}"):
-            secret: Any = client.core.read_namespaced_secret(name, client.namespace)
+        with api_errors(f"read Secret {namespace}/{name}"):
+            secret: Any = client.core.read_namespaced_secret(name, namespace)
     except NotFoundError:
-        return None, (f"namespace {client.namespace} has no Secret {name}; ask your platform admin to onboard the "
+        return None, (f"namespace {namespace} has no Secret {name}; ask your platform admin to onboard the "
                       "team (docs/install.md)")
     except AidiError as exc:
         return None, str(exc)
+    finally:
+        client.close()
     data = secret.data or {}
     try:
         access_key, secret_key = (base64.b64decode(data[k]).decode("utf-8") for k in ("accessKey", "secretKey"))
+        bucket = base64.b64decode(data["bucket"]).decode("utf-8") if data.get("bucket") else None
     except (KeyError, ValueError):
-        return None, f"Secret {client.namespace}/{name} lacks the keys accessKey and secretKey"
+        return None, f"Secret {namespace}/{name} lacks the keys accessKey and secretKey"
     base = settings.dataspace
-    return DataspaceConfig(endpoint=base.endpoint, bucket=base.bucket, access_key=access_key, secret_key=secret_key,
-                           region=base.region, source=f"Secret {client.namespace}/{name}"), None
+    return DataspaceConfig(endpoint=base.endpoint, bucket=bucket or base.bucket, access_key=access_key,
+                           secret_key=secret_key, region=base.region, source=f"Secret {namespace}/{name}"), None
 
 
 def login_local(settings: ConsoleSettings, token: str) -> Identity:

@@ -251,7 +251,7 @@ class PersonalView:
     user: str
     dataspace_endpoint: str | None
     dataspace_bucket: str | None
-    dataspace_token: str | None
+    dataspace_access_key: str | None
     dataspace_problem: str | None
     appkeys_enabled: bool
     keys: list[AppKey]
@@ -260,6 +260,7 @@ class PersonalView:
     new_key_token: str | None = None
     flash: str | None = None
     has_ca: bool = False
+    dataspace_token: str | None = None   # ACCESS_KEY:SECRET_KEY, only in the answer to an explicit request
 
 
 def personal(page: Page, v: PersonalView) -> str:
@@ -268,13 +269,20 @@ def personal(page: Page, v: PersonalView) -> str:
              f'<dl class="summary"><dt>{page.t("team")}</dt><dd id="namespace">{h(v.namespace)}'
              f'{"/" + h(v.queue) if v.queue else ""}</dd><dt>{page.t("user")}</dt><dd>{h(v.user)}</dd></dl>',
              f'<h2>{page.t("dataspace_token")}</h2>']
-    if v.dataspace_token is not None:
+    if v.dataspace_access_key is not None:
         command = "hitc init -t - " + (f"--endpoint {v.dataspace_endpoint} " if v.dataspace_endpoint else "") + \
                   (f"--bucket {v.dataspace_bucket}" if v.dataspace_bucket else "")
-        parts.append(f'<div class="card"><code class="secret" id="dataspace-token" data-secret="{h(v.dataspace_token)}"'
-                     f'>••••••••</code> <button type="button" class="reveal" data-target="dataspace-token" '
-                     f'data-show="{page.t("show")}" data-hide="{page.t("hide")}">{page.t("show")}</button>'
-                     f'<pre>{h(command.strip())}   # paste the token</pre></div>')
+        card = (f'<dl class="summary"><dt>{page.t("access_key")}</dt><dd id="dataspace-access-key">'
+                f'{h(v.dataspace_access_key)}</dd><dt>{page.t("bucket")}</dt><dd>{h(v.dataspace_bucket or "-")}</dd>'
+                f'</dl>')
+        if v.dataspace_token is not None:
+            card += f'<p><code class="secret" id="dataspace-token">{h(v.dataspace_token)}</code></p>'
+        else:
+            # The secret key is never part of a page that merely loads: a POST (with the form's CSRF token) asks.
+            card += (f'<form method="post" action="/personal/dataspace-token" class="inline">{csrf}'
+                     f'<button type="submit" id="reveal-dataspace-token">{page.t("reveal_secret")}</button></form>'
+                     f'<p class="hint">{page.t("reveal_help")}</p>')
+        parts.append(f'<div class="card">{card}<pre>{h(command.strip())}   # paste the token</pre></div>')
     else:
         parts.append(notice(v.dataspace_problem or "-", "info"))
     parts.append(f'<h2>{page.t("cluster_config")}</h2>')

@@ -8,16 +8,18 @@ Every route but ``/login``, ``/healthz`` and ``/static/`` needs a session cookie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -55,14 +57,29 @@ class Session:
 
 
 class Sessions:
-    """Sessions in memory (one console replica): a restart logs everyone out, which is safe."""
+    """Sessions in memory (one console replica): a restart logs everyone out, which is safe.
 
-    def __init__(self, idle_seconds: float) -> None:
+    Each session holds the user's API client (a connection pool). ``sweep`` (run on a timer by the app)
+    ends idle sessions and closes stale bearer entries, so a client held by a session nobody comes back to
+    is released; at most ``per_user`` sessions per user live at once (the oldest ends first), so a script
+    that logs in in a loop cannot pile up clients.
+    """
+
+    def __init__(self, idle_seconds: float, per_user: int = 10) -> None:
         self.idle = idle_seconds
+        self.per_user = per_user
         self._by_id: dict[str, Session] = {}
         self._bearer: dict[str, tuple[float, Session]] = {}
+        self._retired: list[tuple[float, Session]] = []   # replaced bearer entries, closed by a later sweep
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
     def new(self, identity: Identity) -> Session:
+        owner = _owner(identity)
+        mine = sorted((s for s in self._by_id.values() if _owner(s.identity) == owner), key=lambda s: s.last_seen)
+        for oldest in mine[:max(0, len(mine) - self.per_user + 1)]:
+            self.drop(oldest.id)
         session = Session(id=secrets.token_urlsafe(32), identity=identity)
         self._by_id[session.id] = session
         return session
@@ -82,25 +99,51 @@ class Sessions:
         if session is not None:
             session.identity.close()
 
+    def sweep(self) -> int:
+        """End idle sessions and forget stale bearer entries, closing their clients; returns how many ended."""
+        now = time.monotonic()
+        idle = [s.id for s in self._by_id.values() if now - s.last_seen > self.idle]
+        for session_id in idle:
+            self.drop(session_id)
+        # A bearer entry may still serve the request that made it: close it only well after it went stale.
+        stale = [k for k, v in self._bearer.items() if now - v[0] >= 2 * BEARER_CACHE_SECONDS]
+        for key in stale:
+            self._retired.append(self._bearer.pop(key))
+        done = [r for r in self._retired if now - r[0] >= 2 * BEARER_CACHE_SECONDS]
+        self._retired = [r for r in self._retired if now - r[0] < 2 * BEARER_CACHE_SECONDS]
+        for _, session in done:
+            session.identity.close()
+        return len(idle) + len(done)
+
     def bearer(self, token: str) -> Session | None:
         """A recently checked bearer token's session (the API server is asked again after a short while)."""
         found = self._bearer.get(hashlib.sha256(token.encode()).hexdigest())
         return found[1] if found and time.monotonic() - found[0] < BEARER_CACHE_SECONDS else None
 
     def remember_bearer(self, token: str, identity: Identity) -> Session:
-        now = time.monotonic()
-        # Drop stale entries (their clients close when collected; one may still be serving a request).
-        self._bearer = {k: v for k, v in self._bearer.items() if now - v[0] < BEARER_CACHE_SECONDS}
         session = Session(id="", identity=identity, via_cookie=False)
-        self._bearer[hashlib.sha256(token.encode()).hexdigest()] = (now, session)
+        key = hashlib.sha256(token.encode()).hexdigest()
+        replaced = self._bearer.get(key)
+        if replaced is not None:
+            self._retired.append(replaced)
+        self._bearer[key] = (time.monotonic(), session)
         return session
 
     def forget_bearer(self, session: Session) -> None:
         self._bearer = {k: v for k, v in self._bearer.items() if v[1] is not session}
+        session.identity.close()
 
     def close(self) -> None:
         for session_id in list(self._by_id):
             self.drop(session_id)
+        for _, session in [*self._bearer.values(), *self._retired]:
+            session.identity.close()
+        self._bearer.clear()
+        self._retired.clear()
+
+
+def _owner(identity: Identity) -> tuple[str, str]:
+    return identity.namespace, identity.user
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
@@ -121,14 +164,16 @@ LANG = web.RequestKey("lang", str)
 def create_app(settings: ConsoleSettings) -> web.Application:
     app = web.Application(middlewares=[_security_headers, _authenticate], client_max_size=64 * 1024)
     app[SETTINGS] = settings
-    app[SESSIONS] = Sessions(settings.session_idle_seconds)
+    app[SESSIONS] = Sessions(settings.session_idle_seconds, settings.sessions_per_user)
+    app.cleanup_ctx.append(_sweeping)
     app.on_cleanup.append(_close_sessions)
     routes = [
         web.get("/healthz", _healthz), web.get("/static/{name}", _static),
         web.get("/login", _login_form), web.post("/login", _login_submit), web.post("/logout", _logout),
         web.get("/", _home), web.get("/datasets", _datasets), web.get("/datasets/{name}/{type}", _dataset),
         web.get("/models", _models), web.get("/jobs", _jobs), web.get("/jobs/{name}", _job),
-        web.get("/personal", _personal), web.post("/personal/appkeys", _appkey_create),
+        web.get("/personal", _personal), web.post("/personal/dataspace-token", _dataspace_token),
+        web.post("/personal/appkeys", _appkey_create),
         web.post("/personal/appkeys/{id}/revoke", _appkey_revoke), web.get("/personal/ca.crt", _ca),
         web.get("/api/v1/whoami", _api_whoami), web.get("/api/v1/datasets", _api_datasets),
         web.get("/api/v1/datasets/{name}/{type}", _api_dataset), web.get("/api/v1/models", _api_models),
@@ -142,6 +187,29 @@ def create_app(settings: ConsoleSettings) -> web.Application:
 
 async def _close_sessions(app: web.Application) -> None:
     app[SESSIONS].close()
+
+
+def sweep_interval(idle_seconds: float) -> float:
+    """How often idle sessions are looked for: a quarter of the idle limit, between 1 s and a minute."""
+    return min(60.0, max(1.0, idle_seconds / 4))
+
+
+async def _sweeping(app: web.Application) -> AsyncIterator[None]:
+    """End idle sessions on a timer, not only when their cookie comes back (which it may never do)."""
+    sessions = app[SESSIONS]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(sweep_interval(sessions.idle))
+            ended = sessions.sweep()
+            if ended:
+                log.info("ended %d idle session(s); %d remain", ended, len(sessions))
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def settings_of(request: web.Request) -> ConsoleSettings:
@@ -261,11 +329,48 @@ async def _static(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=STATIC_TYPES[suffix], headers={"Cache-Control": "max-age=300"})
 
 
+DEFAULT_NEXT = "/jobs"
+
+
 def _safe_next(value: str | None) -> str:
-    # Only paths on this site: an open redirect would hand a phishing page our login.
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/jobs"
+    r"""``value`` when it is a path on this site, else the jobs page: an open redirect would hand a phishing
+    page our login. Browsers drop tabs and newlines from a URL and read ``\`` as ``/``, so ``/<TAB>/evil``
+    and ``/%09/evil`` are ``//evil``: the check runs on the decoded text (decoded until it stops changing)
+    and refuses any control character or backslash, then wants ``/`` followed by neither ``/`` nor ``\``."""
+    if not value:
+        return DEFAULT_NEXT
+    decoded, previous = value, None
+    for _ in range(5):
+        if decoded == previous:
+            break
+        previous, decoded = decoded, unquote(decoded)
+    for text in (value, decoded):
+        if any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in text):
+            return DEFAULT_NEXT
+        if not text.startswith("/") or text[1:2] == "/":
+            return DEFAULT_NEXT
     return value
+
+
+def _cross_site_reason(request: web.Request) -> str | None:
+    """Why a login POST looks cross-site (login CSRF: logging the victim into the attacker's account), or None.
+
+    ``Sec-Fetch-Site``, set by the browser itself, decides when present (every current browser sends it; with
+    our ``Referrer-Policy: no-referrer`` Chromium's own same-origin form POST carries ``Origin: null``). Older
+    browsers: ``Origin``, else ``Referer``, must name this host (``null`` does not: sandboxed frames send it).
+    A request with none of them is not a browser's form (scripts, curl): allowed."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return None if site in ("same-origin", "none") else f"Sec-Fetch-Site is {site!r}"
+    for header in ("Origin", "Referer"):
+        sent = request.headers.get(header)
+        if sent is None:
+            continue
+        host = urlsplit(sent).netloc if sent != "null" else ""
+        if not host or host.lower() != request.host.lower():
+            return f"{header} {sent!r} is not this console ({request.host})"
+        return None
+    return None
 
 
 async def _login_form(request: web.Request) -> web.Response:
@@ -277,6 +382,12 @@ async def _login_submit(request: web.Request) -> web.StreamResponse:
     settings = settings_of(request)
     form = await request.post()
     token, next_url = str(form.get("token") or ""), _safe_next(str(form.get("next") or ""))
+    cross_site = _cross_site_reason(request)
+    if cross_site:
+        log.warning("refused a cross-site login POST: %s", cross_site)
+        return html(pages.login(page_of(request), settings.mode, next_url,
+                                error="this login form was sent from another site; open the console's own "
+                                      "login page and log in there"), status=403)
     try:
         identity = await blocking(login, settings, token)
     except AuthError as exc:
@@ -433,7 +544,7 @@ def _personal_view(request: web.Request, **extra: Any) -> pages.PersonalView:
     return pages.PersonalView(
         namespace=identity.namespace, queue=identity.queue, user=identity.user, dataspace_endpoint=endpoint,
         dataspace_bucket=ds.bucket if ds and not ds.is_local else None,
-        dataspace_token=ds.token if ds and ds.access_key else None,
+        dataspace_access_key=ds.access_key if ds and ds.access_key else None,
         dataspace_problem=(f"the dataspace is the local folder {ds.local_root}: hitc needs no token "
                            f"(hitc init --endpoint {ds.endpoint})" if ds and ds.is_local
                            else identity.dataspace_problem), appkeys_enabled=settings.appkeys_enabled, keys=keys,
@@ -448,6 +559,17 @@ async def _personal(request: web.Request) -> web.Response:
     revoked = request.query.get("revoked")
     flash = pages.text("revoked", request[LANG], id=revoked) if revoked else None
     view = await blocking(lambda: _personal_view(request, flash=flash))
+    return html(pages.personal(page_of(request), view))
+
+
+async def _dataspace_token(request: web.Request) -> web.Response:
+    """The team's dataspace token, on an explicit request only (a POST with the form's CSRF token)."""
+    identity = session_of(request).identity
+    ds = identity.dataspace
+    if ds is None or not ds.access_key:
+        raise NotFoundError(identity.dataspace_problem or "your team has no dataspace token")
+    log.info("dataspace token of %s (access key %s) shown to %s", identity.namespace, ds.access_key, identity.user)
+    view = await blocking(lambda: _personal_view(request, dataspace_token=ds.token))
     return html(pages.personal(page_of(request), view))
 
 

@@ -1,10 +1,11 @@
 """What the console needs to know: how it authenticates users, where the API server and the dataspace are,
 and how APP KEYs are issued. Two modes:
 
-- ``cluster`` (the Helm chart): users log in with their team's token ``APPID:APPKEY`` (the same string
+- ``cluster`` (the Helm chart): users log in with an APP KEY ``APPID:APPKEY`` (the same string
   ``traincli init -t`` takes); every read goes to ``kube_server`` with that token. Datasets are read with
-  the team's dataspace credential, the Secret ``aidi-dataspace`` in the team's namespace, read with the
-  user's token. APP KEYs are issued with the console's own ServiceAccount token (``issuer_token_file``).
+  the team's own dataspace account, the Secret ``aidi-dataspace`` in the team's namespace, which the
+  console reads with its own ServiceAccount token (``issuer_token_file``; a member's key may read no
+  Secret), as it issues APP KEYs.
 - ``local`` (``aidi console``): one user on one machine. The login token is printed at start; the
   credentials are the user's own: ``gpucluster.yaml`` (or the kubeconfig) and ``hitc``'s config (or the
   embedded local-folder dataspace).
@@ -53,6 +54,7 @@ class ConsoleSettings:
     login_token: str | None = field(default=None, repr=False)   # local mode only
     refresh_seconds: float = 5.0
     session_idle_seconds: int = 8 * 3600
+    sessions_per_user: int = 10             # more logins of one user end that user's oldest sessions
     secure_cookies: bool = False
     log_tail_lines: int = 100
 

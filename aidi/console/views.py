@@ -52,12 +52,7 @@ class DatasetRow:
 def _open(identity: Identity) -> Dataspace:
     if identity.dataspace is None:
         raise NotFoundError(identity.dataspace_problem or "no dataspace is configured")
-    return open_dataspace(identity.dataspace, jobs=4, uploader=identity.uploader)
-
-
-def _visible(identity: Identity, manifest: Manifest) -> bool:
-    """Datasets belong to the dataspace account that uploaded them: the team's (docs/console.md)."""
-    return identity.uploader is None or manifest.uploader == identity.uploader
+    return open_dataspace(identity.dataspace, jobs=4)
 
 
 def _version_row(manifest: Manifest) -> VersionRow:
@@ -66,12 +61,14 @@ def _version_row(manifest: Manifest) -> VersionRow:
 
 
 def list_datasets(identity: Identity) -> list[DatasetRow]:
+    """Every dataset the team's own account can list (its bucket): the storage decides what a team sees, not the
+    manifest's ``uploader``, which a client writes (docs/security.md)."""
     ds = _open(identity)
     try:
         rows = []
         for summary in ds.list_datasets():
             manifests = [ds.resolve(summary.name, summary.type, v) for v in summary.versions]
-            mine = [_version_row(m) for m in manifests if _visible(identity, m)]
+            mine = [_version_row(m) for m in manifests]
             if mine:
                 rows.append(DatasetRow(summary.name, summary.type, mine))
         return rows
@@ -84,7 +81,7 @@ def dataset_detail(identity: Identity, name: str, type_: str, version: str | Non
     ds = _open(identity)
     try:
         manifests = [ds.resolve(name, type_, v) for v in ds.versions(name, type_)]
-        mine = [m for m in manifests if _visible(identity, m)]
+        mine = manifests
         if not mine:
             raise NotFoundError(f"no dataset {name}/{type_} in your team's dataspace")
         chosen = next((m for m in mine if m.version == version), None) if version else mine[-1]
@@ -103,13 +100,12 @@ def list_models(identity: Identity) -> list[dict[str, Any]]:
 
     ds = _open(identity)
     try:
-        registry = ModelRegistry(ds.store, uploader=identity.uploader)
+        registry = ModelRegistry(ds.store)
         out = []
         for record in registry.list():
-            if identity.uploader is None or record.uploader == identity.uploader:
-                data = record.to_json()
-                data["size"] = sum(f.size for f in record.files)
-                out.append(data)
+            data = record.to_json()
+            data["size"] = sum(f.size for f in record.files)
+            out.append(data)
         return out
     finally:
         ds.close()

@@ -27,6 +27,11 @@ DEFAULT_LOCAL_ROOT = Path("~/.olympus/dataspace")
 
 ENV_ENDPOINT = "AIDI_DATASPACE_ENDPOINT"
 ENV_BUCKET = "AIDI_DATASPACE_BUCKET"
+# The team's own bucket, from its Secret aidi-dataspace (key `bucket`): wins over AIDI_DATASPACE_BUCKET, which
+# the operator sets to the platform's shared bucket for every namespace.
+ENV_TEAM_BUCKET = "AIDI_DATASPACE_TEAM_BUCKET"
+# The chart names a team's dataspace account after its namespace (charts/aidi/templates/_helpers.tpl).
+TEAM_ACCOUNT_PREFIX = "aidi-"
 ENV_ACCESS_KEY = "AIDI_DATASPACE_ACCESS_KEY"
 ENV_SECRET_KEY = "AIDI_DATASPACE_SECRET_KEY"
 
@@ -102,7 +107,8 @@ class DataspaceConfig:
         endpoint = env.get(ENV_ENDPOINT, "").strip()
         if not endpoint:
             raise UsageError(f"{ENV_ENDPOINT} is not set; set it to http(s)://HOST[:PORT] or file:///PATH")
-        return cls(endpoint=endpoint, bucket=env.get(ENV_BUCKET, "").strip() or DEFAULT_BUCKET,
+        bucket = env.get(ENV_TEAM_BUCKET, "").strip() or env.get(ENV_BUCKET, "").strip() or DEFAULT_BUCKET
+        return cls(endpoint=endpoint, bucket=bucket,
                    access_key=env.get(ENV_ACCESS_KEY, "").strip(), secret_key=env.get(ENV_SECRET_KEY, "").strip(),
                    source="the environment")
 
@@ -138,6 +144,17 @@ class DataspaceConfig:
         return cls(endpoint=str(section["endpoint"]), bucket=str(section.get("bucket") or DEFAULT_BUCKET),
                    access_key=access_key, secret_key=secret_key,
                    region=section.get("region"), source=str(file))
+
+    def access_denied(self, where: str, action: str) -> str:
+        """The one line for a dataspace that refused this credential ``action`` at ``where`` (s3://BUCKET/PREFIX):
+        each team's account reaches its own bucket only (docs/security.md), so the usual cause is a token or a
+        bucket of another team."""
+        owner = self.access_key[len(TEAM_ACCOUNT_PREFIX):] if self.access_key.startswith(TEAM_ACCOUNT_PREFIX) \
+            else None
+        whose = f"is for team {owner}" if owner else f"(access key {self.access_key!r}) does not reach it"
+        return (f"access denied to {where} (trying to {action}): your dataspace credential {whose}; it reaches only "
+                "its team's own bucket, and reads the shared one. Use your team's bucket (`hitc init --bucket "
+                "BUCKET`, shown in the console's personal centre) or ask your platform admin")
 
     def to_yaml(self) -> str:
         section: dict[str, Any] = {"endpoint": self.endpoint, "bucket": self.bucket}

@@ -144,9 +144,7 @@ class S3Store(ObjectStore):
         where = f"the dataspace at {self.endpoint}"
         if isinstance(exc, S3Error):
             if exc.code == "AccessDenied":
-                return AuthError(f"{where} denied access key {self.config.access_key!r} the right to {what} in "
-                                 f"bucket {self.bucket!r}; check the token (`hitc init -t ACCESS_KEY:SECRET_KEY`) "
-                                 "or ask your platform admin for access to the bucket")
+                return AuthError(self.config.access_denied(self.uri(exc.object_name or ""), what))
             if exc.code in _AUTH_CODES:
                 return AuthError(f"{where} refused the credentials of access key {self.config.access_key!r} "
                                  f"({exc.code}) while trying to {what}; run `hitc init -t ACCESS_KEY:SECRET_KEY` "

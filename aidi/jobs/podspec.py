@@ -224,7 +224,9 @@ def _env(job: tj.TrainJob, member: Member, settings: PodSettings) -> list[dict[s
     ]
     # Optional: a file:// dataspace or an anonymous S3 needs no credentials; a missing key then shows
     # up as aidi's own "no credentials" error rather than a pod stuck in CreateContainerConfigError.
-    for var, key in (("AIDI_DATASPACE_ACCESS_KEY", "accessKey"), ("AIDI_DATASPACE_SECRET_KEY", "secretKey")):
+    # The team's own bucket and account (docs/security.md): only its namespace's Secret holds them.
+    for var, key in (("AIDI_DATASPACE_ACCESS_KEY", "accessKey"), ("AIDI_DATASPACE_SECRET_KEY", "secretKey"),
+                     ("AIDI_DATASPACE_TEAM_BUCKET", "bucket")):
         env.append({"name": var, "valueFrom": {"secretKeyRef": {
             "name": settings.dataspace_secret, "key": key, "optional": True}}})
     if uses_parameter_servers(job.spec):

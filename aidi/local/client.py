@@ -194,10 +194,13 @@ class LocalJobClient:
 
     # ---------------------------------------------------------------------------------- the Secret
 
-    def put_password_secret(self, secret_name: str, job_name: str, password: str) -> None:
+    def put_password_secret(self, secret_name: str, job_name: str, password: str,
+                            owner: dict[str, Any] | None = None) -> None:
         self.ns.put_secret(secret_name, {"password": password}, labels={"aidi.io/job": job_name})
+        if owner is not None:
+            self._own_secret(secret_name, owner)
 
-    def own_secret(self, secret_name: str, job: dict[str, Any]) -> None:
+    def _own_secret(self, secret_name: str, job: dict[str, Any]) -> None:
         meta = job["metadata"]
         owner = {"apiVersion": job.get("apiVersion"), "kind": job.get("kind"), "name": meta["name"],
                  "uid": meta.get("uid"), "controller": True}

@@ -3,7 +3,8 @@
 kmock accepts any request; the console's promises (401 for a refused token, one team never reading
 another's namespace, a revoked APP KEY failing at once) need an API server that says no. ``TokenCheck``
 adds that to kmock as reactions: known team tokens may act in their own namespace only, the console's
-issuer token may only manage ServiceAccounts, RoleBindings and TokenRequests, an issued APP KEY token
+issuer token may only manage ServiceAccounts, RoleBindings and TokenRequests and read the Secret
+``aidi-dataspace``, team tokens may only create Secrets (as the chart's Roles say), an issued APP KEY token
 works while its ServiceAccount exists, and everything else is 401. Requests without any Authorization
 header are the in-process operator's (it runs as a trusted component here, as in a cluster).
 """
@@ -80,8 +81,14 @@ class TokenCheck:
         token = header.removeprefix("Bearer ").strip()
         plural = request.resource.plural if request.resource is not None else None
         if token == self.issuer:
-            return plural not in _ISSUER_RESOURCES
-        # A team's Role (aidi-team) covers its own namespace only, and no accounts or bindings.
+            # The console's Roles: accounts and bindings (APP KEYs), and reading the one Secret aidi-dataspace.
+            reads_team_secret = plural == "secrets" and request.name == "aidi-dataspace" and \
+                str(request.method).upper().endswith("GET")
+            return plural not in _ISSUER_RESOURCES and not reads_team_secret
+        # A team's Role (aidi-team) covers its own namespace only, no accounts or bindings, and on Secrets
+        # only create.
+        if plural == "secrets" and not str(request.method).upper().endswith("POST"):
+            return True
         return plural in _ISSUER_RESOURCES or (request.namespace is not None
                                                and request.namespace != self.namespace_of(token))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ import kopf
 import yaml
 
 from aidi.jobs.lifecycle import timestamp
-from tests.support.seaweedfs import free_port
+from tests.support.seaweedfs import TeamAccount, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -122,6 +123,14 @@ def token_kubeconfig(path: Path, token: str, namespace: str, admin_kubeconfig: s
     }))
     path.chmod(0o600)
     return path
+
+
+def run_aidi(*args: str) -> str:
+    """The real `aidi` console script with the e2e cluster's admin kubeconfig (a platform engineer's)."""
+    result = subprocess.run([str(BIN / "aidi"), *args], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "KUBECONFIG": kubeconfig_path()})
+    assert result.returncode == 0, f"aidi {' '.join(args)}: {result.stderr}"
+    return result.stdout
 
 
 def create_token(service_account: str, namespace: str, seconds: int = 3600) -> str:
@@ -299,20 +308,30 @@ class Platform:
     teams: tuple[str, str] = ("", "")
     namespace: str = ""
     values: dict[str, Any] = field(default_factory=dict)
+    # Each team's own dataspace account on the S3 server (tests/support/seaweedfs.py), in `teams` order.
+    team_accounts: tuple[TeamAccount, ...] = ()
+    _keys: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.namespace = self.namespace or f"aidi-e2e-{self.run}"
         self.teams = (f"aidi-e2e-{self.run}-team-a", f"aidi-e2e-{self.run}-team-b")
+        teams: list[dict[str, Any]] = [{"namespace": t, "gpuQuota": 16} for t in self.teams]
+        for team, account in zip(teams, self.team_accounts, strict=False):
+            team["dataspace"] = {"bucket": account.bucket, "accessKey": account.access_key,
+                                 "secretKey": account.secret_key}
         self.values = {
             "commonLabels": {E2E_LABEL: self.run},
-            "teams": [{"namespace": t, "gpuQuota": 16} for t in self.teams],
+            "teams": teams,
             # The tests' S3 server as an external dataspace (the in-chart MinIO's bucket-init hook Job
             # would need a kubelet to finish before `helm install` returns).
             "dataspace": {"mode": "external", "external": {"endpoint": self.s3_endpoint},
                           "credentials": {"accessKey": self.s3_credentials[0],
                                           "secretKey": self.s3_credentials[1]}},
             "console": {"enabled": True},
-            "operator": {"resyncSeconds": 1},
+            # Cluster-wide on purpose: the operator scenarios (test_operator_e2e.py) run in throwaway namespaces.
+            # Listed teams alone scope it to their namespaces (tests/test_chart.py; the server-side dry run of
+            # ci/teams-values.yaml; the watchNamespaces release of test_platform_e2e.py runs that way).
+            "operator": {"resyncSeconds": 1, "clusterWide": True},
         }
 
     @property
@@ -347,10 +366,21 @@ class Platform:
     def operator_token(self, seconds: int = 3600) -> str:
         return create_token(self.operator_service_account, self.namespace, seconds)
 
+    def team_key(self, team: str) -> dict[str, Any]:
+        """The team's first APP KEY, issued as docs/install.md tells a platform engineer (`aidi appkey issue`), once
+        per run: {id, appid, token, expires, ...}. Its ServiceAccount is ``appkey-<id>`` in the team namespace."""
+        if team not in self._keys:
+            self._keys[team] = json.loads(run_aidi("appkey", "issue", "-n", team, "--description", "e2e",
+                                                   "--ttl", "7200", "--json"))
+        return self._keys[team]
+
     def team_token(self, team: str) -> str:
-        """The team's `traincli` credential, where docs/install.md tells a platform engineer to read it."""
-        encoded = kubectl("get", "secret", "traincli-token", "-n", team, "-o", "jsonpath={.data.token}").stdout
-        return base64.b64decode(encoded).decode()
+        """The bearer token (APPKEY) of the team's first APP KEY."""
+        return str(self.team_key(team)["token"]).split(":", 1)[1]
+
+    def team_account(self, team: str) -> str:
+        """The ServiceAccount behind the team's first APP KEY (for `kubectl auth can-i --as=...`)."""
+        return f"appkey-{self.team_key(team)['id']}"
 
 
 def new_run_id() -> str:

@@ -1,6 +1,6 @@
 // The console's only script (served by the console; no CDN). Two jobs:
 // 1. auto-refresh: re-fetch the page's live part (#live) every data-refresh seconds;
-// 2. show/hide a secret (the dataspace token) on request; 3. log in from a #token= link.
+// 2. log in from a #token= link. (Secrets are never in a page until a form asks the server for them.)
 (function () {
   "use strict";
   var live = document.getElementById("live");
@@ -28,13 +28,4 @@
     window.history.replaceState(null, "", window.location.pathname + window.location.search);
     token.form.submit();
   }
-  document.querySelectorAll("button.reveal").forEach(function (button) {
-    button.addEventListener("click", function () {
-      var target = document.getElementById(button.getAttribute("data-target"));
-      var shown = target.getAttribute("data-shown") === "1";
-      target.textContent = shown ? "••••••••" : target.getAttribute("data-secret");
-      target.setAttribute("data-shown", shown ? "0" : "1");
-      button.textContent = button.getAttribute(shown ? "data-show" : "data-hide");
-    });
-  });
 }());

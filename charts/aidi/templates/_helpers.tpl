@@ -141,3 +141,49 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+Each team's own dataspace account, as YAML keyed by namespace: {bucket, accessKey, secretKey}
+(docs/security.md, "The dataspace"). The team's bucket is `<dataspace.bucket>-<namespace>` unless
+teams[].dataspace.bucket says otherwise; the account may read and write that bucket and only read the
+shared `dataspace.bucket`. Values win; otherwise the team's Secret `aidi-dataspace` of the previous
+release is reused (`lookup`), otherwise a random key is generated. Computed once per render, so the
+team's Secret and the bucket-init Job agree. Empty with dataspace.credentials.existingSecret (then the
+platform engineer creates every team's Secret).
+*/}}
+{{- define "aidi.teamDataspace" -}}
+{{- if not (hasKey .Values "__aidiTeamDataspace") -}}
+{{- $all := dict -}}
+{{- if not .Values.dataspace.credentials.existingSecret -}}
+{{- range $team := .Values.teams -}}
+{{- $ns := $team.namespace -}}
+{{- $want := $team.dataspace | default dict -}}
+{{- $old := (lookup "v1" "Secret" $ns "aidi-dataspace").data | default dict -}}
+{{- $bucket := $want.bucket | default (printf "%s-%s" $.Values.dataspace.bucket $ns | trunc 63 | trimSuffix "-") -}}
+{{- $access := $want.accessKey | default (get $old "accessKey" | b64dec) | default (printf "aidi-%s" $ns | trunc 63) -}}
+{{- $secret := $want.secretKey | default (get $old "secretKey" | b64dec) | default (randAlphaNum 40) -}}
+{{- $_ := set $all $ns (dict "bucket" $bucket "accessKey" $access "secretKey" $secret) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .Values "__aidiTeamDataspace" $all -}}
+{{- end -}}
+{{- toYaml (get .Values "__aidiTeamDataspace") -}}
+{{- end -}}
+
+{{/*
+The namespaces the operator serves, as a JSON list; empty: every namespace. operator.watchNamespaces
+when set; else, with teams listed, the teams' namespaces (the operator then has rights there only),
+unless operator.clusterWide asks for every namespace.
+*/}}
+{{- define "aidi.operator.namespaces" -}}
+{{- $op := .Values.operator -}}
+{{- if $op.watchNamespaces -}}
+{{- toJson $op.watchNamespaces -}}
+{{- else if and .Values.teams (not $op.clusterWide) -}}
+{{- $list := list -}}
+{{- range .Values.teams }}{{ $list = append $list .namespace }}{{ end -}}
+{{- toJson $list -}}
+{{- else -}}
+[]
+{{- end -}}
+{{- end -}}
