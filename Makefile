@@ -78,10 +78,11 @@ images:
 # The images and real containers, on the control plane of `make test`: the GPU image's libraries, the CPU
 # image training, the operator image running jobs, and `kubectl apply` → a trained model with every pod
 # step in a podman container (tests/test_images.py, tests/test_containers_e2e.py; the stand-in kubelet
-# tests/support/podman_kubelet.py). Not part of `make test`: see docs/install.md for its time.
+# tests/support/podman_kubelet.py). Not part of `make test`: see docs/install.md for its time. The reduced
+# form, without the 4.7 GB GPU image: make e2e-containers IMAGES="operator jobimage-cpu".
 CONTAINER_TESTS ?= tests/test_images.py tests/test_containers_e2e.py
 e2e-containers: $(STAMP) $(HELM) images
-	AIDI_CONTAINER_TESTS=1 AIDI_IMAGE_PREFIX=$(IMAGE_PREFIX) AIDI_IMAGE_TAG=$(IMAGE_TAG) \
+	AIDI_CONTAINER_TESTS=1 AIDI_IMAGE_PREFIX=$(IMAGE_PREFIX) AIDI_IMAGE_TAG=$(IMAGE_TAG) AIDI_CONTAINER_IMAGES="$(IMAGES)" \
 		bash tools/with-control-plane.sh "$(CONTROL_PLANE)" -- $(BIN)/python -m pytest -q $(CONTAINER_TESTS) $(PYTEST_ARGS)
 
 # The whole workflow on this machine (docs/local.md): sample → pack → upload → traincli submit to a local

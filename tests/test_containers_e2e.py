@@ -54,9 +54,10 @@ def dataspace_config(platform: e2e.Platform) -> DataspaceConfig:
 
 @pytest.fixture(scope="module")
 def sample_rec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample (40 images a scene) packed as tools/pipeline.sh packs it: data/rec/<scene>/."""
+    """The sample as `make demo` makes it (200 images a scene), packed as tools/pipeline.sh packs it:
+    data/rec/<scene>/. Fewer images train a model that finds nothing in pipeline-test mode."""
     root = tmp_path_factory.mktemp("sample")
-    generate(root / "adas_mini", images=40, seed=0)
+    generate(root / "adas_mini", images=200, seed=0)
     for scene in SCENE_NAMES:
         pack_scene(load_pack_config(REPO / "configs" / f"4pe_{scene}" / "train.py",
                                     source=str(root / "adas_mini" / scene), output=str(root / "rec" / scene)), jobs=1)
@@ -147,8 +148,9 @@ def test_kubectl_apply_trains_in_real_containers_and_the_output_scores(
         run([str(BIN / "aidi"), "eval", "--gt", str(rec), "--pr", str(tmp_path / "pr.json"),
              "--out", str(tmp_path / "eval"), "--no-report"])
         results = json.loads((tmp_path / "eval" / "results.json").read_text())
+        # A pipeline-test run is reproducible (same threads, same data): the model finds vehicles.
         assert results["task"] == "detection" and results["summary"]["tp"] > 0, results["summary"]
-        assert any(isinstance(v, float) and 0 < v <= 1 for k, v in results["summary"].items() if k.startswith("map_"))
+        assert results["summary"]["map_voc11"] > 0.1, results["summary"]
     finally:
         e2e.kubectl("-n", team, "delete", "trainjob", name, "--ignore-not-found", "--wait=false", check=False)
         e2e.kubectl("-n", team, "delete", "secret", f"{name}-code", "--ignore-not-found", check=False)
