@@ -79,7 +79,7 @@ def the_example_trainjob(namespace: str, name: str, code_uri: str, secret: str,
     return job
 
 
-def test_kubectl_apply_trains_in_real_containers_and_the_output_scores(
+def test_kubectl_apply_trains_in_real_containers_survives_a_killed_worker_and_the_output_scores(
         platform: e2e.Platform, podman_nodes: PodmanKubelet, sample_rec: Path, dataspace_config: DataspaceConfig,
         tmp_path: Path) -> None:
     team = platform.teams[0]
@@ -112,6 +112,18 @@ def test_kubectl_apply_trains_in_real_containers_and_the_output_scores(
         with operator:
             e2e.kubectl("apply", "-f", str(manifest))
 
+            # Kill the worker's trainer container once it trains: the operator restarts the gang.
+            def training() -> str | None:
+                name = podman_nodes.container(team, pod, "trainer")
+                if name:
+                    out = containers.podman("logs", name, timeout=60)
+                    if "[with-bn] epoch" in out.stdout + out.stderr:
+                        return name
+                return None
+
+            first = e2e.wait_for(training, timeout=600, interval=2, what="the trainer to start training")
+            containers.podman("kill", first, timeout=60, check=True)
+
             def phase() -> str | None:
                 got = e2e.kubectl("-n", team, "get", "trainjob", name, "-o", "jsonpath={.status.phase}").stdout
                 return got if got in ("Succeeded", "Failed") else None
@@ -125,6 +137,8 @@ def test_kubectl_apply_trains_in_real_containers_and_the_output_scores(
             assert final == "Succeeded", (final, {c: text[-1500:] for c, text in logs.items()},
                                           operator.log()[-3000:], podman_nodes.errors)
         assert "4 steps done" in logs["trainer"]
+        status = json.loads(e2e.kubectl("-n", team, "get", "trainjob", name, "-o", "json").stdout)["status"]
+        assert status["restarts"] == 1 and status["lastFailure"]["exitCode"] == 137, status
         status = json.loads(e2e.kubectl("-n", team, "get", "pod", pod, "-o", "json").stdout)["status"]
         assert [c["name"] for c in status["initContainerStatuses"]] == ["fetch-code", "fetch-data"]
         for c in status["initContainerStatuses"] + status["containerStatuses"]:

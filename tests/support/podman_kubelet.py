@@ -484,11 +484,18 @@ class PodmanKubelet(e2e.Kubelet):
 
     def logs(self, namespace: str, pod: str, container: str) -> str:
         """A container's output, once its pod's runner has finished with it."""
-        for runner in self.pods.values():
+        for runner in reversed(list(self.pods.values())):  # the latest pod of that name
             if (runner.ns, runner.pod_name) == (namespace, pod):
                 path = runner.dir / f"{container}.log"
                 return path.read_text(errors="replace") if path.exists() else ""
         return ""
+
+    def container(self, namespace: str, pod: str, container: str) -> str | None:
+        """The podman name of a container of the latest pod of that name, once it was created."""
+        for runner in reversed(list(self.pods.values())):
+            if (runner.ns, runner.pod_name) == (namespace, pod):
+                return runner.container_names.get(container)
+        return None
 
     def __exit__(self, *exc: object) -> None:
         try:
