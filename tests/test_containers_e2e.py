@@ -174,3 +174,54 @@ def run(command: list[str]) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (command, done.stderr[-2000:])
     return done
+
+
+def test_the_stand_in_kubelet_runs_a_pod_as_its_spec_says(podman_nodes: PodmanKubelet, e2e_run: str) -> None:
+    ns = f"aidi-e2e-{e2e_run}-kubelet"
+    e2e.kubectl("create", "namespace", ns)
+    e2e.kubectl("label", "namespace", ns, f"{e2e.E2E_LABEL}={e2e_run}")
+    try:
+        e2e.kubectl("-n", ns, "create", "secret", "generic", "s", "--from-literal=key=sekrit")
+        image = containers.OPERATOR_IMAGE
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": ns}, "spec": {
+            "nodeSelector": podman_nodes.selector, "restartPolicy": "Never", "automountServiceAccountToken": False,
+            "securityContext": {"runAsUser": 1234, "runAsGroup": 1234, "fsGroup": 2000},
+            "volumes": [{"name": "shared", "emptyDir": {}}, {"name": "secret", "secret": {"secretName": "s"}}],
+            "initContainers": [{
+                "name": "first", "image": image, "command": ["sh", "-c"],
+                "args": ["id -u > /shared/uid && echo $(GREETING) > /shared/greeting"],
+                "env": [{"name": "GREETING", "value": "hello"}],
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
+            "containers": [
+                {"name": "main", "image": image, "command": ["sh", "-c"],
+                 "args": ["cat /shared/uid /shared/greeting /secret/key; echo; echo $POD $KEY; "
+                          "touch /tmp/x 2>/dev/null && echo WRITABLE || echo READONLY"],
+                 "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                         {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "key"}}}],
+                 "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                     "capabilities": {"drop": ["ALL"]}},
+                 "volumeMounts": [{"name": "shared", "mountPath": "/shared"},
+                                  {"name": "secret", "mountPath": "/secret", "readOnly": True}]},
+                {"name": "hog", "image": image, "command": ["python3", "-c", "x = bytearray(400 * 2**20)"],
+                 "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}},
+            ]}}
+        e2e.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+
+        def finished() -> dict[str, Any] | None:
+            got = json.loads(e2e.kubectl("-n", ns, "get", "pod", "p", "-o", "json").stdout)["status"]
+            return got if got.get("phase") in ("Succeeded", "Failed") else None
+
+        status = e2e.wait_for(finished, timeout=180, interval=1, what="the pod to finish")
+        assert status["phase"] == "Failed"  # the hog
+        states = {c["name"]: c["state"]["terminated"] for c in status["initContainerStatuses"]
+                  + status["containerStatuses"]}
+        assert states["first"]["exitCode"] == 0 and states["main"]["reason"] == "Completed"
+        assert states["hog"]["reason"] == "OOMKilled" and states["hog"]["exitCode"] == 137, states["hog"]
+        assert podman_nodes.logs(ns, "p", "main").split() == ["1234", "hello", "sekrit", "p", "sekrit", "READONLY"]
+        uid = json.loads(e2e.kubectl("-n", ns, "get", "pod", "p", "-o", "json").stdout)["metadata"]["uid"]
+        assert containers.podman("ps", "-aq", "--filter", f"label=aidi.io/pod-uid={uid}").stdout.split()
+
+        e2e.kubectl("-n", ns, "delete", "pod", "p", "--wait=true", "--timeout=60s")
+        assert not containers.podman("ps", "-aq", "--filter", f"label=aidi.io/pod-uid={uid}").stdout.split()
+    finally:
+        e2e.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)

@@ -7,7 +7,6 @@ Run with `make e2e-containers` (AIDI_CONTAINER_TESTS=1); skipped elsewhere (test
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -116,9 +115,7 @@ async def test_the_operator_image_runs_a_job_on_the_real_api_server(
     try:
         with containers.ContainerOperator(config, resync_seconds=0.5, log_dir=tmp_path) as operator:
             await scenarios.single_worker_succeeds(cluster)
-            await asyncio.sleep(0)
         assert not operator.forbidden(), "\n".join(operator.forbidden())
-        assert "single" in operator.log()
     finally:
         await cluster.delete_job("single")
         await api.close()

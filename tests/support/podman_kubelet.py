@@ -5,12 +5,16 @@ without nodes (../shared/k8s): it registers Nodes with ``nvidia.com/gpu`` capaci
 (``e2e.Kubelet``), lets the real scheduler bind pods to them, and runs each bound pod as a kubelet does:
 
 - init containers one after another, then the containers together; ``restartPolicy: Never``;
-- volumes: ``emptyDir`` (a host folder per pod, mode 0777 as the kubelet makes them) and ``secret``
-  (the Secret's keys, or its ``items``, written with ``defaultMode``), mounted as ``volumeMounts`` say;
+- volumes: ``emptyDir`` (a host folder per pod, mode 0777 as the kubelet makes them), ``secret`` (the
+  Secret's keys, or its ``items``, written with ``defaultMode``), ``configMap`` and ``projected`` (the
+  ServiceAccount token volume the admission adds: a TokenRequest bound to the pod), mounted as
+  ``volumeMounts`` say; ``fsGroup`` owns them;
 - ``command``/``args`` (``$(VAR)`` expanded), ``workingDir``, ``env`` (values, ``secretKeyRef``, ``fieldRef``;
   passed in a 0600 file, never on a command line), pod and container ``securityContext`` (``runAsUser``,
   ``runAsGroup``, ``fsGroup``, ``runAsNonRoot`` checked against the image, ``readOnlyRootFilesystem``,
-  ``allowPrivilegeEscalation: false``, ``capabilities``), CPU and memory limits, ``activeDeadlineSeconds``;
+  ``allowPrivilegeEscalation: false``, ``capabilities``), CPU and memory limits (on cgroup v1 the memory
+  limit sits on a parent cgroup per container, as on a node's pod cgroup, so that an OOM kill podman
+  misses there is still reported), ``activeDeadlineSeconds``;
 - status as a kubelet reports it: phases, conditions, init and container states with exit codes and
   reasons (``Completed``, ``Error``, ``OOMKilled``, ``DeadlineExceeded``);
 - a pod marked for deletion: its containers are removed, then the pod (grace period 0).
@@ -83,6 +87,8 @@ class PodRunner(threading.Thread):
         self.init_status: list[dict[str, Any]] = []
         self.status: list[dict[str, Any]] = []
         self.container_names: dict[str, str] = {}  # container → podman name
+        self.cgroups: list[str] = []  # the memory-limit parents (_memory_cgroup), removed with the pod
+        self.memory_cgroups: dict[str, Path] = {}
 
     # ------------------------------------------------------------------------------------- status
 
@@ -105,6 +111,8 @@ class PodRunner(threading.Thread):
         }
         if spec.get("initContainers"):
             status["initContainerStatuses"] = self.init_status
+        if phase in ("Succeeded", "Failed"):
+            self._save_logs()  # before the status says so: whoever waits for the phase may read them
         if reason:
             status["reason"] = reason
         if message:
@@ -136,7 +144,8 @@ class PodRunner(threading.Thread):
         if st.get("Status") in ("created", "configured", "initialized", None):
             return base | {"ready": False, "started": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
         code = int(st.get("ExitCode", 1))
-        reason = "OOMKilled" if st.get("OOMKilled") else ("Completed" if code == 0 else "Error")
+        oom = st.get("OOMKilled") or self.oom_killed(container["name"], code)
+        reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         if container["name"] in self.kubelet.deadline_killed.get(self.uid, set()):
             reason = "DeadlineExceeded"
         return base | {"ready": False, "started": False, "state": {"terminated": {
@@ -422,7 +431,9 @@ class PodRunner(threading.Thread):
         if "cpu" in limits:
             args += ["--cpus", f"{_quantity(str(limits['cpu'])):g}"]
         if "memory" in limits:
-            args += ["--memory", str(int(_quantity(str(limits["memory"]))))]
+            memory = int(_quantity(str(limits["memory"])))
+            parent = self._memory_cgroup(container["name"], memory)
+            args += ["--cgroup-parent", parent] if parent else ["--memory", str(memory)]
         if container.get("workingDir"):
             args += ["--workdir", container["workingDir"]]
         command = [_expand(c, env) for c in container.get("command") or []]
@@ -432,6 +443,32 @@ class PodRunner(threading.Thread):
         args += [_expand(a, env) for a in container.get("args") or []]
         containers.podman(*args, timeout=120, check=True)
         containers.podman("start", name, timeout=120, check=True)
+
+    def _memory_cgroup(self, container: str, limit: int) -> str | None:
+        """On cgroup v1, a parent cgroup holding the memory limit, as a kubelet's pod cgroup does.
+
+        There podman does not see the kernel's OOM kill (State.OOMKilled stays false); the parent outlives
+        the container, and its failure count says whether the limit was hit. None on cgroup v2 or without
+        the rights, where podman's own --memory and OOMKilled are used.
+        """
+        root = Path("/sys/fs/cgroup/memory")
+        if not (root / "memory.limit_in_bytes").exists() or not os.access(root, os.W_OK):
+            return None
+        rel = f"aidi-podman-kubelet/{self.uid[:8]}-{container}"
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        (root / rel / "memory.limit_in_bytes").write_text(str(limit))
+        self.cgroups.append(rel)
+        self.memory_cgroups[container] = root / rel
+        return "/" + rel
+
+    def oom_killed(self, container: str, exit_code: int) -> bool:
+        """Killed by the kernel for its memory limit: SIGKILL's code with the limit's cgroup full."""
+        cgroup = self.memory_cgroups.get(container)
+        if cgroup is None or exit_code != 137:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return int((cgroup / "memory.failcnt").read_text()) > 0
+        return False
 
     def stop(self) -> None:
         """The pod is being deleted: kill its containers (they are removed at the end)."""
@@ -450,6 +487,15 @@ class PodRunner(threading.Thread):
         self.join(30)
         for name in self.container_names.values():
             containers.podman("rm", "-f", "--time", "0", name, timeout=60)
+        for rel in self.cgroups:  # podman made the parent in every controller; empty now, deepest first
+            for controller in Path("/sys/fs/cgroup").iterdir():
+                path = controller / rel
+                if path.is_dir():
+                    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                        with contextlib.suppress(OSError):
+                            sub.rmdir()
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
 
 
 class PodmanKubelet(e2e.Kubelet):
@@ -510,6 +556,9 @@ class PodmanKubelet(e2e.Kubelet):
                     containers.podman("rm", "-f", "--time", "0", *left, timeout=120)
             if not self.keep_logs:
                 shutil.rmtree(self.dir, ignore_errors=True)
+            for controller in Path("/sys/fs/cgroup").glob("*/aidi-podman-kubelet"):
+                with contextlib.suppress(OSError):  # another kubelet's pods may still be there
+                    controller.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
