@@ -221,7 +221,10 @@ def test_the_stand_in_kubelet_runs_a_pod_as_its_spec_says(podman_nodes: PodmanKu
         uid = json.loads(e2e.kubectl("-n", ns, "get", "pod", "p", "-o", "json").stdout)["metadata"]["uid"]
         assert containers.podman("ps", "-aq", "--filter", f"label=aidi.io/pod-uid={uid}").stdout.split()
 
+        # A finished pod goes at once (no grace period); the kubelet then removes its containers.
         e2e.kubectl("-n", ns, "delete", "pod", "p", "--wait=true", "--timeout=60s")
-        assert not containers.podman("ps", "-aq", "--filter", f"label=aidi.io/pod-uid={uid}").stdout.split()
+        left = ("ps", "-aq", "--filter", f"label=aidi.io/pod-uid={uid}")
+        e2e.wait_for(lambda: not containers.podman(*left).stdout.split(), timeout=60,
+                     what="the deleted pod's containers to be removed")
     finally:
         e2e.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
