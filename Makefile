@@ -15,7 +15,7 @@ CHECKOV_VENV := $(VENV)/tools/checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHART_CRD := charts/aidi/crds/trainjobs.aidi.io.yaml
 
-.PHONY: install tools browser test e2e lint demo crd clean
+.PHONY: install tools browser test e2e lint demo crd clean images e2e-containers
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (MXNet 1.9.1); set PYTHON=/path/to/python3.11"'
@@ -64,6 +64,26 @@ test: lint tools
 
 e2e: $(STAMP) $(HELM)
 	AIDI_E2E_KUBECONFIG="$${KUBECONFIG:-$$HOME/.kube/config}" $(BIN)/python -m pytest -q -m e2e $(PYTEST_ARGS)
+
+# The container images (docs/install.md, "The images"): IMAGE_PREFIX/operator:IMAGE_TAG, IMAGE_PREFIX/jobimage:IMAGE_TAG
+# (MXNet's CUDA build) and IMAGE_PREFIX/jobimage:IMAGE_TAG-cpu, built with podman/buildah (installed from Debian
+# when missing and run as root), on a local stand-in base when no registry serves python:3.11-slim
+# (tools/build-images.sh). IMAGES="operator jobimage-cpu" builds some only.
+IMAGE_PREFIX ?= aidi
+IMAGE_TAG ?= 0.1.0
+IMAGES ?= operator jobimage jobimage-cpu
+images:
+	bash tools/build-images.sh --prefix $(IMAGE_PREFIX) --tag $(IMAGE_TAG) $(foreach i,$(IMAGES),--only $(i))
+
+# The images and real containers, on the control plane of `make test`: the GPU image's libraries, the CPU
+# image training, the operator image running jobs, and `kubectl apply` → a trained model with every pod
+# step in a podman container (tests/test_images.py, tests/test_containers_e2e.py; the stand-in kubelet
+# tests/support/podman_kubelet.py). Not part of `make test`: see docs/install.md for its time. The reduced
+# form, without the 4.7 GB GPU image: make e2e-containers IMAGES="operator jobimage-cpu".
+CONTAINER_TESTS ?= tests/test_images.py tests/test_containers_e2e.py
+e2e-containers: $(STAMP) $(HELM) images
+	AIDI_CONTAINER_TESTS=1 AIDI_IMAGE_PREFIX=$(IMAGE_PREFIX) AIDI_IMAGE_TAG=$(IMAGE_TAG) AIDI_CONTAINER_IMAGES="$(IMAGES)" \
+		bash tools/with-control-plane.sh "$(CONTROL_PLANE)" -- $(BIN)/python -m pytest -q $(CONTAINER_TESTS) $(PYTEST_ARGS)
 
 # The whole workflow on this machine (docs/local.md): sample → pack → upload → traincli submit to a local
 # cluster → 4-step pipeline-test training → predict → eval → model append → compile. Everything it writes

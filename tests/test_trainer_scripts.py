@@ -93,18 +93,28 @@ def test_help_shows_the_seed_commands():
         assert flag in done.stdout
 
 
-def test_the_job_image_installs_the_cuda_build_the_trainer_and_runs_as_non_root():
-    dockerfile = (REPO / "jobimage" / "Dockerfile").read_text()
-    base = re.search(r"^FROM (\S+)", dockerfile, re.M).group(1)
-    assert re.fullmatch(r"nvidia/cuda:11\.2\.\d+-cudnn8-runtime-ubuntu\d+\.\d+", base)
-    assert 'pip install --no-cache-dir -c constraints.txt ".[trainer,compile]"' in dockerfile
-    assert "mxnet-cu112==1.9.1" in dockerfile and "numpy==1.23.5" in dockerfile
-    user = re.findall(r"^USER (\S+)", dockerfile, re.M)
-    assert user and user[-1] not in ("root", "0")
-    # Every file the build copies exists (the build context is the repository root).
-    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
-        for path in source.split():
-            assert (REPO / path).exists(), path
+def test_the_images_build_from_a_current_python_3_11_and_run_as_non_root():
+    # The build itself is checked by tests/test_images.py (`make e2e-containers`); this is what the files say.
+    constraints = (REPO / "constraints.txt").read_text()
+    for name in ("jobimage", "operator"):
+        dockerfile = (REPO / name / "Dockerfile").read_text()
+        base = re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.(\d+)-slim-bookworm$", dockerfile, re.M)
+        assert base and int(base.group(1)) >= 13, name  # a current patch release, with its security fixes
+        assert re.findall(r"^FROM (\S+)", dockerfile, re.M)[-1] == "${PYTHON_IMAGE}"
+        assert "-c constraints.txt" in dockerfile
+        user = re.findall(r"^USER (\S+)", dockerfile, re.M)
+        assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0", name
+        # Every file the build copies exists (the build context is the repository root).
+        for source in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
+            for path in source.split():
+                assert (REPO / path).exists(), path
+    jobimage = (REPO / "jobimage" / "Dockerfile").read_text()
+    assert "ARG MXNET=mxnet-cu112" in jobimage
+    assert "mxnet-cu112==1.9.1" in constraints and "numpy==1.23.5" in constraints
+    wheels = re.search(r'^ARG CUDA_WHEELS="(.+)"$', jobimage, re.M).group(1).split()
+    assert wheels and all(w.endswith("-cu11") for w in wheels)  # CUDA 11: what mxnet-cu112 links against
+    for wheel in wheels:
+        assert re.search(rf"^{wheel}==\S+$", constraints, re.M), f"{wheel} is not pinned in constraints.txt"
 
 
 def test_the_installed_trainer_imports_and_its_module_entry_runs():

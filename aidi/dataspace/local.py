@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key
+from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key, download_mode
 from aidi.errors import IntegrityError, NotFoundError, UsageError
 
 _HIDDEN = (".tmp", ".meta", ".locks")
@@ -127,6 +127,7 @@ class LocalStore(ObjectStore):
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.fchmod(fd, download_mode())
         digest = hashlib.sha256()
         try:
             with open(source, "rb") as src, os.fdopen(fd, "wb") as out:

@@ -37,7 +37,7 @@ from minio.credentials import Credentials
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from aidi.dataspace.endpoint import DataspaceConfig
-from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key
+from aidi.dataspace.store import BytesCallback, ObjectExists, ObjectInfo, ObjectStore, check_key, download_mode
 from aidi.errors import AidiError, AuthError, ConnectionFailed, IntegrityError, NotFoundError
 
 # minio's type for a header's value.
@@ -319,6 +319,7 @@ class S3Store(ObjectStore):
 
         def get() -> ObjectInfo:
             fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            os.fchmod(fd, download_mode())
             done = 0
             try:
                 digest = hashlib.sha256()

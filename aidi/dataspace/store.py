@@ -23,6 +23,23 @@ from aidi.errors import AidiError
 BytesCallback = Callable[[int], None]
 
 
+def download_mode() -> int:
+    """The mode a downloaded file gets: what open() would give under the process umask (0644 under 022).
+
+    get_file writes through mkstemp, whose 0600 would keep a pod's fetch step (one user) from sharing the
+    datasets with the trainer (another user) through their emptyDir. The umask is read, not set: setting
+    it is process-wide and downloads run in threads.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
 class ObjectExists(AidiError):
     """A ``create_only`` write found its key taken (by another writer, or by an earlier attempt of this one
     whose answer was lost: callers compare what is there with what they meant to write)."""

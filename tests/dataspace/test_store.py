@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,3 +128,18 @@ def test_of_racing_create_only_writers_exactly_one_wins(ds: Dataspace) -> None:
         won = list(pool.map(create, range(8)))
     assert won.count(True) == 1
     assert ds.store.get_bytes("race/key") == f"writer {won.index(True)}".encode()
+
+
+def test_downloaded_files_are_readable_by_other_users_as_the_umask_allows(ds: Dataspace, tmp_path: Path) -> None:
+    # A pod's fetch step and its trainer run as different users and share the files through an emptyDir
+    # (tests/test_containers_e2e.py found mkstemp's 0600 there).
+    ds.store.put_bytes("perm/x.bin", b"data")
+    old = os.umask(0o022)
+    try:
+        ds.store.get_file("perm/x.bin", tmp_path / "x.bin")
+        os.umask(0o077)
+        ds.store.get_file("perm/x.bin", tmp_path / "private.bin")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600
