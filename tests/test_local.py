@@ -199,6 +199,31 @@ def test_submit_runs_the_job_from_the_operator_pod_spec(tmp_path: Path, local_cl
     assert cli(capsys, "status", "toy")[0] == 3
 
 
+def test_a_pod_waits_for_its_code_secret_as_a_kubelet_does(tmp_path: Path, local_cluster: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """traincli creates the job first and its password Secret after it: a pod started in between must wait for
+    the Secret (a kubelet retries CreateContainerConfigError), not fail the job."""
+    from aidi.local.client import LocalJobClient
+
+    upload_toyset(use_file_dataspace(tmp_path, monkeypatch), tmp_path)
+    put = LocalJobClient.put_password_secret
+
+    def late_put(self: LocalJobClient, *args: Any, **kwargs: Any) -> None:
+        # Long enough for the runner to start the pod and find no Secret.
+        pods = local_cluster / "namespaces" / "default" / "trainjobs" / "late" / "pods"
+        wait_until(lambda: any(pods.glob("*/pod.json")), timeout=60)
+        time.sleep(1.0)
+        put(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalJobClient, "put_password_secret", late_put)
+    assert cli(capsys, "submit", "-f", str(make_job(tmp_path, "late")))[0] == 0
+    code, out, err = cli(capsys, "wait", "late", "--interval", "0.3", "--timeout", "120")
+    st = status(capsys, "late")
+    assert code == 0, (out, err, st)
+    assert st["restarts"] == 0 and not st.get("last_failure"), st  # waited, not failed and restarted
+
+
 def test_a_failing_worker_fails_the_job_with_its_log(tmp_path: Path, local_cluster: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

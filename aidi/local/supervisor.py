@@ -40,6 +40,8 @@ log = logging.getLogger("aidi.local")
 
 LOG_TAIL_LINES = 40
 POLL_SECONDS = 0.5
+# How long a pod waits for a Secret it mounts before it fails with CreateContainerConfigError.
+SECRET_WAIT_SECONDS = 30.0
 
 
 def _now() -> dt.datetime:
@@ -153,6 +155,11 @@ class PodRunner(threading.Thread):
         spec = self.manifest["spec"]
         paths = localpods.PathMap(localpods.pod_mounts(self.manifest, self.fs))
         problems = localpods.prepare_volumes(self.manifest, self.fs, self.sup.namespace)
+        # A kubelet keeps retrying a pod whose Secret is not there yet: traincli creates the job first and its
+        # password Secret just after (owned by the job), so a missing Secret is waited for, not a failure at once.
+        waited_until = time.monotonic() + SECRET_WAIT_SECONDS
+        while problems and time.monotonic() < waited_until and not self.stopped.wait(0.2):
+            problems = localpods.prepare_volumes(self.manifest, self.fs, self.sup.namespace)
         base = self.sup.base_env(paths, self.member)
         for init in spec.get("initContainers") or []:
             run = localpods.container_run(init, self.sup.namespace, paths, base, self.sup.extra_env,
