@@ -282,6 +282,20 @@ class Outputs(_Model):
     uri: str | None = None
 
 
+class TrainProgress(_Model):
+    """Where the training stands, from the trainer's progress records (docs/progress.md); refreshed by the
+    runner while the job runs, at most every ``--progress-seconds``. Strings as users read them."""
+
+    step: str | None = Field(default=None, description='the quantization step, e.g. "2/4 fusion-bn-c1"')
+    epoch: str | None = Field(default=None, description='epoch of the step, e.g. "3/10"')
+    iteration: str | None = Field(default=None, description='iteration of the step, e.g. "120/400"')
+    samples_per_second: float | None = None
+    loss: float | None = Field(default=None, description="the summed training loss of the latest interval")
+    eta: str | None = Field(default=None, description='time left for the whole job, "H:MM:SS"')
+    step_eta: str | None = Field(default=None, description='time left for the current step, "H:MM:SS"')
+    updated: str | None = Field(default=None, description="when the trainer wrote the figures")
+
+
 class TrainJobStatus(_Model):
     """What the operator observed. Written only through the status subresource."""
 
@@ -297,6 +311,7 @@ class TrainJobStatus(_Model):
     completion_time: str | None = None
     last_failure: FailureRecord | None = None
     outputs: Outputs | None = None
+    progress: TrainProgress | None = None
     observed_generation: int | None = None
 
 
