@@ -18,8 +18,8 @@ from typing import Any
 from aidi.api import aidi_form
 from aidi.cluster.client import JobClient
 from aidi.cluster.kube import CANCEL_ANNOTATION
-from aidi.errors import ConnectionFailed, NotFoundError, UsageError
-from aidi.jobs import podspec
+from aidi.errors import AidiError, ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec, progress
 from aidi.jobs.lifecycle import FINISHED
 
 EXIT_SUCCEEDED = 0
@@ -160,3 +160,20 @@ def default_container(pod: dict[str, Any]) -> str | None:
     if annotations.get("kubectl.kubernetes.io/default-container"):
         return annotations["kubectl.kubernetes.io/default-container"]
     return containers[0] if containers else None
+
+
+def progress_records(client: JobClient, name: str, pods: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The trainer's progress records on worker 0's log (docs/progress.md), read with the caller's rights;
+    [] when the pod or its log is not there (yet, or any more)."""
+    pods = client.job_pods(name) if pods is None else pods
+    try:
+        pod = pick_pod(pods, name, 0)
+    except NotFoundError:
+        return []
+    if not any(c.get("name") == podspec.MAIN_CONTAINER for c in (pod.get("spec") or {}).get("containers") or []):
+        return []
+    try:
+        text = client.pod_log(pod["metadata"]["name"], podspec.MAIN_CONTAINER)
+    except AidiError:
+        return []  # a pod still starting has no log yet; progress never makes `status` fail
+    return progress.parse_log(text)

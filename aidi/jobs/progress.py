@@ -100,6 +100,18 @@ def read_file(path: str | Path) -> list[dict[str, Any]]:
         return []
 
 
+def tail_text(path: str | Path, limit: int = 256 * 1024) -> str:
+    """The last ``limit`` bytes of a log file (the first, cut line is skipped by the parsers)."""
+    try:
+        with open(path, "rb") as src:
+            src.seek(0, 2)
+            size = src.tell()
+            src.seek(max(0, size - limit))
+            return src.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class Writer:
     """Appends records to ``<output>/progress.jsonl`` and hands each to ``emit`` (the trainer's logger)."""
 
@@ -257,6 +269,16 @@ def curves(records: Iterable[dict[str, Any]]) -> Curves:
 def longest(*sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Of several copies of one append-only history (the pod's log, the synced file), the most complete."""
     return max(sources, key=len, default=[])
+
+
+def ended(progress: tj.TrainProgress | None, phase: str) -> tj.TrainProgress | None:
+    """``status.progress`` once the job has ended: done when it succeeded; else where it stopped, no ETA."""
+    if progress is None:
+        return None
+    if phase == "Succeeded":
+        return tj.TrainProgress(step=f"{STEPS_TOTAL}/{STEPS_TOTAL} done", loss=progress.loss, eta="0:00:00",
+                                updated=progress.updated)
+    return progress.model_copy(update={"eta": None, "step_eta": None, "samples_per_second": None})
 
 
 def status_from_log(text: str) -> tj.TrainProgress | None:
