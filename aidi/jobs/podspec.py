@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aidi.api import trainjob as tj
+from aidi.dataspace.lineage import JOB_RECORD
 
 # Labels and annotations the operator (and `kubectl get pods -l ...`) select on.
 LABEL_JOB = "aidi.io/job"
@@ -147,11 +148,17 @@ def pod_labels(job: tj.TrainJob, member: Member, attempt: int) -> dict[str, str]
     return labels
 
 
-def _env(job: tj.TrainJob, member: Member, settings: PodSettings) -> list[dict[str, Any]]:
+def _env(job: tj.TrainJob, member: Member, settings: PodSettings,
+         owner_uid: str | None = None) -> list[dict[str, Any]]:
     """The environment every container of the job sees (docs/architecture.md)."""
     index = member.index if member.role == "worker" else 0
     env: list[dict[str, Any]] = [
         {"name": "JOB_NAME", "value": job.metadata.name},
+        # What the job record of the outputs names (aidi/dataspace/lineage.py): the job, its image and code.
+        {"name": "AIDI_JOB_NAMESPACE", "value": job.metadata.namespace or ""},
+        {"name": "AIDI_JOB_UID", "value": owner_uid or ""},
+        {"name": "AIDI_JOB_IMAGE", "value": job.spec.image or settings.job_image},
+        {"name": "AIDI_CODE_SHA256", "value": code_sha256(job)},
         {"name": "WORKING_PATH", "value": WORKING_PATH},
         {"name": "AIDI_ROLE", "value": member.role},
         {"name": "AIDI_WORKER_INDEX", "value": str(index)},
@@ -186,8 +193,17 @@ def fetch_code_command(uri: str) -> list[str]:
     return ["aidi", "fetch-code", uri, "--password-file", PASSWORD_FILE, "--dest", WORKING_PATH]
 
 
-def fetch_data_command(inputs: list[tj.DatasetInput]) -> list[str]:
-    return ["aidi", "fetch-data", "--dest", INPUT_DIR, *(f"{d.name}:{d.type}:{d.version}" for d in inputs)]
+def fetch_data_command(inputs: list[tj.DatasetInput], record: str | None = None) -> list[str]:
+    recording = ["--record", record] if record else []
+    return ["aidi", "fetch-data", "--dest", INPUT_DIR, *recording, *(f"{d.name}:{d.type}:{d.version}" for d in inputs)]
+
+
+def code_sha256(job: tj.TrainJob) -> str:
+    """The code package's sha256, which traincli puts in its name (``.../<sha256>.tar.gz.enc``); '' if not."""
+    package = job.spec.code_package
+    name = package.uri.rsplit("/", 1)[-1] if package is not None else ""
+    digest = name.split(".", 1)[0]
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else ""
 
 
 def sync_output_command(output: tj.DatasetOutput) -> list[str]:
@@ -271,7 +287,7 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     is down.
     """
     spec = job.spec
-    env = _env(job, member, settings)
+    env = _env(job, member, settings, owner_uid)
     sync = has_sync(job, member)
     volumes: list[dict[str, Any]] = [
         {"name": "code", "emptyDir": {}},
@@ -290,9 +306,12 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
                      "command": fetch_code_command(spec.code_package.uri), "env": env,
                      "volumeMounts": [_mount("code", WORKING_PATH), _mount("code-password", PASSWORD_DIR, True)]})
     if member.role == "worker" and spec.data_space.inputs:
+        # The uploading worker's fetch step records the versions it really fetched among the outputs (lineage).
+        record = f"{OUTPUT_DIR}/{JOB_RECORD}" if sync else None
         init.append({"name": FETCH_DATA_CONTAINER, "image": settings.fetch_image,
-                     "command": fetch_data_command(spec.data_space.inputs), "env": env,
-                     "volumeMounts": [_mount("data-input", INPUT_DIR)]})
+                     "command": fetch_data_command(spec.data_space.inputs, record), "env": env,
+                     "volumeMounts": [_mount("data-input", INPUT_DIR)]
+                     + ([_mount("data-output", OUTPUT_DIR)] if sync else [])})
 
     main_mounts = [_mount("code", WORKING_PATH), _mount("data-input", INPUT_DIR), _mount("data-output", OUTPUT_DIR),
                    _mount("dshm", "/dev/shm")]

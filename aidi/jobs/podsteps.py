@@ -21,6 +21,7 @@ from typing import Any
 
 from aidi.api import trainjob as tj
 from aidi.dataspace import LATEST, Dataspace, DataspaceConfig, TransferProgress, TransferResult, open_dataspace
+from aidi.dataspace.lineage import job_record, write_job_record
 from aidi.errors import UsageError
 from aidi.jobs import codepkg
 
@@ -121,9 +122,10 @@ def parse_dataset_ref(ref: str) -> tuple[str, str, str]:
 
 
 def fetch_data(refs: list[str], dest: str | os.PathLike[str], config: DataspaceConfig | None = None,
-               jobs: int = 8) -> list[dict[str, Any]]:
+               jobs: int = 8, record: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Download each dataset to ``dest/<name>/<type>/<version>/``; for ``latest`` also ``.../latest`` (a link to
-    the version it resolved to, so the files are stored once)."""
+    the version it resolved to, so the files are stored once). ``record``: write the job record there (the
+    job and the exact versions fetched, aidi/dataspace/lineage.py) once everything is downloaded."""
     parsed = [parse_dataset_ref(ref) for ref in refs]  # all checked before anything is downloaded
     dataspace = open_dataspace(config or DataspaceConfig.from_env(), jobs=jobs)
     done: list[dict[str, Any]] = []
@@ -142,6 +144,8 @@ def fetch_data(refs: list[str], dest: str | os.PathLike[str], config: DataspaceC
                          "path": str(target), "files": result.files, "bytes": result.bytes})
     finally:
         dataspace.close()
+    if record is not None:
+        write_job_record(Path(record), job_record(done, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     return done
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
@@ -20,13 +22,18 @@ from aidi_operator.startup import JobKey, OperatorState
 
 log = logging.getLogger(__name__)
 
+# The handlers module's own bookkeeping, passed in (it imports this module): the indexed job, and the one
+# status write every change goes through (it keeps the operator's copy of what it wrote).
+IndexedJob = Callable[[OperatorState, JobKey], "dict[str, Any] | None"]
+WriteStatus = Callable[[OperatorState, JobKey, "dict[str, Any]", "dict[str, Any]", tj.TrainJobStatus], Awaitable[None]]
+
 PARALLEL_READS = 4
 TAIL_LINES = 40          # the trainer logs two lines per interval: ~20 intervals, whatever else it logs
 LIMIT_BYTES = 256 * 1024  # a runaway line never makes a read expensive
 JITTER = 0.1             # each job's next read is interval × (1 ± JITTER) away
 
 
-async def progress_loop(state: OperatorState) -> None:
+async def progress_loop(state: OperatorState, indexed_job: IndexedJob, write_status: WriteStatus) -> None:
     interval = state.settings.progress_seconds
     if interval <= 0:
         return
@@ -48,17 +55,18 @@ async def progress_loop(state: OperatorState) -> None:
                 due[key] = now + random.uniform(0, interval)
             elif when <= now:
                 due[key] = now + interval * random.uniform(1 - JITTER, 1 + JITTER)
-                task = asyncio.create_task(_refresh_gated(state, key, gate))
+                task = asyncio.create_task(_refresh_gated(state, key, gate, indexed_job, write_status))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
         for key in [k for k in due if k not in running]:
             del due[key]
 
 
-async def _refresh_gated(state: OperatorState, key: JobKey, gate: asyncio.Semaphore) -> None:
+async def _refresh_gated(state: OperatorState, key: JobKey, gate: asyncio.Semaphore, indexed_job: IndexedJob,
+                         write_status: WriteStatus) -> None:
     async with gate:
         try:
-            await refresh(state, key)
+            await refresh(state, key, indexed_job, write_status)
         except Exception:  # progress is a nicety: never let it stop the loop or the reconciles
             log.exception(f"{key[0]}/{key[1]}: reading training progress failed")
 
@@ -68,11 +76,8 @@ def _worker0_running(state: OperatorState, key: JobKey) -> bool:
     return any(p.name == worker0 and p.phase == "Running" and not p.deleting for p in (state.pods or {}).get(key, []))
 
 
-async def refresh(state: OperatorState, key: JobKey) -> bool:
+async def refresh(state: OperatorState, key: JobKey, indexed_job: IndexedJob, write_status: WriteStatus) -> bool:
     """Read worker 0's log tail and write ``status.progress`` if it says something new; True when written."""
-    # The handlers module starts this one's loop; its status bookkeeping is the one every write goes through.
-    from aidi_operator.trainjobs import _indexed_job, _write_status
-
     if state.api is None:
         return False
     namespace, name = key
@@ -84,7 +89,7 @@ async def refresh(state: OperatorState, key: JobKey) -> bool:
     if found is None:
         return False
     async with state.lock(key):
-        body = _indexed_job(state, key)
+        body = indexed_job(state, key)
         if body is None:
             return False
         uid = body.get("metadata", {}).get("uid")
@@ -96,5 +101,5 @@ async def refresh(state: OperatorState, key: JobKey) -> bool:
         if status.progress == found:
             return False
         status.progress = found
-        await _write_status(state, key, body, old, status)
+        await write_status(state, key, body, old, status)
         return True

@@ -87,7 +87,8 @@ async def start_background(memo: kopf.Memo, **_: Any) -> None:
     state = state_of(memo)
     state.tasks.append(asyncio.create_task(wakeups(state), name="aidi wake-ups"))
     state.tasks.append(asyncio.create_task(resync(state), name="aidi resync"))
-    state.tasks.append(asyncio.create_task(progress.progress_loop(state), name="aidi progress"))
+    state.tasks.append(asyncio.create_task(progress.progress_loop(state, _indexed_job, _write_status),
+                                           name="aidi progress"))
 
 
 async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, Any] | None = None) -> None:
