@@ -33,19 +33,9 @@ def _registry(args: argparse.Namespace) -> Any:
 
 
 
-def main_figure(value: Any) -> tuple[str, float] | None:
-    """The one figure that ranks a model on a report: mAP for detection, mIoU for parsing; a plain number as is."""
-    if isinstance(value, dict):
-        for key, label in (("map_all_point", "mAP"), ("miou", "mIoU"), ("map_voc11", "mAP")):
-            if isinstance(value.get(key), int | float):
-                return label, float(value[key])
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return "", float(value)
-    return None
-
-
 def _metric_line(metrics: dict[str, Any]) -> str:
+    from aidi.dataspace.registry import main_figure
+
     parts = [f"{key} {fig[1]:.3f}" if isinstance(metrics[key], dict) else f"{key} {fig[1]:g}"
              for key in metrics if (fig := main_figure(metrics[key])) is not None]
     return ", ".join(parts) or "-"
@@ -53,22 +43,13 @@ def _metric_line(metrics: dict[str, Any]) -> str:
 
 def compare_table(records: list[Any]) -> tuple[list[str], list[list[str]]]:
     """Versions side by side: one column per metric any of them has (mAP per scene, mIoU, ...), and the size."""
-    columns: dict[str, str] = {}
-    for r in records:
-        for key, value in r.all_metrics().items():
-            fig = main_figure(value)
-            if fig is not None:
-                columns.setdefault(key, f"{key} {fig[0]}".strip())
+    from aidi.dataspace.registry import metric_columns
+
+    columns, values = metric_columns(records)
     headers = ["NAME", "VERSION", *columns.values(), "SIZE", "JOB", "CREATED"]
-    rows = []
-    for r in records:
-        metrics = r.all_metrics()
-        cells = []
-        for key in columns:
-            fig = main_figure(metrics.get(key))
-            cells.append("-" if fig is None else f"{fig[1]:.4g}")
-        rows.append([r.name, r.version, *cells, f"{sum(f.size for f in r.files) / 1e6:.1f} MB", r.source_job or "-",
-                     r.created])
+    rows = [[r.name, r.version, *("-" if v is None else f"{v:.4g}" for v in row),
+             f"{sum(f.size for f in r.files) / 1e6:.1f} MB", r.source_job or "-", r.created]
+            for r, row in zip(records, values, strict=True)]
     return headers, rows
 
 

@@ -6,6 +6,7 @@ Job states and failure reasons come from ``aidi.cluster.explain`` — the same w
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from aidi.cluster.kube import api_errors
 from aidi.console.identity import Identity
 from aidi.dataspace import Dataspace, Manifest, open_dataspace
 from aidi.errors import AidiError, NotFoundError
+from aidi.jobs import progress as records
 from aidi.jobs.lifecycle import parse_time
 
 TABS = ("running", "finished", "failed")
@@ -103,13 +105,18 @@ def list_models(identity: Identity) -> list[dict[str, Any]]:
 
     ds = _open(identity)
     try:
+        from aidi.dataspace.registry import metric_columns
+
         registry = ModelRegistry(ds.store, uploader=identity.uploader)
+        mine = [r for r in registry.list() if identity.uploader is None or r.uploader == identity.uploader]
+        columns, values = metric_columns(mine)
         out = []
-        for record in registry.list():
-            if identity.uploader is None or record.uploader == identity.uploader:
-                data = record.to_json()
-                data["size"] = sum(f.size for f in record.files)
-                out.append(data)
+        for record, row in zip(mine, values, strict=True):
+            data = record.to_json()
+            data["size"] = sum(f.size for f in record.files)
+            # The comparison: one figure per metric column (mAP per scene, mIoU), None where this version has none.
+            data["compare"] = {columns[key]: value for key, value in zip(columns, row, strict=True)}
+            out.append(data)
         return out
     finally:
         ds.close()
@@ -181,10 +188,18 @@ class JobDetail:
     log_tail: str | None = None
     log_note: str | None = None
     image: str | None = None
+    # From the trainer's progress records (docs/progress.md): where it stands, and the curves' series.
+    progress: dict[str, Any] | None = None
+    curves: records.Curves | None = None
+    progress_source: str | None = None  # "log" (worker 0, live) or the dataspace URI of the synced file
+    # Lineage: the versions the job really fetched (its job record), the model versions made from its outputs.
+    fetched: list[dict[str, Any]] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["report"] = self.report.to_json()
+        data["curves"] = self.curves.to_json() if self.curves is not None else None
         return data
 
 
@@ -194,11 +209,84 @@ def job_detail(identity: Identity, name: str, tail_lines: int) -> JobDetail:
     pods = client.job_pods(name)
     spec, status = job.get("spec") or {}, job.get("status") or {}
     data_space = spec.get("dataSpace") or {}
-    detail = JobDetail(row=job_row(job), report=explain.report(job, pods), inputs=list(data_space.get("inputs") or []),
+    live = jobs.progress_records(client, name, pods)
+    detail = JobDetail(row=job_row(job), report=explain.report(job, pods, live),
+                       inputs=list(data_space.get("inputs") or []),
                        output=data_space.get("output"), outputs=dict(status.get("outputs") or {}),
                        events=_events(client, name, {p["metadata"]["name"] for p in pods}), image=spec.get("image"))
     _log_tail(client, job, pods, tail_lines, detail)
+    found, detail.progress_source = live, "log" if live else None
+    if detail.outputs.get("version") and identity.dataspace is not None:
+        stored = _from_outputs(identity, detail, job)
+        if len(stored) > len(found):  # the pod is gone, or restarted: the synced file holds the whole history
+            found = stored
+    summary = records.summarize(found)
+    detail.progress = summary.to_json() if summary is not None else detail.report.progress
+    detail.curves = records.curves(found) if found else None
     return detail
+
+
+def _from_outputs(identity: Identity, detail: JobDetail, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The progress file and the job record synced with the job's outputs; the model versions made from them."""
+    from aidi.dataspace.lineage import JOB_RECORD, parse_job_record
+    from aidi.dataspace.registry import ModelRegistry
+
+    out = detail.outputs
+    try:
+        ds = _open(identity)
+    except AidiError:
+        return []
+    try:
+        prefix = ds.version_prefix(out["dataset"], out.get("type") or "dataset", out["version"])
+        found: list[dict[str, Any]] = []
+        try:
+            found = records.parse_jsonl(ds.store.get_bytes(prefix + records.FILE_NAME).decode("utf-8", "replace"))
+            detail.progress_source = ds.store.uri(prefix + records.FILE_NAME)
+        except NotFoundError:
+            pass
+        with contextlib.suppress(AidiError):  # outputs of a job without inputs carry no job record
+            detail.fetched = list(parse_job_record(ds.store.get_bytes(prefix + JOB_RECORD), JOB_RECORD)["inputs"])
+        uid = job["metadata"].get("uid")
+        detail.models = [m.to_json() for m in ModelRegistry(ds.store).by_job(job["metadata"]["name"], uid)
+                         if identity.uploader is None or m.uploader == identity.uploader]
+        return found
+    except AidiError:
+        return []   # lineage and curves are a help: the job page shows without them
+    finally:
+        ds.close()
+
+
+@dataclass
+class ModelDetail:
+    record: dict[str, Any]
+    size: int
+
+
+def model_detail(identity: Identity, name: str, version: str) -> ModelDetail:
+    from aidi.dataspace.registry import ModelRegistry
+
+    ds = _open(identity)
+    try:
+        record = ModelRegistry(ds.store, uploader=identity.uploader).show(name, version)
+        if identity.uploader is not None and record.uploader != identity.uploader:
+            raise NotFoundError(f"no model {name} {version} in your team's dataspace")
+        data = record.to_json()
+        data["all_metrics"] = record.all_metrics()
+        return ModelDetail(record=data, size=sum(f.size for f in record.files))
+    finally:
+        ds.close()
+
+
+def model_report_file(identity: Identity, name: str, version: str, label: str, path: str) -> bytes:
+    """One file of a report stored with a model version (report.html, its pictures), read with the user's rights."""
+    from aidi.dataspace.registry import ModelRegistry
+
+    model_detail(identity, name, version)  # the team check
+    ds = _open(identity)
+    try:
+        return ModelRegistry(ds.store).report_file(name, version, label, path)
+    finally:
+        ds.close()
 
 
 def _events(client: JobClient, job: str, pods: set[str]) -> list[dict[str, Any]]:

@@ -239,6 +239,34 @@ def eval_summary(results_path: Path, where: str) -> dict[str, Any]:
     return summary
 
 
+def main_figure(value: Any) -> tuple[str, float] | None:
+    """The one figure that ranks a model on a report: mAP for detection, mIoU for parsing; a plain number as is."""
+    if isinstance(value, dict):
+        for key, label in (("map_all_point", "mAP"), ("miou", "mIoU"), ("map_voc11", "mAP")):
+            if isinstance(value.get(key), int | float):
+                return label, float(value[key])
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "", float(value)
+    return None
+
+
+def metric_columns(records: list[ModelVersion]) -> tuple[dict[str, str], list[list[float | None]]]:
+    """Versions side by side (`hitc model list --metrics`, the console's models page): one column per metric any
+    of them has, headed "vehicle mAP", "seg_lane mIoU", ...; each version's figure or None."""
+    columns: dict[str, str] = {}
+    for r in records:
+        for key, value in r.all_metrics().items():
+            fig = main_figure(value)
+            if fig is not None:
+                columns.setdefault(key, f"{key} {fig[0]}".strip())
+    rows = []
+    for r in records:
+        metrics = r.all_metrics()
+        rows.append([None if (fig := main_figure(metrics.get(key))) is None else fig[1] for key in columns])
+    return columns, rows
+
+
 def select_files(root: Path, patterns: list[str]) -> list[tuple[str, Path]]:
     """``(relative path, file)`` under ``root`` (or ``root`` itself) matching ``patterns`` (all when none)."""
     if root.is_file():
