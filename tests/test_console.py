@@ -140,7 +140,9 @@ async def test_a_team_sees_its_own_jobs_and_datasets_only(rig) -> None:
             assert r.status == 404
         async with session.get(f"{url}/models") as r:
             page = await r.text()
-            assert "adasmini_multitask" in page and "mAP=0.61" in page and "vehicle-a" in page
+            # Versions side by side: a column per metric.
+            assert "adasmini_multitask" in page and "<th>mAP</th>" in page and "<td>0.61</td>" in page
+            assert 'href="/jobs/vehicle-a"' in page and 'href="/models/adasmini_multitask/v1"' in page
         async with session.get(f"{url}/api/v1/datasets") as r:
             rows = await r.json()
         assert [(d["name"], d["latest"], d["versions"][0]["records"]) for d in rows] == [("adasmini_4pe", "v1", 7)]
