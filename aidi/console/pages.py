@@ -258,11 +258,11 @@ def jobs_fragment(page: Page, rows: list[JobRow], tab: str, problem: str | None)
     counts = {t: sum(1 for r in rows if r.tab == t) for t in TABS}
     tabs = "".join(f'<a href="/jobs?tab={t}" id="tab-{t}" class="tab{" current" if t == tab else ""}">'
                    f'{page.t(t)} <span class="count">{counts[t]}</span></a>' for t in TABS)
-    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(page, r.phase), h(r.gpus_per_worker),
-              h(r.workers), when(r.start), h(duration(r.duration)), h(r.priority), h(r.project),
-              h(r.reason)] for r in rows if r.tab == tab]
-    headers = [page.t(k) for k in ("name", "phase", "gpus", "workers", "start", "duration", "priority", "project",
-                                   "reason")]
+    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(page, r.phase), h(r.step or "-"),
+              h(r.eta or "-"), h(r.gpus_per_worker), h(r.workers), when(r.start), h(duration(r.duration)),
+              h(r.priority), h(r.project), h(r.reason)] for r in rows if r.tab == tab]
+    headers = [page.t(k) for k in ("name", "phase", "step", "eta_job", "gpus", "workers", "start", "duration",
+                                   "priority", "project", "reason")]
     return (f'<div class="tabs">{tabs}</div>' + notice(problem)
             + table(headers, cells, page.t("no_jobs"), "jobs"))
 
@@ -326,7 +326,8 @@ def curves_html(page: Page, d: JobDetail) -> str:
     assert d.curves is not None
     c = d.curves
     colour = charts.colours(sorted(set(c.loss) | set(c.val)))
-    markers = [(float(x), page.t("step." + name)) for x, name in c.steps]
+    # Short labels: the steps' full names would overlap where a step is short; the table above names them.
+    markers = [(float(x), f'{page.t("step")} {i + 1}') for i, (x, _) in enumerate(c.steps)]
     x_label = page.t("iterations_axis")
     loss = charts.Chart(page.t("chart_loss"), [charts.Series(b, [(float(x), y) for x, y in pts], colour[b])
                                               for b, pts in sorted(c.loss.items())], "chart-loss", markers,

@@ -155,6 +155,8 @@ class JobRow:
     start: str | None
     duration: int | None
     project: str | None
+    step: str | None = None   # status.progress, as `kubectl get trainjobs` shows it
+    eta: str | None = None
 
 
 def job_row(job: dict[str, Any]) -> JobRow:
@@ -166,7 +168,8 @@ def job_row(job: dict[str, Any]) -> JobRow:
         workers=f"{workers.get('active', 0)}/{(spec.get('workers') or {}).get('max', 1)}",
         priority=int(spec.get("priority", 3)), start=status.get("startTime"),
         duration=duration_seconds(status.get("startTime"), status.get("completionTime")),
-        project=spec.get("projectId"),
+        project=spec.get("projectId"), step=(status.get("progress") or {}).get("step"),
+        eta=(status.get("progress") or {}).get("eta"),
     )
 
 
@@ -216,7 +219,7 @@ def job_detail(identity: Identity, name: str, tail_lines: int) -> JobDetail:
                        events=_events(client, name, {p["metadata"]["name"] for p in pods}), image=spec.get("image"))
     _log_tail(client, job, pods, tail_lines, detail)
     found, detail.progress_source = live, "log" if live else None
-    if detail.outputs.get("version") and identity.dataspace is not None:
+    if detail.outputs.get("dataset") and identity.dataspace is not None:
         stored = _from_outputs(identity, detail, job)
         if len(stored) > len(found):  # the pod is gone, or restarted: the synced file holds the whole history
             found = stored
@@ -237,7 +240,12 @@ def _from_outputs(identity: Identity, detail: JobDetail, job: dict[str, Any]) ->
     except AidiError:
         return []
     try:
-        prefix = ds.version_prefix(out["dataset"], out.get("type") or "dataset", out["version"])
+        type_ = out.get("type") or "dataset"
+        version = out.get("version") or _output_version(ds, out["dataset"], type_, job)
+        if version is None:
+            return []
+        detail.outputs["version"] = version
+        prefix = ds.version_prefix(out["dataset"], type_, version)
         found: list[dict[str, Any]] = []
         try:
             found = records.parse_jsonl(ds.store.get_bytes(prefix + records.FILE_NAME).decode("utf-8", "replace"))
@@ -254,6 +262,28 @@ def _from_outputs(identity: Identity, detail: JobDetail, job: dict[str, Any]) ->
         return []   # lineage and curves are a help: the job page shows without them
     finally:
         ds.close()
+
+
+OUTPUT_VERSIONS_SEARCHED = 20
+
+
+def _output_version(ds: Dataspace, name: str, type_: str, job: dict[str, Any]) -> str | None:
+    """The output version this job made: the newest whose job record names it (by uid; the operator cannot
+    know the number the sync step got). Only the last few versions are looked at: a job's are recent."""
+    from aidi.dataspace.lineage import JOB_RECORD, parse_job_record
+
+    meta = job["metadata"]
+    for version in reversed(ds.versions(name, type_)[-OUTPUT_VERSIONS_SEARCHED:]):
+        try:
+            record = parse_job_record(ds.store.get_bytes(ds.version_prefix(name, type_, version) + JOB_RECORD),
+                                      JOB_RECORD)
+        except AidiError:
+            continue
+        recorded = record.get("job") or {}
+        if (recorded.get("uid") and recorded["uid"] == meta.get("uid")) or (
+                not recorded.get("uid") and recorded.get("name") == meta.get("name")):
+            return version
+    return None
 
 
 @dataclass

@@ -37,11 +37,22 @@ async def progress_loop(state: OperatorState, indexed_job: IndexedJob, write_sta
     interval = state.settings.progress_seconds
     if interval <= 0:
         return
-    loop = asyncio.get_running_loop()
     due: dict[JobKey, float] = {}
     gate = asyncio.Semaphore(PARALLEL_READS)
     tick = min(5.0, interval / 4)
     pending: set[asyncio.Task[None]] = set()
+    try:
+        await _schedule(state, interval, tick, due, gate, pending, indexed_job, write_status)
+    finally:  # the operator stops: no read outlives its API client
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _schedule(state: OperatorState, interval: float, tick: float, due: dict[JobKey, float],
+                    gate: asyncio.Semaphore, pending: set[asyncio.Task[None]], indexed_job: IndexedJob,
+                    write_status: WriteStatus) -> None:
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(tick)
         now = loop.time()
