@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import ssl
 import subprocess
@@ -42,15 +41,10 @@ class LogServingKubelet(e2e.Kubelet):
         super()._heartbeat(name)
         # Only an InternalIP: the API server dials the first address of its preferred types, and a Hostname
         # (which the base class sets) would have to resolve.
-        now = e2e.timestamp(dt.datetime.now(dt.UTC))
-        self._core.api_client.call_api(
-            f"/api/v1/nodes/{name}/status", "PATCH", header_params={"Content-Type": "application/merge-patch+json"},
-            body={"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
-                             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                             "message": "the e2e test's log-serving kubelet",
-                                             "lastHeartbeatTime": now, "lastTransitionTime": now}]}},
-            auth_settings=["BearerToken"], _preload_content=False)
+        # A JSON patch (a list) replaces the addresses; a strategic merge would keep the Hostname entry.
+        self._core.patch_node_status(name, [
+            {"op": "replace", "path": "/status/addresses", "value": [{"type": "InternalIP", "address": "127.0.0.1"}]},
+            {"op": "add", "path": "/status/daemonEndpoints", "value": {"kubeletEndpoint": {"Port": self.port}}}])
 
 
 def self_signed(folder: Path) -> ssl.SSLContext:
@@ -137,6 +131,9 @@ async def test_status_progress_kubectl_columns_and_traincli_status(platform: e2e
             assert "2/4" in row and "fusion-bn-c1" in row and "1:02:05" in row, table
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AIDI_", "KUBERNETES_"))}
             env |= {"KUBECONFIG": str(team_config), "HOME": str(tmp_path)}
+            init = await asyncio.to_thread(subprocess.run, [str(e2e.BIN / "traincli"), "init", "-t", team],
+                                           capture_output=True, text=True, env=env, timeout=60)
+            assert init.returncode == 0, init.stderr   # the team's namespace, credentials from its kubeconfig
             status = await asyncio.to_thread(subprocess.run, [str(e2e.BIN / "traincli"), "status", job],
                                              capture_output=True, text=True, env=env, timeout=60)
             assert status.returncode == 0, status.stderr
