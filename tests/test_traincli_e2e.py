@@ -318,9 +318,10 @@ async def test_submit_the_aidi_example_follow_it_to_success_and_delete_it(
                          rf"{re.escape(pod['spec']['nodeName'])}$", status, re.M), status
         assert pod["spec"]["nodeName"] in e2e_nodes.nodes
         listed = rows(ok(team_a.traincli("list")))
-        assert listed[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIO", "STARTED", "REASON"]
+        assert listed[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIO", "STEP", "ETA", "STARTED", "REASON"]
         row = next(r for r in listed if r[0] == job)
-        assert row == [job, "Running", "1/1", "4", "5", running["startTime"], "AllWorkersRunning"]
+        # No progress records yet (this "trainer" logs nothing): STEP and ETA say so.
+        assert row == [job, "Running", "1/1", "4", "5", "-", "-", running["startTime"], "AllWorkersRunning"]
 
         await cluster.finish_pod(f"{job}-worker-0")
         done = finish(waiting)
