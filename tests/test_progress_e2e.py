@@ -25,6 +25,8 @@ from aiohttp import web
 from aidi.jobs import podspec
 from tests.support import e2e
 from tests.support.operator import ScheduledCluster, eventually
+from tests.test_console_e2e import ConsoleProcess, login, team_token
+from tests.test_console_e2e import console as console  # a fixture: the console as the chart runs it
 from tests.test_progress import a_run, as_log
 
 pytestmark = pytest.mark.e2e
@@ -81,8 +83,8 @@ class Operator(e2e.OperatorProcess):
         return self
 
 
-async def test_status_progress_kubectl_columns_and_traincli_status(platform: e2e.Platform, e2e_run: str,
-                                                                   tmp_path: Path) -> None:
+async def test_status_progress_kubectl_columns_traincli_and_console(platform: e2e.Platform, e2e_run: str,
+                                                                    console: ConsoleProcess, tmp_path: Path) -> None:
     log = {"text": as_log(a_run()[:4])}   # step 0, iteration 20 of 40
     asked: list[dict[str, str]] = []
 
@@ -139,6 +141,19 @@ async def test_status_progress_kubectl_columns_and_traincli_status(platform: e2e
             assert status.returncode == 0, status.stderr
             assert "progress:   step 2/4 fusion-bn-c1, epoch 2/4, iteration 20/40, 123.4 samples/s" in status.stdout
             assert "ETA:        step 0:02:05, job 1:02:05" in status.stdout
+
+            # The console, logged in with the team's token: the job page's progress and curves. Its requests go
+            # through threads: this loop serves the kubelet's log endpoint they reach.
+            session = await asyncio.to_thread(login, console, team_token(platform, team))
+            with session:
+                got_detail = await asyncio.to_thread(session.get, f"{console.url}/api/v1/jobs/{job}")
+                detail = got_detail.json()
+                assert detail["progress"].get("step_label") == "2/4 fusion-bn-c1", (detail["progress"],
+                                                                                    detail.get("log_note"))
+                assert set(detail["curves"]["loss"]) == {"det_person", "seg_lane"}
+                assert detail["curves"]["val"]["seg_lane"]["miou"] == [[40, 0.5]]
+                page = (await asyncio.to_thread(session.get, f"{console.url}/jobs/{job}")).text
+                assert 'id="chart-loss"' in page and page.count("<polyline") >= 3 and "1:02:05" in page
 
             await cluster.finish_pod(f"{job}-worker-0")
             final = await cluster.wait_phase(job, "Succeeded", timeout=20)
