@@ -39,6 +39,17 @@ pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("
                                 reason="needs Debian's chromium and chromium-driver (`make tools`)")
 
 class ProgressBrowser(Browser):
+    async def text(self, css: str) -> str:
+        """As Browser.text, read again when the page's refresh replaced an element mid-read."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(5):
+            try:
+                return await super().text(css)
+            except StaleElementReferenceException:
+                await asyncio.sleep(0.1)
+        return await super().text(css)
+
     async def count(self, css: str) -> int:
         from selenium.webdriver.common.by import By
 
