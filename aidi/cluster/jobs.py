@@ -162,6 +162,11 @@ def default_container(pod: dict[str, Any]) -> str | None:
     return containers[0] if containers else None
 
 
+# A page that refreshes every few seconds reads at most this much of a long run's log (about 10 MB of a
+# trainer that logs 2 lines per interval); the synced progress.jsonl holds the whole history, and wins when longer.
+PROGRESS_LOG_LINES = 20000
+
+
 def progress_records(client: JobClient, name: str, pods: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The trainer's progress records on worker 0's log (docs/progress.md), read with the caller's rights;
     [] when the pod or its log is not there (yet, or any more)."""
@@ -173,7 +178,7 @@ def progress_records(client: JobClient, name: str, pods: list[dict[str, Any]] | 
     if not any(c.get("name") == podspec.MAIN_CONTAINER for c in (pod.get("spec") or {}).get("containers") or []):
         return []
     try:
-        text = client.pod_log(pod["metadata"]["name"], podspec.MAIN_CONTAINER)
+        text = client.pod_log(pod["metadata"]["name"], podspec.MAIN_CONTAINER, tail=PROGRESS_LOG_LINES)
     except AidiError:
         return []  # a pod still starting has no log yet; progress never makes `status` fail
     return progress.parse_log(text)

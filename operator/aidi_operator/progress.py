@@ -82,9 +82,15 @@ async def _refresh_gated(state: OperatorState, key: JobKey, gate: asyncio.Semaph
             log.exception(f"{key[0]}/{key[1]}: reading training progress failed")
 
 
+_WORKER0 = podspec.Member("worker", 0)
+
+
 def _worker0_running(state: OperatorState, key: JobKey) -> bool:
-    worker0 = podspec.Member("worker", 0).pod_name(key[1])
-    return any(p.name == worker0 and p.phase == "Running" and not p.deleting for p in (state.pods or {}).get(key, []))
+    pods = (state.pods or {}).get(key)
+    if not pods:
+        return False
+    worker0 = _WORKER0.pod_name(key[1])
+    return any(p.name == worker0 and p.phase == "Running" and not p.deleting for p in pods)
 
 
 async def refresh(state: OperatorState, key: JobKey, indexed_job: IndexedJob, write_status: WriteStatus) -> bool:
