@@ -4,7 +4,7 @@ the kmock API server with the real operator in-process, the SeaweedFS dataspace.
 The test plays the kubelet and the trainer: worker 0's log carries the trainer's progress records
 (docs/progress.md) and moves on while the job page is open, so the page must follow by itself; then the job's
 outputs (progress.jsonl, the job record) land in the dataspace as the sync step would put them, a model version
-is saved from them with an `aidi eval` report, and the chain shows both ways. Screenshots 09-14 go where
+is saved from them with an `aidi eval` report, and the chain shows both ways. Screenshots 09-15 go where
 tests/test_console_browser.py puts its own ($AIDI_SCREENSHOTS, docs/screenshots/ holds a reviewed set).
 """
 
@@ -187,6 +187,13 @@ async def test_progress_curves_reports_and_lineage(kube_api, s3_server, monkeypa
         assert "asked for latest" in lineage
         await b.wait_text("#reports", "vehicle", "report.html")
         await b.shot("12-model-lineage")
+        # ... and back from the dataset version: the models trained on it.
+        await b.click("#lineage li:nth-child(2) a")
+        await b.wait_text("#used-by", f"{MODEL} v1", JOB)
+        await b.scroll_to("#used-by")
+        await b.shot("15-dataset-used-by")
+        await b.click_back()
+        await b.wait_text("#reports", "vehicle")
         href = await b.attribute("#reports a.report", "href")
         await b.open(href.removeprefix(console))
         # The report's own script rendered it (served sandboxed: its script never sees the console's session).

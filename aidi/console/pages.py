@@ -133,7 +133,7 @@ def datasets(page: Page, rows: list[DatasetRow], problem: str | None) -> str:
                   notice(problem) + table(headers, cells, page.t("no_datasets"), "datasets"), "datasets")
 
 
-def dataset(page: Page, row: DatasetRow, manifest: Manifest) -> str:
+def dataset(page: Page, row: DatasetRow, manifest: Manifest, used_by: list[dict[str, Any]] | None = None) -> str:
     base = f"/datasets/{u(row.name)}/{u(row.type)}"
     versions = [[f'<a href="{base}?version={u(v.version)}">{h(v.version)}</a>'
                  + (" ◀" if v.version == manifest.version else ""), h(v.files), h(human_bytes(v.size)),
@@ -147,7 +147,12 @@ def dataset(page: Page, row: DatasetRow, manifest: Manifest) -> str:
             + table([page.t(k) for k in ("version", "files", "size", "records", "uploader", "created")], versions,
                     "", "versions")
             + f'<h2>{page.t("files")} — {h(manifest.version)}</h2>'
-            + table([page.t("file"), page.t("size"), page.t("records"), "sha256"], files, "", "files"))
+            + table([page.t("file"), page.t("size"), page.t("records"), "sha256"], files, "", "files")
+            + f'<h2>{page.t("used_by")} — {h(manifest.version)}</h2>'
+            + table([page.t("models"), page.t("source_job"), page.t("created")],
+                    [[f'<a href="{model_href(m["name"], m["version"])}">{h(m["name"])} {h(m["version"])}</a>',
+                      f'<a href="/jobs/{u(m["source_job"])}">{h(m["source_job"])}</a>' if m.get("source_job") else "-",
+                      when(m["created"])] for m in used_by or []], page.t("no_used_by"), "used-by"))
     return layout(page, f"{row.name} / {row.type}", body, "datasets")
 
 

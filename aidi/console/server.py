@@ -324,7 +324,8 @@ async def _dataset(request: web.Request) -> web.Response:
     identity = session_of(request).identity
     row, manifest = await blocking(views.dataset_detail, identity, request.match_info["name"],
                                    request.match_info["type"], request.query.get("version"))
-    return html(pages.dataset(page_of(request), row, manifest))
+    used_by = await blocking(views.models_trained_on, identity, row.name, row.type, manifest.version)
+    return html(pages.dataset(page_of(request), row, manifest, used_by))
 
 
 async def _models(request: web.Request) -> web.Response:

@@ -97,6 +97,20 @@ def dataset_detail(identity: Identity, name: str, type_: str, version: str | Non
         ds.close()
 
 
+def models_trained_on(identity: Identity, name: str, type_: str, version: str) -> list[dict[str, Any]]:
+    """The team's model versions whose lineage names this dataset version (`hitc dataspace show --used-by`)."""
+    from aidi.dataspace.registry import ModelRegistry
+
+    ds = _open(identity)
+    try:
+        return [m.to_json() for m in ModelRegistry(ds.store).used_by(name, type_, version)
+                if identity.uploader is None or m.uploader == identity.uploader]
+    except AidiError:
+        return []   # lineage is a help: the dataset page shows without it
+    finally:
+        ds.close()
+
+
 # --------------------------------------------------------------------------------------------- models
 
 
