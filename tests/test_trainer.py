@@ -282,3 +282,11 @@ def test_two_workers_train_through_a_dist_kvstore_with_one_server_and_a_schedule
     assert recorded["steps"]["with-bn"]["train"]["iterations"] == 2
     for role in ("worker-0", "worker-1"):
         assert "[fusion-bn-c2] epoch 1/1 iter 1/1" in results[role][1]
+    # Progress: every worker logs its records (the runners read worker 0's log, whichever rank is chief);
+    # only the chief writes progress.jsonl.
+    from aidi.jobs import progress
+
+    for role in ("worker-0", "worker-1"):
+        logged = progress.parse_log(results[role][1])
+        assert [r["name"] for r in logged if r["kind"] == "step"] == list(TRAINED), role
+        assert (tmp_path / role / progress.FILE_NAME).is_file() == (tmp_path / role == chief), role

@@ -113,20 +113,23 @@ def tail_text(path: str | Path, limit: int = 256 * 1024) -> str:
 
 
 class Writer:
-    """Appends records to ``<output>/progress.jsonl`` and hands each to ``emit`` (the trainer's logger)."""
+    """Appends records to ``<output>/progress.jsonl`` (unless ``to_file`` is false) and hands each to ``emit``
+    (the trainer's logger)."""
 
-    def __init__(self, output: str | Path, emit: Any = None) -> None:
+    def __init__(self, output: str | Path, emit: Any = None, to_file: bool = True) -> None:
         self.path = Path(output) / FILE_NAME
         self.emit = emit
+        self.to_file = to_file
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         rec = record(kind, **clean(fields))
         line = encode(rec)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One write of a whole line in append mode: a reader (or the sync of the output) sees whole lines,
-        # and a crash loses at most the line being written, which readers skip.
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(line + "\n")
+        if self.to_file:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One write of a whole line in append mode: a reader (or the sync of the output) sees whole lines,
+            # and a crash loses at most the line being written, which readers skip.
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(line + "\n")
         if self.emit is not None:
             self.emit(MARKER + line)
         return rec

@@ -95,9 +95,9 @@ class Pipeline:
             "train_samples": {n: len(ds) for n, ds in self.train_sets.items()},
             "steps": {},
         }
-        # Progress records (docs/progress.md): only the chief writes the output folder, and worker 0's log is
-        # the one the runners read.
-        self.records = Writer(self.out, log.info) if runtime.chief else None
+        # Progress records (docs/progress.md): every worker logs them (the runners read worker 0's log, and the
+        # chief, ps-lite's rank 0, need not be worker 0); only the chief writes the output folder's file.
+        self.records = Writer(self.out, log.info, to_file=runtime.chief)
         metrics_file = self.out / "metrics.json"
         if metrics_file.is_file():  # a resumed run keeps the figures of the steps already done
             self.metrics["steps"] = json.loads(metrics_file.read_text()).get("steps", {})
