@@ -446,7 +446,8 @@ async def test_kubectl_apply_the_example_get_tj_and_cancel_it_with_traincli(
     assert applied.returncode == 0 and applied.stdout.strip() == f"trainjob.aidi.io/{job} created", applied.stderr
 
     got = team_b.kubectl("get", "tj")
-    assert rows(got.stdout)[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "AGE"], got.stdout
+    # STEP and ETA come from status.progress (docs/progress.md); empty until the trainer logs progress.
+    assert rows(got.stdout)[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "STEP", "ETA", "AGE"], got.stdout
 
     cluster = ScheduledCluster(admin, ns, e2e_nodes.selector)
     with operator(platform, tmp_path):
@@ -456,7 +457,8 @@ async def test_kubectl_apply_the_example_get_tj_and_cancel_it_with_traincli(
         row = next(r for r in rows(ok(team_b.kubectl("get", "tj"))) if r[0] == job)
         assert row[:4] == [job, "Running", "1", "4"] and re.fullmatch(r"\d+s", row[4]), row
         wide = rows(ok(team_b.kubectl("get", "tj", "-o", "wide")))
-        assert wide[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIORITY", "REASON", "AGE"]
+        assert wide[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "STEP", "EPOCH", "LOSS", "ETA", "PRIORITY", "REASON",
+                           "AGE"]
         assert next(r for r in wide if r[0] == job)[:6] == [job, "Running", "1", "4", "5", running["reason"]]
 
         timed_out = team_b.traincli("wait", job, "--timeout", "1", "--interval", "0.2")
