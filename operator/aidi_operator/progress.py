@@ -14,6 +14,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import kopf
+
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
 from aidi.jobs import progress as records
@@ -78,6 +80,8 @@ async def _refresh_gated(state: OperatorState, key: JobKey, gate: asyncio.Semaph
     async with gate:
         try:
             await refresh(state, key, indexed_job, write_status)
+        except kopf.TemporaryError as exc:  # the API server busy or away: the next interval tries again
+            log.warning(f"{key[0]}/{key[1]}: training progress not read: {exc}")
         except Exception:  # progress is a nicety: never let it stop the loop or the reconciles
             log.exception(f"{key[0]}/{key[1]}: reading training progress failed")
 
