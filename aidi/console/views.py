@@ -104,7 +104,7 @@ def models_trained_on(identity: Identity, name: str, type_: str, version: str) -
     ds = _open(identity)
     try:
         return [m.to_json() for m in ModelRegistry(ds.store).used_by(name, type_, version)
-                if identity.uploader is None or m.uploader == identity.uploader]
+                if _model_visible(identity, m.uploader)]
     except AidiError:
         return []   # lineage is a help: the dataset page shows without it
     finally:
@@ -114,6 +114,13 @@ def models_trained_on(identity: Identity, name: str, type_: str, version: str) -
 # --------------------------------------------------------------------------------------------- models
 
 
+def _model_visible(identity: Identity, uploader: str) -> bool:
+    """Whether the team sees a model version: the one place the model pages decide it. Where the team's own
+    dataspace account scopes what it can list (an Identity without ``uploader``), the storage decides: all."""
+    mine = getattr(identity, "uploader", None)
+    return mine is None or uploader == mine
+
+
 def list_models(identity: Identity) -> list[dict[str, Any]]:
     from aidi.dataspace.registry import ModelRegistry
 
@@ -121,8 +128,8 @@ def list_models(identity: Identity) -> list[dict[str, Any]]:
     try:
         from aidi.dataspace.registry import metric_columns
 
-        registry = ModelRegistry(ds.store, uploader=identity.uploader)
-        mine = [r for r in registry.list() if identity.uploader is None or r.uploader == identity.uploader]
+        registry = ModelRegistry(ds.store)
+        mine = [r for r in registry.list() if _model_visible(identity, r.uploader)]
         columns, values = metric_columns(mine)
         out = []
         for record, row in zip(mine, values, strict=True):
@@ -270,7 +277,7 @@ def _from_outputs(identity: Identity, detail: JobDetail, job: dict[str, Any]) ->
             detail.fetched = list(parse_job_record(ds.store.get_bytes(prefix + JOB_RECORD), JOB_RECORD)["inputs"])
         uid = job["metadata"].get("uid")
         detail.models = [m.to_json() for m in ModelRegistry(ds.store).by_job(job["metadata"]["name"], uid)
-                         if identity.uploader is None or m.uploader == identity.uploader]
+                         if _model_visible(identity, m.uploader)]
         return found
     except AidiError:
         return []   # lineage and curves are a help: the job page shows without them
@@ -311,8 +318,8 @@ def model_detail(identity: Identity, name: str, version: str) -> ModelDetail:
 
     ds = _open(identity)
     try:
-        record = ModelRegistry(ds.store, uploader=identity.uploader).show(name, version)
-        if identity.uploader is not None and record.uploader != identity.uploader:
+        record = ModelRegistry(ds.store).show(name, version)
+        if not _model_visible(identity, record.uploader):
             raise NotFoundError(f"no model {name} {version} in your team's dataspace")
         data = record.to_json()
         data["all_metrics"] = record.all_metrics()
