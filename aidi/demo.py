@@ -3,8 +3,10 @@
     python -m aidi.demo [--workdir work/demo] [--images 200]
 
 sample adas_mini → pack the 8 scenes → upload them to the local dataspace → `traincli submit -f
-examples/train_job.yaml` to a `local` cluster → pipeline-test training through the 4 steps → predict →
-evaluate → model append → compile, then a summary table. Everything lives in the work folder: the
+examples/train_job.yaml` to a `local` cluster → pipeline-test training through the 4 steps, its progress shown as
+`traincli status` shows it → predict → evaluate → model append (with the reports and the job's lineage) →
+lineage both ways → compile, then a summary table and where to find the curves and the reports. Everything
+lives in the work folder: the
 dataspace (``file://``), ``gpucluster.yaml`` and the local cluster; ``~/.olympus`` and ``~/.hobot`` are
 never read or written (``AIDI_DATASPACE_ENDPOINT`` and ``AIDI_GPUCLUSTER_CONFIG`` point into the folder).
 Reference: docs/local.md.
@@ -85,12 +87,14 @@ class Demo:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def run(self, argv: list[str], cwd: Path | None = None, capture: bool = False, check: bool = True) -> str:
+    def run(self, argv: list[str], cwd: Path | None = None, capture: bool = False, check: bool = True,
+            quiet: bool = False) -> str:
         """Run a command as a user would, its output indented; returns stdout when ``capture`` (JSON)."""
         where = cwd or self.workdir
         shown = shlex.join(argv)
-        self.say(f"  $ {'cd ' + os.path.relpath(where, self.workdir) + ' && ' if where != self.workdir else ''}"
-                 f"{shown}")
+        if not quiet:
+            self.say(f"  $ {'cd ' + os.path.relpath(where, self.workdir) + ' && ' if where != self.workdir else ''}"
+                     f"{shown}")
         proc = subprocess.Popen(argv, cwd=where, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, bufsize=1)
         captured: list[str] = []
@@ -171,9 +175,11 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoFailed(f"job {JOB} has no pods after 30 s; `traincli status {JOB}` says why")
             time.sleep(1)
-        for container in ("fetch-code", "fetch-data", "trainer"):
+        for container in ("fetch-code", "fetch-data"):
             self.run(["traincli", "logs", JOB, "--container", container, "-f"], check=False)
+        self.watch_progress()
         self.run(["traincli", "wait", JOB, "--interval", "1"])
+        self.run(["traincli", "status", JOB])   # the last progress: all 4 steps, the final losses and validation
         self.run(["hitc", "dataspace", "download", OUTPUT_DATASET, "-t", "dataset", "-o", "output", "-q"])
         metrics = json.loads((self.workdir / "output" / "metrics.json").read_text())
         loss = _final_loss(metrics)
@@ -181,6 +187,24 @@ class Demo:
         steps = sorted(self.workdir.joinpath("output").glob("*-export-last-symbol.json"))
         return (f"Succeeded; final loss {loss:.3f}; {len(steps)} exported models in "
                 f"{OUTPUT_DATASET}/dataset/latest")
+
+    def watch_progress(self) -> None:
+        """What a user sees polling `traincli status` while the job runs: a line whenever step or epoch moves."""
+        from aidi.cluster.explain import render_progress
+
+        self.say(f"  $ traincli status {JOB}   # every 2 s while it runs; the progress lines:")
+        shown = None
+        while True:
+            report = json.loads(self.run(["traincli", "status", JOB, "--json"], capture=True, quiet=True))
+            progress = report.get("progress") or {}
+            key = (progress.get("step"), progress.get("epoch"), progress.get("state"))
+            if progress and key != shown:
+                shown = key
+                for line in render_progress(progress)[:2]:
+                    self.say("    " + line)
+            if report.get("phase") in ("Succeeded", "Failed") or report.get("cancelled"):
+                return
+            time.sleep(2)
 
     def predict(self) -> str:
         for scene in self.scenes:
@@ -211,7 +235,7 @@ class Demo:
         spec = {"REQUIRED": {"MODEL_NAME": MODEL_NAME,
                              "MODEL_PATH": f"dataspace://{OUTPUT_DATASET}/dataset/latest"},
                 "OPTIONAL": {"FILES": ["fusion-bn-c2-export-last-*", "int-inference-export-last-*", "metrics.json"],
-                             "SOURCE_JOB": JOB,
+                             # the job, its image and code, the dataset versions: from the outputs' job record
                              "METRICS": {"final_loss": round(self.figures["final_loss"], 4),
                                          "ap": round(self.figures["ap"], 4), "miou": round(self.figures["miou"], 4)},
                              "EVAL_RESULTS": {s: f"eval/{s}/results.json" for s in self.scenes},
@@ -220,8 +244,27 @@ class Demo:
         data = self.run_json(["hitc", "model", "append", "-f", "model_append.yaml"])
         files = data.get("files") or []
         self.figures["model_version"] = data["version"]
+        self.figures["reports"] = [r["label"] for r in data.get("reports") or []]
         with_md5 = sum(1 for f in files if f.get("md5"))
-        return f"{MODEL_NAME} {data['version']}: {len(files)} files, {with_md5} with md5"
+        return (f"{MODEL_NAME} {data['version']}: {len(files)} files, {with_md5} with md5, "
+                f"{len(self.figures['reports'])} eval reports stored with it")
+
+    def lineage(self) -> str:
+        """The chain both ways: the model's job and datasets, and the models trained on the dataset version."""
+        self.run(["hitc", "model", "show", MODEL_NAME, "--version", self.figures["model_version"]])
+        record = self.run_json(["hitc", "model", "show", MODEL_NAME, "--version", self.figures["model_version"]])
+        lineage = record.get("lineage") or {}
+        trained_on = [d["version"] for d in lineage.get("datasets") or [] if d["name"] == DATASET]
+        if not trained_on:
+            raise DemoFailed(f"{MODEL_NAME} {record['version']} records no {DATASET} version in its lineage")
+        self.figures["lineage"] = lineage
+        used = self.run_json(["hitc", "dataspace", "show", DATASET, "-t", "trainset", "--version", trained_on[0],
+                              "--used-by"])
+        self.run(["hitc", "dataspace", "show", DATASET, "-t", "trainset", "--version", trained_on[0], "--used-by"])
+        self.run(["hitc", "model", "list", "--metrics"])
+        users = [f"{m['name']} {m['version']}" for m in used["used_by"]]
+        return (f"{MODEL_NAME} {record['version']} ← job {lineage['job'].get('name')} ← {DATASET}/trainset "
+                f"{trained_on[0]}; {DATASET}/trainset {trained_on[0]} → {', '.join(users)}")
 
     def compile(self) -> str:
         argv = ["aidi", "compile", "--model", "output/int-inference-export-last", "--target", "onnx",
@@ -247,15 +290,32 @@ class Demo:
         steps = [("sample adas_mini", self.sample), ("pack 8 scenes", self.pack), ("upload", self.upload),
                  ("submit", self.submit), ("train (4 steps, pipeline test)", self.train),
                  ("predict", self.predict), ("evaluate", self.evaluate), ("model append", self.model_append),
-                 ("compile", self.compile)]
+                 ("lineage", self.lineage), ("compile", self.compile)]
         start = time.monotonic()
         for i, (name, func) in enumerate(steps, 1):
             self.step(i, len(steps), name, func)
         total = time.monotonic() - start
         self.say("\n" + summary_table(self.results, total))
+        self.say("\n" + self.links())
         write = dict(self.figures, steps=[r.__dict__ for r in self.results], seconds=round(total, 1))
         (self.workdir / "demo.json").write_text(json.dumps(write, indent=1))
         return 0 if self.figures.get("compile_passed") else 1
+
+
+    def links(self) -> str:
+        """Where to look next: the curves and the reports, one command or click away."""
+        model = f"{MODEL_NAME}/{self.figures.get('model_version', 'v1')}"
+        env = f"AIDI_DATASPACE_ENDPOINT=file://{self.workdir / 'dataspace'}"
+        config = self.workdir / "gpucluster.yaml"
+        lines = ["progress and curves:",
+                 f"  AIDI_GPUCLUSTER_CONFIG={config} traincli status {JOB}",
+                 f"  {env} aidi console -c {config}",
+                 f"    → open the link it prints: /jobs/{JOB} (progress, curves, lineage), /models (versions side "
+                 f"by side), /models/{model} (lineage, reports)",
+                 f"  the records themselves: {self.workdir / 'output' / 'progress.jsonl'} (docs/progress.md)",
+                 "evaluation reports (also stored with the model version, under eval/<scene>/):"]
+        lines += [f"  {self.workdir / 'eval' / scene / 'report.html'}" for scene in self.scenes]
+        return "\n".join(lines)
 
 
 def _final_loss(metrics: dict[str, Any]) -> float:

@@ -132,7 +132,42 @@ def test_model_version_has_md5s_of_the_trained_files(demo: Demo) -> None:
     assert "fusion-bn-c2-export-last-0000.params" in files and "int-inference-export-last-symbol.json" in files
     for path, entry in files.items():
         assert entry["md5"] == hashlib.md5((demo.workdir / "output" / path).read_bytes()).hexdigest(), path
-    assert record["source_job"] == JOB
+    assert record["source_job"] == JOB   # from the job record in the outputs: model_append.yaml names none
+
+
+def test_the_demo_showed_progress_and_the_local_runner_kept_it(demo: Demo) -> None:
+    """docs/progress.md on the local cluster: the live lines while it ran, status.progress at the end, the
+    records synced with the outputs, and links to the curves and the reports at the end of the demo."""
+    from aidi.jobs import progress
+
+    said = demo.out.getvalue()  # type: ignore[attr-defined]
+    assert "progress:   step 1/4 with-bn, epoch" in said and "progress:   step 3/4 fusion-bn-c2, epoch" in said
+    assert "step 4/4 int-inference — all steps written" in said
+    job = json.loads((demo.workdir / "cluster" / "namespaces" / "default" / "trainjobs" / JOB / "job.json")
+                     .read_text())
+    assert job["status"]["progress"]["step"] == "4/4 done" and job["status"]["progress"]["eta"] == "0:00:00"
+    stored = progress.read_file(demo.workdir / "output" / progress.FILE_NAME)
+    assert [r["name"] for r in stored if r["kind"] == "val"] == ["with-bn", "fusion-bn-c1", "fusion-bn-c2"]
+    assert stored[-1]["kind"] == "done"
+    assert f"/jobs/{JOB} (progress, curves, lineage)" in said
+    assert str(demo.workdir / "eval" / "cyclist" / "report.html") in said
+
+
+def test_lineage_runs_both_ways(demo: Demo) -> None:
+    version = demo.figures["model_version"]
+    record = json.loads((demo.workdir / "dataspace" / "models" / MODEL_NAME / version / "_model.json").read_text())
+    lineage = record["lineage"]
+    # The job asked for latest; the record names the version it really fetched.
+    assert lineage["datasets"] == [{"name": DATASET, "type": "trainset", "version": demo.figures["dataset_version"],
+                                    "requested": "latest"}]
+    assert lineage["job"]["name"] == JOB and lineage["job"]["uid"] and len(lineage["job"]["code_sha256"]) == 64
+    assert lineage["output"]["name"] == OUTPUT_DATASET
+    # The reports are stored with the version, report.html and all.
+    assert set(demo.figures["reports"]) == set(SCENES)
+    assert (demo.workdir / "dataspace" / "models" / MODEL_NAME / version / "eval" / "cyclist" / "report.html").is_file()
+    said = demo.out.getvalue()  # type: ignore[attr-defined]
+    assert f"trained on: {DATASET}/trainset {demo.figures['dataset_version']} (asked for latest)" in said
+    assert f"model versions trained on {DATASET}/trainset {demo.figures['dataset_version']}:" in said
 
 
 def test_onnx_compile_check_passed(demo: Demo) -> None:

@@ -174,13 +174,18 @@ def test_submit_runs_the_job_from_the_operator_pod_spec(tmp_path: Path, local_cl
     code, fetch_log, _ = cli(capsys, "logs", "toy", "--container", "fetch-code")
     assert "mapped the pod's paths" in fetch_log and "datasets.yaml" in fetch_log
 
-    # The outputs went to the dataspace as the next version of the output dataset.
+    # The outputs went to the dataspace as the next version of the output dataset, with the job record of
+    # what the fetch step really fetched (docs/progress.md, lineage).
     ds = open_dataspace(config)
     try:
         manifest = ds.resolve("toy_models", "dataset")
+        record = json.loads(ds.store.get_bytes(ds.version_prefix("toy_models", "dataset", manifest.version)
+                                               + "aidi-job.json"))
     finally:
         ds.close()
-    assert [f.path for f in manifest.files] == ["ckpt/model.params"]
+    assert [f.path for f in manifest.files] == ["aidi-job.json", "ckpt/model.params"]
+    assert record["job"]["name"] == "toy" and record["job"]["uid"]
+    assert record["inputs"] == [{"name": "toyset", "type": "trainset", "requested": "latest", "version": "v1"}]
 
     # The password is in the code Secret only: not in the job, the pods, their logs or the runner's log.
     job_dir = local_cluster / "namespaces" / "default" / "trainjobs" / "toy"

@@ -232,3 +232,77 @@ def test_evaltask_pod_runs_aidi_eval_with_the_dataspace_and_syncs_its_output(tmp
     assert {"AIDI_DATASPACE_ENDPOINT", "AIDI_DATASPACE_ACCESS_KEY", "AIDI_DATASPACE_SECRET_KEY"} <= env
     assert others and "vehicle-eval" in json.dumps(others[0]["command"])   # the results become a dataset version
     assert not pod["spec"].get("initContainers")                             # no code package to fetch
+
+
+def test_lineage_job_to_datasets_to_model_and_back(tmp_path: Path, config_file: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """The fetch step records the exact version behind `latest`; the model keeps it; `--used-by` reads it back;
+    reports stored later show beside the recorded metrics, and `list --metrics` compares versions."""
+    from aidi import evaluate
+    from aidi.jobs import podsteps
+
+    config = DataspaceConfig.load(config_file)
+    ds = open_dataspace(config)
+    for n in (1, 2, 3):  # v3 is what `latest` means when the job fetches
+        (tmp_path / f"train{n}").mkdir()
+        (tmp_path / f"train{n}" / "vehicle.txt").write_bytes(bytes([n]) * 100)
+        ds.upload_dataset("adasmini_4pe", "trainset", tmp_path / f"train{n}")
+    job_env = {"JOB_NAME": "adasmini-4pe", "AIDI_JOB_NAMESPACE": "team-a", "AIDI_JOB_UID": "uid-42",
+               "AIDI_JOB_IMAGE": "aidi/jobimage:1.0", "AIDI_CODE_SHA256": "ab" * 32}
+    for key, value in job_env.items():
+        monkeypatch.setenv(key, value)
+    output = model_folder(tmp_path / "pod_output")
+    podsteps.fetch_data(["adasmini_4pe:trainset:latest"], tmp_path / "input", config=config, jobs=2,
+                        record=output / "aidi-job.json")
+    ds.upload_dataset("adasmini_4pe_models", "dataset", output)  # what the sync step does
+
+    spec = write_append_yaml(tmp_path / "model_append.yaml", "dataspace://adasmini_4pe_models/dataset/latest",
+                             FILES=["fusion-bn-c2-export-last-*"])
+    code, out, err = run_hitc("model", "append", "-f", str(spec), "-C", str(config_file), "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["source_job"] == "adasmini-4pe"  # from the job record: the yaml named none
+    assert record["lineage"] == {
+        "job": {"name": "adasmini-4pe", "namespace": "team-a", "uid": "uid-42", "image": "aidi/jobimage:1.0",
+                "code_sha256": "ab" * 32},
+        "datasets": [{"name": "adasmini_4pe", "type": "trainset", "version": "v3", "requested": "latest"}],
+        "output": {"name": "adasmini_4pe_models", "type": "dataset", "version": "v1"}}
+
+    code, out, _ = run_hitc("model", "show", NAME, "-C", str(config_file))
+    assert "trained by job: team-a/adasmini-4pe (uid uid-42), image aidi/jobimage:1.0" in out
+    assert "trained on: adasmini_4pe/trainset v3 (asked for latest)" in out
+    assert "from output: adasmini_4pe_models/dataset v1" in out
+
+    code, out, _ = run_hitc("dataspace", "show", "adasmini_4pe", "-t", "trainset", "--version", "v3", "--used-by",
+                            "-C", str(config_file))
+    assert code == 0 and f"{NAME}" in out and "v1" in out and "uid-42" in out
+    code, out, _ = run_hitc("dataspace", "show", "adasmini_4pe", "-t", "trainset", "--version", "v2", "--used-by",
+                            "-C", str(config_file))
+    assert code == 0 and "no model version records adasmini_4pe/trainset v2" in out
+    code, _, err = run_hitc("dataspace", "show", "adasmini_4pe", "--used-by", "-C", str(config_file))
+    assert code == 2 and "--used-by needs the dataset's type" in err
+
+    # A report scored after the release is stored with the version (write-once) and served file by file.
+    evaluate.evaluate(*hand_case(), out_dir=tmp_path / "eval")
+    code, out, err = run_hitc("model", "report", NAME, "--version", "v1", "--label", "vehicle", "--eval-dir",
+                              str(tmp_path / "eval"), "-C", str(config_file))
+    assert code == 0, err
+    assert "stored report vehicle" in out and "vehicle 0.833" in out
+    code, _, err = run_hitc("model", "report", NAME, "--label", "vehicle", "--eval-dir", str(tmp_path / "eval"),
+                            "-C", str(config_file))
+    assert code == 2 and "write-once" in err
+    registry = ModelRegistry(ds.store)
+    html = registry.report_file(NAME, "v1", "vehicle", "report.html")
+    assert html == (tmp_path / "eval" / "report.html").read_bytes()
+    with pytest.raises(Exception, match="no report file"):
+        registry.report_file(NAME, "v1", "vehicle", "../_model.json")
+    assert [m.version for m in registry.by_job("adasmini-4pe", "uid-42")] == ["v1"]
+    assert registry.by_job("adasmini-4pe", "another-run-of-that-name") == []
+
+    # A second version without the report: the comparison table has its column, '-' where a version lacks it.
+    assert registry.append(NAME, [(p.name, p) for p in sorted(output.glob("int-*"))],
+                           metrics={"seg_lane": {"task": "parsing", "miou": 0.61}}).version == "v2"
+    code, out, _ = run_hitc("model", "list", "--metrics", "-C", str(config_file))
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "VERSION", "vehicle", "mAP", "seg_lane", "mIoU", "SIZE", "JOB", "CREATED"]
+    assert lines[1].split()[:4] == [NAME, "v1", "0.8333", "-"] and lines[2].split()[:4] == [NAME, "v2", "-", "0.61"]

@@ -72,8 +72,11 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert container(pod, "fetch-code")["command"] == [
         "aidi", "fetch-code", example.spec.code_package.uri, "--password-file", "/var/run/aidi/code/password",
         "--dest", "/job/code"]
+    # Worker 0, the one that syncs the outputs, records what it fetched among them (lineage).
     assert container(pod, "fetch-data")["command"] == [
-        "aidi", "fetch-data", "--dest", "/data_space/input", "adasmini_4pe:trainset:latest"]
+        "aidi", "fetch-data", "--dest", "/data_space/input", "--record", "/data_space/output/aidi-job.json",
+        "adasmini_4pe:trainset:latest"]
+    assert {"name": "data-output", "mountPath": "/data_space/output"} in container(pod, "fetch-data")["volumeMounts"]
     assert container(pod, "fetch-code")["image"] == SETTINGS.fetch_image
     password = next(v for v in spec["volumes"] if v["name"] == "code-password")
     assert password["secret"]["secretName"] == "adasmini-4pe-code"
@@ -89,6 +92,11 @@ def test_single_worker_pod_follows_the_pod_contract() -> None:
     assert e["AIDI_DATASPACE_SECRET_KEY"] == {"secretKeyRef": {"name": "aidi-dataspace", "key": "secretKey",
                                                                "optional": True}}
     assert not any(k.startswith("DMLC_") for k in e)
+    # What the job record names: the job (uid from the owner), its image, its code package's sha256.
+    assert (e["AIDI_JOB_NAMESPACE"], e["AIDI_JOB_UID"], e["AIDI_JOB_IMAGE"]) == ("team-a", "uid-1",
+                                                                                 "aidi/jobimage:0.1.0")
+    assert e["AIDI_CODE_SHA256"] == podspec.code_sha256(example) and \
+        example.spec.code_package.uri.endswith(f"/{e['AIDI_CODE_SHA256']}.tar.gz.enc")
     # The outputs are synced by worker 0 after the trainer exits.
     sync = container(pod, "sync-output")
     assert "aidi sync-output --src /data_space/output --name adasmini_4pe_models --type dataset" \

@@ -331,9 +331,10 @@ async def test_submit_the_aidi_example_follow_it_to_success_and_delete_it(
                          rf"{re.escape(pod['spec']['nodeName'])}$", status, re.M), status
         assert pod["spec"]["nodeName"] in e2e_nodes.nodes
         listed = rows(ok(team_a.traincli("list")))
-        assert listed[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIO", "STARTED", "REASON"]
+        assert listed[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIO", "STEP", "ETA", "STARTED", "REASON"]
         row = next(r for r in listed if r[0] == job)
-        assert row == [job, "Running", "1/1", "4", "5", running["startTime"], "AllWorkersRunning"]
+        # No progress records yet (this "trainer" logs nothing): STEP and ETA say so.
+        assert row == [job, "Running", "1/1", "4", "5", "-", "-", running["startTime"], "AllWorkersRunning"]
 
         await cluster.finish_pod(f"{job}-worker-0")
         done = finish(waiting)
@@ -463,7 +464,8 @@ async def test_kubectl_apply_the_example_get_tj_and_cancel_it_with_traincli(
     assert applied.returncode == 0 and applied.stdout.strip() == f"trainjob.aidi.io/{job} created", applied.stderr
 
     got = team_b.kubectl("get", "tj")
-    assert rows(got.stdout)[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "AGE"], got.stdout
+    # STEP and ETA come from status.progress (docs/progress.md); empty until the trainer logs progress.
+    assert rows(got.stdout)[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "STEP", "ETA", "AGE"], got.stdout
 
     cluster = ScheduledCluster(admin, ns, e2e_nodes.selector)
     with operator(platform, tmp_path):
@@ -473,7 +475,8 @@ async def test_kubectl_apply_the_example_get_tj_and_cancel_it_with_traincli(
         row = next(r for r in rows(ok(team_b.kubectl("get", "tj"))) if r[0] == job)
         assert row[:4] == [job, "Running", "1", "4"] and re.fullmatch(r"\d+s", row[4]), row
         wide = rows(ok(team_b.kubectl("get", "tj", "-o", "wide")))
-        assert wide[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "PRIORITY", "REASON", "AGE"]
+        assert wide[0] == ["NAME", "PHASE", "WORKERS", "GPUS", "STEP", "EPOCH", "LOSS", "ETA", "PRIORITY", "REASON",
+                           "AGE"]
         assert next(r for r in wide if r[0] == job)[:6] == [job, "Running", "1", "4", "5", running["reason"]]
 
         timed_out = team_b.traincli("wait", job, "--timeout", "1", "--interval", "0.2")

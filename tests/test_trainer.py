@@ -110,6 +110,35 @@ def test_a_pipeline_test_run_writes_every_step_s_checkpoints_and_export_models(r
                                                                "det_vehicle_sign", "seg_default", "seg_lane"}
 
 
+def test_the_run_publishes_progress_records_in_its_output_and_on_its_log(run):
+    """docs/progress.md: the same records in progress.jsonl and as AIDI-PROGRESS log lines; the summary and
+    the curves readers build from them say where the run stands."""
+    from aidi.jobs import progress
+
+    output, done = run
+    written = progress.read_file(output / progress.FILE_NAME)
+    assert written == progress.parse_log(done.stderr)
+    kinds = [r["kind"] for r in written]
+    assert kinds[0] == "plan" and kinds[-1] == "done"
+    assert [r["name"] for r in written if r["kind"] == "step"] == list(TRAINED)
+    assert [r["name"] for r in written if r["kind"] == "val"] == list(TRAINED)
+    trains = [r for r in written if r["kind"] == "train"]
+    first = trains[0]
+    assert (first["step"], first["epoch"], first["iteration"]) == (0, 1, 2)
+    assert set(first["branches"]) == {"det_cyclist_light", "det_person", "det_rear", "det_vehicle_sign",
+                                      "seg_default", "seg_lane"}
+    assert "det_person.hm" in first["terms"] and first["samples_per_sec"] > 0
+    assert first["eta_job_s"] > first["eta_step_s"] >= 0  # two more steps to train after step 0
+    globals_ = [r["global_iteration"] for r in trains]
+    assert globals_ == sorted(globals_) and len(set(globals_)) == len(globals_)
+    summary = progress.summarize(written)
+    assert summary is not None and summary.state == "done" and summary.to_status().eta == "0:00:00"
+    curves = progress.curves(written)
+    assert set(curves.loss) == set(first["branches"])
+    assert set(curves.val["seg_lane"]) == {"miou"} and set(curves.val["det_person"]) == {"precision", "recall"}
+    assert [name for _, name in curves.steps] == list(TRAINED)
+
+
 def test_the_loss_falls_in_step_0(run):
     losses = metrics(run[0])["steps"]["with-bn"]["train"]["epoch_losses"]
     assert len(losses) == STEP0_EPOCHS
@@ -253,3 +282,11 @@ def test_two_workers_train_through_a_dist_kvstore_with_one_server_and_a_schedule
     assert recorded["steps"]["with-bn"]["train"]["iterations"] == 2
     for role in ("worker-0", "worker-1"):
         assert "[fusion-bn-c2] epoch 1/1 iter 1/1" in results[role][1]
+    # Progress: every worker logs its records (the runners read worker 0's log, whichever rank is chief);
+    # only the chief writes progress.jsonl.
+    from aidi.jobs import progress
+
+    for role in ("worker-0", "worker-1"):
+        logged = progress.parse_log(results[role][1])
+        assert [r["name"] for r in logged if r["kind"] == "step"] == list(TRAINED), role
+        assert (tmp_path / role / progress.FILE_NAME).is_file() == (tmp_path / role == chief), role

@@ -160,7 +160,7 @@ class DataSpace(_Model):
 
 
 class CheckpointSync(_Model):
-    """Worker 0's checkpoints copied to the dataspace while the job runs, restored when the gang restarts."""
+    """The chief worker's checkpoints copied to the dataspace while the job runs, restored when the gang restarts."""
 
     enabled: bool = Field(
         default=True, description="Copy checkpoints to the dataspace (needs dataSpace.output); false turns it off."
@@ -386,6 +386,20 @@ class ResumeRecord(_Model):
     message: str = ""
 
 
+class TrainProgress(_Model):
+    """Where the training stands, from the trainer's progress records (docs/progress.md); refreshed by the
+    runner while the job runs, at most every ``--progress-seconds``. Strings as users read them."""
+
+    step: str | None = Field(default=None, description='the quantization step, e.g. "2/4 fusion-bn-c1"')
+    epoch: str | None = Field(default=None, description='epoch of the step, e.g. "3/10"')
+    iteration: str | None = Field(default=None, description='iteration of the step, e.g. "120/400"')
+    samples_per_second: float | None = None
+    loss: float | None = Field(default=None, description="the summed training loss of the latest interval")
+    eta: str | None = Field(default=None, description='time left for the whole job, "H:MM:SS"')
+    step_eta: str | None = Field(default=None, description='time left for the current step, "H:MM:SS"')
+    updated: str | None = Field(default=None, description="when the trainer wrote the figures")
+
+
 class TrainJobStatus(_Model):
     """What the operator observed. Written only through the status subresource."""
 
@@ -402,6 +416,7 @@ class TrainJobStatus(_Model):
     last_failure: FailureRecord | None = None
     resumed: ResumeRecord | None = None
     outputs: Outputs | None = None
+    progress: TrainProgress | None = None
     observed_generation: int | None = None
 
 

@@ -17,6 +17,8 @@ examples:
 GT is an aidi-gt/1 JSON file, a COCO annotation file, or a packed .rec file (its ground truth is
 extracted first). PR is an aidi-pr/1 file as `aidi predict` writes it. Formats: docs/phase2.md.
 The output folder gets results.json and report.html (open it in a browser; it needs no network).
+Keep it with the model version it scores (the console's model and job pages link it):
+  hitc model report adasmini_4pe_multitask --version v2 --label vehicle --eval-dir eval/vehicle
 """
 
 

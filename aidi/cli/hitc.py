@@ -120,6 +120,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     ds = dataspace_args.open_from(args)
+    if args.used_by:
+        return _show_used_by(args, ds)
     if args.type and args.version:
         manifest = ds.resolve(args.name, args.type, args.version)
         if args.json:
@@ -148,6 +150,32 @@ def run_show(args: argparse.Namespace) -> int:
         for pending in detail["pending"]:
             print(f"  {pending['version']}: unfinished upload by {pending['uploader']} since {pending['started']} "
                   "(re-run that upload to finish it, or remove it with `hitc dataspace rm`)")
+    return 0
+
+
+def _show_used_by(args: argparse.Namespace, ds: Any) -> int:
+    """The model versions trained on (or made from) one dataset version: lineage read backwards."""
+    from aidi.dataspace.registry import ModelRegistry
+
+    if not args.type:
+        raise UsageError("--used-by needs the dataset's type: hitc dataspace show NAME -t trainset --version v3 "
+                         "--used-by")
+    manifest = ds.resolve(args.name, args.type, args.version or "latest")
+    models = ModelRegistry(ds.store).used_by(args.name, args.type, manifest.version)
+    if args.json:
+        cmdline.print_json({"name": args.name, "type": args.type, "version": manifest.version,
+                            "used_by": [{"name": m.name, "version": m.version, "job": m.source_job,
+                                         "created": m.created, "lineage": m.lineage} for m in models]})
+        return 0
+    what = f"{args.name}/{args.type} {manifest.version}"
+    if not models:
+        print(f"no model version records {what} in its lineage")
+        return 0
+    print(f"model versions trained on {what}:")
+    cmdline.print_table(("MODEL", "VERSION", "JOB", "JOB UID", "CREATED"),
+                        [(m.name, m.version, m.source_job or "-",
+                          str(((m.lineage or {}).get("job") or {}).get("uid") or "-"), m.created) for m in models],
+                        indent="  ")
     return 0
 
 
@@ -324,10 +352,14 @@ def add_dataspace_commands(sub: Any) -> None:
 
     show = cmdline.subcommand(commands, "show", run_show, "show a dataset's versions, or one version's files",
                              epilog="examples:\n  hitc dataspace show adasmini_4pe\n"
-                                    "  hitc dataspace show adasmini_4pe -t trainset --version latest")
+                                    "  hitc dataspace show adasmini_4pe -t trainset --version latest\n"
+                                    "  hitc dataspace show adasmini_4pe -t trainset --version v3 --used-by")
     show.add_argument("name", metavar="NAME")
     show.add_argument("-t", "--type", help="only this type")
     show.add_argument("--version", help="with -t: list this version's files (v1, v2, ... or latest)")
+    show.add_argument("--used-by", action="store_true",
+                      help="with -t: the model versions trained on this dataset version (default: latest), "
+                           "from their lineage")
     dataspace_args.add_config(show)
     cmdline.add_json(show)
 

@@ -45,7 +45,7 @@ def run_fetch_code(args: argparse.Namespace) -> int:
 def run_fetch_data(args: argparse.Namespace) -> int:
     from aidi.jobs import podsteps
 
-    done = podsteps.fetch_data(args.datasets, args.dest, jobs=args.jobs)
+    done = podsteps.fetch_data(args.datasets, args.dest, jobs=args.jobs, record=args.record)
     if args.json:
         cmdline.print_json(done)
     else:
@@ -133,6 +133,9 @@ def add_commands(subparsers: Any) -> None:
     )
     data.add_argument("datasets", nargs="+", metavar="NAME:TYPE:VERSION", help="e.g. adasmini_4pe:trainset:latest")
     data.add_argument("--dest", required=True, metavar="DIR", help="root of the inputs (/data_space/input)")
+    data.add_argument("--record", metavar="FILE",
+                      help="write the job record (job, image, code sha256, the exact versions fetched) there, e.g. "
+                           "/data_space/output/aidi-job.json: it travels with the outputs into model lineage")
     cmdline.add_jobs(data, default=8)
     cmdline.add_json(data)
 

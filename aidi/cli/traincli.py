@@ -126,24 +126,29 @@ def run_list(args: argparse.Namespace) -> int:
         rows.append({"name": job["metadata"]["name"], "phase": phase, "reason": status.get("reason"),
                      "workers": f"{workers.get('active', 0)}/{(spec.get('workers') or {}).get('max', 1)}",
                      "gpusPerWorker": spec.get("gpusPerWorker", 1), "priority": spec.get("priority", 3),
-                     "started": status.get("startTime"), "project": spec.get("projectId")})
+                     "started": status.get("startTime"), "project": spec.get("projectId"),
+                     "step": (status.get("progress") or {}).get("step"),
+                     "eta": (status.get("progress") or {}).get("eta")})
     if args.json:
         cmdline.print_json(rows)
         return 0
     if not rows:
         print(f"no TrainJobs in namespace {client.namespace}")
         return 0
-    print(f"{'NAME':<40} {'PHASE':<11} {'WORKERS':<8} {'GPUS':<5} {'PRIO':<5} {'STARTED':<21} REASON")
+    print(f"{'NAME':<40} {'PHASE':<11} {'WORKERS':<8} {'GPUS':<5} {'PRIO':<5} {'STEP':<20} {'ETA':<9} "
+          f"{'STARTED':<21} REASON")
     for row in rows:
         print(f"{row['name']:<40} {row['phase']:<11} {row['workers']:<8} {row['gpusPerWorker']!s:<5} "
-              f"{row['priority']!s:<5} {row['started'] or '-':<21} {row['reason'] or ''}")
+              f"{row['priority']!s:<5} {row['step'] or '-':<20} {row['eta'] or '-':<9} {row['started'] or '-':<21} "
+              f"{row['reason'] or ''}")
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
     client = _client(args)
     job = client.get_job(args.job)
-    rep = explain.report(job, client.job_pods(args.job))
+    pods = client.job_pods(args.job)
+    rep = explain.report(job, pods, jobs.progress_records(client, args.job, pods))
     if args.json:
         cmdline.print_json(rep.to_json())
     else:

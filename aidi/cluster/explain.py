@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aidi.jobs import podspec
+from aidi.jobs import progress as records
 from aidi.jobs.lifecycle import FINISHED
 
 # Container and pod reasons Kubernetes reports, as a user would want them explained.
@@ -77,6 +78,8 @@ class JobReport:
     resumed: dict[str, Any] | None = None  # status.resumed: the checkpoint the running gang restored
     pods: list[PodState] = field(default_factory=list)
     explanation: str = ""
+    # From the trainer's records on worker 0's log (docs/progress.md); else the runner's status.progress.
+    progress: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,7 +149,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     return state
 
 
-def report(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobReport:
+def report(job: dict[str, Any], pods: list[dict[str, Any]], progress: list[dict[str, Any]] | None = None) -> JobReport:
     meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
     suspended = bool(spec.get("suspend"))
     cancelled = suspended and bool((meta.get("annotations") or {}).get("aidi.io/cancelled-at"))
@@ -160,6 +163,11 @@ def report(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobReport:
         resumed=status.get("resumed"),
         pods=[pod_state(p) for p in pods],
     )
+    summary = records.summarize(progress or [])
+    if summary is not None:
+        rep.progress = summary.to_json()
+    elif status.get("progress"):
+        rep.progress = {"status": dict(status["progress"])}
     if cancelled:
         rep.explanation = "cancelled with `traincli cancel`: its pods are stopped and the record kept"
     elif rep.reason and explain(rep.reason):
@@ -194,6 +202,8 @@ def render(rep: JobReport, job_hint: str) -> list[str]:
         for cond in rep.conditions:
             lines.append(f"  {cond.get('type', '?'):<11} {cond.get('status', '?'):<7} {cond.get('reason', '')}"
                          + (f": {cond['message']}" if cond.get("message") else ""))
+    if rep.progress:
+        lines.extend(render_progress(rep.progress))
     if rep.last_failure:
         failure = rep.last_failure
         lines.append(f"last failure: pod {failure.get('pod')} {failure.get('reason', '')}"
@@ -210,4 +220,45 @@ def render(rep: JobReport, job_hint: str) -> list[str]:
                 lines.append(f"    → {pod.explanation.replace('JOB', job_hint)}")
     elif rep.phase not in FINISHED and not rep.suspended:
         lines.append("pods:       none yet")
+    return lines
+
+
+def _figures(values: dict[str, Any], limit: int = 8) -> str:
+    shown = [f"{k} {v:.4g}" for k, v in list(values.items())[:limit] if isinstance(v, int | float)]
+    return ", ".join(shown) + (", …" if len(values) > limit else "")
+
+
+def render_progress(progress: dict[str, Any]) -> list[str]:
+    """The progress lines of `traincli status`: step, epoch, iteration, rate, ETAs, losses, validation."""
+    if "status" in progress:  # only the runner's short summary (the pod's log is gone or unreadable)
+        st = progress["status"]
+        parts = [f"step {st['step']}" if st.get("step") else None,
+                 f"epoch {st['epoch']}" if st.get("epoch") else None,
+                 f"iteration {st['iteration']}" if st.get("iteration") else None,
+                 f"loss {st['loss']:.4g}" if isinstance(st.get("loss"), int | float) else None,
+                 f"ETA {st['eta']}" if st.get("eta") else None]
+        return ["progress:   " + ", ".join(p for p in parts if p) + f" (as of {st.get('updated') or '?'})"]
+    if progress.get("step") is None:
+        return ["progress:   starting (no training step yet)"]
+    head = f"progress:   step {progress['step_label']}"
+    if progress.get("state") == "done":
+        return [head + " — all steps written"]
+    if progress.get("epoch") is not None:
+        head += f", epoch {progress['epoch']}/{progress['epochs']}, iteration {progress['iteration']}/" \
+                f"{progress['iterations']}"
+    if progress.get("samples_per_sec") is not None:
+        head += f", {progress['samples_per_sec']:.1f} samples/s"
+    lines = [head]
+    if progress.get("eta_step") is not None:
+        lines.append(f"ETA:        step {progress['eta_step']}, job {progress['eta_job']}"
+                     f" (updated {progress.get('updated') or '?'})")
+    if progress.get("loss") is not None:
+        lines.append(f"loss:       {progress['loss']:.4f}" + (f" — {_figures(progress['branches'])}"
+                                                               if progress.get("branches") else ""))
+    if progress.get("terms"):
+        lines.append(f"terms:      {_figures(progress['terms'], 12)}")
+    for branch, figures in (progress.get("val") or {}).items():
+        shown = {k: v for k, v in figures.items() if k in records.VAL_CURVES}
+        if shown:
+            lines.append(f"val {branch}: {_figures(shown)}")
     return lines

@@ -18,8 +18,8 @@ from typing import Any
 from aidi.api import aidi_form
 from aidi.cluster.client import JobClient
 from aidi.cluster.kube import CANCEL_ANNOTATION
-from aidi.errors import AuthError, ConnectionFailed, NotFoundError, UsageError
-from aidi.jobs import podspec
+from aidi.errors import AidiError, AuthError, ConnectionFailed, NotFoundError, UsageError
+from aidi.jobs import podspec, progress
 from aidi.jobs.lifecycle import FINISHED
 
 EXIT_SUCCEEDED = 0
@@ -168,3 +168,25 @@ def default_container(pod: dict[str, Any]) -> str | None:
     if annotations.get("kubectl.kubernetes.io/default-container"):
         return annotations["kubectl.kubernetes.io/default-container"]
     return containers[0] if containers else None
+
+
+# A page that refreshes every few seconds reads at most this much of a long run's log (about 10 MB of a
+# trainer that logs 2 lines per interval); the synced progress.jsonl holds the whole history, and wins when longer.
+PROGRESS_LOG_LINES = 20000
+
+
+def progress_records(client: JobClient, name: str, pods: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The trainer's progress records on worker 0's log (docs/progress.md), read with the caller's rights;
+    [] when the pod or its log is not there (yet, or any more)."""
+    pods = client.job_pods(name) if pods is None else pods
+    try:
+        pod = pick_pod(pods, name, 0)
+    except NotFoundError:
+        return []
+    if not any(c.get("name") == podspec.MAIN_CONTAINER for c in (pod.get("spec") or {}).get("containers") or []):
+        return []
+    try:
+        text = client.pod_log(pod["metadata"]["name"], podspec.MAIN_CONTAINER, tail=PROGRESS_LOG_LINES)
+    except AidiError:
+        return []  # a pod still starting has no log yet; progress never makes `status` fail
+    return progress.parse_log(text)

@@ -106,6 +106,59 @@ _TEXT: dict[str, tuple[str, str]] = {
     "language": ("中文", "English"),
     "unauthorized": ("Log in first.", "请先登录。"),
     "back": ("Back", "返回"),
+    # progress and curves (docs/progress.md)
+    "progress": ("Training progress", "训练进度"),
+    "step": ("Step", "阶段"),
+    "step.with-bn": ("float training with BN", "带 BN 的浮点训练"),
+    "step.fusion-bn-c1": ("backbone BN folded, int8 fine-tuning", "融合骨干网络 BN，int8 微调"),
+    "step.fusion-bn-c2": ("heads' BN folded, int8 fine-tuning", "融合检测头 BN，int8 微调"),
+    "step.int-inference": ("integer model conversion", "转换为定点推理模型"),
+    "all_steps_done": ("all 4 steps done", "4 个阶段全部完成"),
+    "epoch": ("Epoch", "轮次 (epoch)"),
+    "iteration": ("Iteration", "迭代"),
+    "samples_per_sec": ("Samples/s", "样本/秒"),
+    "eta_step": ("Time left in this step", "本阶段剩余时间"),
+    "eta_job": ("Time left for the job", "任务剩余时间"),
+    "loss": ("Loss", "损失"),
+    "updated": ("Updated", "更新时间"),
+    "branch": ("Branch", "分支"),
+    "loss_terms": ("Loss terms", "损失分项"),
+    "validation": ("Validation", "验证"),
+    "curves": ("Curves", "曲线"),
+    "curves_from": ("Curves from the progress file synced with the outputs:", "曲线来自随输出同步的进度文件："),
+    "iterations_axis": ("iteration", "迭代次数"),
+    "chart_loss": ("Training loss per branch", "各分支训练损失"),
+    "chart_det": ("Detection branches: precision (solid) and recall (dashed) after each step",
+                  "检测分支：每个阶段后的精确率（实线）与召回率（虚线）"),
+    "chart_seg": ("Segmentation branches: mIoU after each step", "分割分支：每个阶段后的 mIoU"),
+    "precision": ("precision", "精确率"),
+    "recall": ("recall", "召回率"),
+    "no_validation_yet": ("No validation yet: it runs at the end of each step.", "暂无验证结果：每个阶段结束时验证。"),
+    "no_progress": ("No training figures yet.", "暂无训练数据。"),
+    # lineage and reports
+    "lineage": ("Lineage", "数据血缘"),
+    "no_lineage": ("No lineage recorded: the files did not come with a job record (aidi-job.json).",
+                   "没有血缘记录：文件不含任务记录（aidi-job.json）。"),
+    "trained_by": ("Trained by job", "训练任务"),
+    "trained_on": ("Trained on", "训练数据"),
+    "from_output": ("From the job's output", "来自任务输出"),
+    "asked_for": ("asked for", "请求版本"),
+    "code_package": ("code package", "代码包"),
+    "fetched": ("Datasets fetched (exact versions)", "实际拉取的数据集版本"),
+    "no_models_from_job": ("No model version was saved from this job's outputs yet (hitc model append).",
+                           "尚未从此任务的输出保存模型版本（hitc model append）。"),
+    "source_job": ("Job", "训练任务"),
+    "used_by": ("Models trained on this version", "使用此版本训练的模型"),
+    "no_used_by": ("No model version records this dataset version in its lineage.",
+                   "没有模型版本的血缘记录包含此数据集版本。"),
+    "source": ("Source", "来源"),
+    "reports": ("Evaluation reports", "评测报告"),
+    "no_reports": ("No reports yet: hitc model report NAME --version V --label SCENE --eval-dir DIR",
+                   "暂无评测报告：hitc model report NAME --version V --label SCENE --eval-dir DIR"),
+    "metrics": ("Metrics", "指标"),
+    "compiled": ("Compiled artefacts", "编译产物"),
+    "compare_hint": ("Versions side by side: one column per metric (mAP per scene, mIoU); the best of each column "
+                     "in bold.", "版本对比：每个指标一列（各场景 mAP、mIoU），每列最佳值加粗。"),
 }
 
 
@@ -117,8 +170,8 @@ def pick_language(query: str | None, cookie: str | None, accept: str | None) -> 
 
 
 def text(key: str, lang: str, **values: object) -> str:
-    if key not in _TEXT and key.startswith("phase."):
-        return key[len("phase."):]   # a phase we have no words for (e.g. a newer operator's): as it is
+    if key not in _TEXT and key.startswith(("phase.", "step.")):
+        return key.split(".", 1)[1]   # a phase or step we have no words for (e.g. a newer trainer's): as it is
     english, chinese = _TEXT[key]
     words = chinese if lang == "zh" else english
     return words.format(**values) if values else words

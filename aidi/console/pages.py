@@ -12,9 +12,10 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
+from aidi.console import charts
 from aidi.console.appkeys import AppKey
 from aidi.console.i18n import text
-from aidi.console.views import TABS, DatasetRow, JobDetail, JobRow
+from aidi.console.views import TABS, DatasetRow, JobDetail, JobRow, ModelDetail
 from aidi.dataspace import Manifest
 from aidi.jobs.codepkg import human_bytes
 
@@ -132,7 +133,7 @@ def datasets(page: Page, rows: list[DatasetRow], problem: str | None) -> str:
                   notice(problem) + table(headers, cells, page.t("no_datasets"), "datasets"), "datasets")
 
 
-def dataset(page: Page, row: DatasetRow, manifest: Manifest) -> str:
+def dataset(page: Page, row: DatasetRow, manifest: Manifest, used_by: list[dict[str, Any]] | None = None) -> str:
     base = f"/datasets/{u(row.name)}/{u(row.type)}"
     versions = [[f'<a href="{base}?version={u(v.version)}">{h(v.version)}</a>'
                  + (" ◀" if v.version == manifest.version else ""), h(v.files), h(human_bytes(v.size)),
@@ -146,18 +147,104 @@ def dataset(page: Page, row: DatasetRow, manifest: Manifest) -> str:
             + table([page.t(k) for k in ("version", "files", "size", "records", "uploader", "created")], versions,
                     "", "versions")
             + f'<h2>{page.t("files")} — {h(manifest.version)}</h2>'
-            + table([page.t("file"), page.t("size"), page.t("records"), "sha256"], files, "", "files"))
+            + table([page.t("file"), page.t("size"), page.t("records"), "sha256"], files, "", "files")
+            + f'<h2>{page.t("used_by")} — {h(manifest.version)}</h2>'
+            + table([page.t("models"), page.t("source_job"), page.t("created")],
+                    [[f'<a href="{model_href(m["name"], m["version"])}">{h(m["name"])} {h(m["version"])}</a>',
+                      f'<a href="/jobs/{u(m["source_job"])}">{h(m["source_job"])}</a>' if m.get("source_job") else "-",
+                      when(m["created"])] for m in used_by or []], page.t("no_used_by"), "used-by"))
     return layout(page, f"{row.name} / {row.type}", body, "datasets")
 
 
+def _figure(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.4g}"
+
+
+def model_href(name: str, version: str) -> str:
+    return f"/models/{u(name)}/{u(version)}"
+
+
 def models(page: Page, rows: list[dict[str, Any]], problem: str | None) -> str:
-    cells = [[h(m["name"]), h(m["version"]), h(len(m["files"])), h(human_bytes(m["size"])), h(m.get("source_job")),
-              h(", ".join(f"{k}={v}" for k, v in (m.get("metrics") or {}).items())), h(m["uploader"]),
-              when(m["created"])] for m in rows]
-    headers = [page.t("name"), page.t("version"), page.t("files"), page.t("size"), page.t("jobs"), "metrics",
+    """Every version side by side: one column per metric (mAP per scene, mIoU), the size; the best of each column
+    marked, so choosing the one to release is a glance."""
+    columns = list(rows[0]["compare"]) if rows else []
+    best = {c: max((r["compare"][c] for r in rows if r["compare"].get(c) is not None), default=None)
+            for c in columns}
+    cells = []
+    for m in rows:
+        figures = [(f'<b class="best">{_figure(m["compare"][c])}</b>' if m["compare"][c] is not None
+                    and m["compare"][c] == best[c] and len(rows) > 1 else _figure(m["compare"][c])) for c in columns]
+        job = m.get("source_job")
+        cells.append([f'<a href="{model_href(m["name"], m["version"])}">{h(m["name"])}</a>',
+                      f'<a href="{model_href(m["name"], m["version"])}">{h(m["version"])}</a>', *figures,
+                      h(human_bytes(m["size"])), f'<a href="/jobs/{u(job)}">{h(job)}</a>' if job else "-",
+                      h(len(m.get("reports") or [])), h(m["uploader"]), when(m["created"])])
+    headers = [page.t("name"), page.t("version"), *columns, page.t("size"), page.t("source_job"), page.t("reports"),
                page.t("uploader"), page.t("created")]
-    return layout(page, page.t("models"), notice(problem) + table(headers, cells, page.t("no_models"), "models"),
-                  "models")
+    hint = f'<p class="hint">{page.t("compare_hint")}</p>' if columns else ""
+    return layout(page, page.t("models"),
+                  notice(problem) + hint + table(headers, cells, page.t("no_models"), "models"), "models")
+
+
+def lineage_html(page: Page, lineage: dict[str, Any] | None) -> str:
+    """job → datasets → output → this model, each a link."""
+    if not lineage:
+        return f'<p class="empty">{page.t("no_lineage")}</p>'
+    job = lineage.get("job") or {}
+    items = [f'<li>{page.t("trained_by")}: <a href="/jobs/{u(job.get("name") or "")}" id="lineage-job">'
+             f'{h(job.get("name"))}</a> <span class="meta">({page.t("team")} {h(job.get("namespace"))}, uid '
+             f'<code>{h(job.get("uid"))}</code>, {page.t("image")} <code>{h(job.get("image"))}</code>, '
+             f'{page.t("code_package")} sha256 <code title="{h(job.get("code_sha256"))}">'
+             f'{h((job.get("code_sha256") or "")[:12])}…</code>)</span></li>']
+    for d in lineage.get("datasets") or []:
+        asked = (f' <span class="meta">({page.t("asked_for")} {h(d["requested"])})</span>'
+                 if d.get("requested") and d.get("requested") != d.get("version") else "")
+        items.append(f'<li>{page.t("trained_on")}: {_dataset_link(d, "trainset")}{asked}</li>')
+    if lineage.get("output"):
+        items.append(f'<li>{page.t("from_output")}: {_dataset_link(lineage["output"], "dataset")}</li>')
+    return f'<ul class="lineage" id="lineage">{"".join(items)}</ul>'
+
+
+def report_href(name: str, version: str, label: str, path: str = "report.html") -> str:
+    return f"{model_href(name, version)}/eval/{u(label)}/{quote(path)}"
+
+
+def model(page: Page, d: ModelDetail) -> str:
+    r = d.record
+    name, version = r["name"], r["version"]
+    summary = [(page.t("version"), h(version)), (page.t("created"), when(r["created"])),
+               (page.t("uploader"), h(r["uploader"])), (page.t("size"), h(human_bytes(d.size))),
+               (page.t("source_job"), f'<a href="/jobs/{u(r["source_job"])}">{h(r["source_job"])}</a>'
+                if r.get("source_job") else "-"),
+               (page.t("source"), h(r.get("source"))), (page.t("description"), h(r.get("description")))]
+    dl = "".join(f"<dt>{k}</dt><dd>{v or '-'}</dd>" for k, v in summary)
+    metrics = []
+    for label, value in (r.get("all_metrics") or {}).items():
+        if isinstance(value, dict):
+            shown = {k: v for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            figures = ", ".join(f"{h(k)} {_figure(v)}" for k, v in shown.items())
+            metrics.append([h(label), h(value.get("task")), figures])
+        else:
+            metrics.append([h(label), "", _figure(value)])
+    reports = [[h(rep["label"]), when(rep["created"]),
+                ", ".join(f"{k} {_figure(v)}" for k, v in rep["summary"].items()
+                          if k in ("map_all_point", "miou", "recall", "precision")),
+                f'<a class="report" href="{report_href(name, version, rep["label"])}" target="_blank" '
+                f'rel="noopener">report.html</a>' if rep.get("report") else "-"] for rep in r.get("reports") or []]
+    files = [[h(f["path"]), h(human_bytes(f["size"])), f'<code>{h(f["md5"])}</code>'] for f in r["files"]]
+    compiled = [[h(a["target"]), when(a["created"]), h(", ".join(f["path"] for f in a["files"]))]
+                for a in r.get("artifacts") or []]
+    body = (f'<p><a href="/models">← {page.t("models")}</a></p><dl class="summary" id="summary">{dl}</dl>'
+            f'<h2>{page.t("lineage")}</h2>{lineage_html(page, r.get("lineage"))}'
+            f'<h2>{page.t("metrics")}</h2>'
+            + table([page.t("name"), page.t("type"), page.t("metrics")], metrics, "-", "metrics")
+            + f'<h2>{page.t("reports")}</h2>'
+            + table([page.t("name"), page.t("created"), page.t("metrics"), ""], reports, page.t("no_reports"),
+                    "reports")
+            + f'<h2>{page.t("files")}</h2>' + table([page.t("file"), page.t("size"), "md5"], files, "-", "files")
+            + (f'<h2>{page.t("compiled")}</h2>' + table(["target", page.t("created"), page.t("files")], compiled, "-",
+                                                         "compiled") if compiled else ""))
+    return layout(page, f"{name} {version}", body, "models")
 
 
 # ----------------------------------------------------------------------------------------------- jobs
@@ -176,11 +263,11 @@ def jobs_fragment(page: Page, rows: list[JobRow], tab: str, problem: str | None)
     counts = {t: sum(1 for r in rows if r.tab == t) for t in TABS}
     tabs = "".join(f'<a href="/jobs?tab={t}" id="tab-{t}" class="tab{" current" if t == tab else ""}">'
                    f'{page.t(t)} <span class="count">{counts[t]}</span></a>' for t in TABS)
-    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(page, r.phase), h(r.gpus_per_worker),
-              h(r.workers), when(r.start), h(duration(r.duration)), h(r.priority), h(r.project),
-              h(r.reason)] for r in rows if r.tab == tab]
-    headers = [page.t(k) for k in ("name", "phase", "gpus", "workers", "start", "duration", "priority", "project",
-                                   "reason")]
+    cells = [[f'<a href="/jobs/{u(r.name)}">{h(r.name)}</a>', phase_badge(page, r.phase), h(r.step or "-"),
+              h(r.eta or "-"), h(r.gpus_per_worker), h(r.workers), when(r.start), h(duration(r.duration)),
+              h(r.priority), h(r.project), h(r.reason)] for r in rows if r.tab == tab]
+    headers = [page.t(k) for k in ("name", "phase", "step", "eta_job", "gpus", "workers", "start", "duration",
+                                   "priority", "project", "reason")]
     return (f'<div class="tabs">{tabs}</div>' + notice(problem)
             + table(headers, cells, page.t("no_jobs"), "jobs"))
 
@@ -195,6 +282,90 @@ def _dataset_link(ref: dict[str, Any], default_type: str) -> str:
     query = f"?version={u(version)}" if version and version != "latest" else ""
     label = f"{name}/{type_}" + (f"@{version}" if version else "")
     return f'<a href="/datasets/{u(name)}/{u(type_)}{query}">{h(label)}</a>'
+
+
+def progress_html(page: Page, d: JobDetail) -> str:
+    """Where training stands and the curves (docs/progress.md); empty before the trainer's first record."""
+    p = d.progress
+    if not p:
+        return ""
+    if "status" in p:  # only the runner's summary: the log and the synced file are not readable
+        st = p["status"]
+        rows = [(page.t("step"), h(st.get("step"))), (page.t("epoch"), h(st.get("epoch"))),
+                (page.t("iteration"), h(st.get("iteration"))), (page.t("eta_job"), h(st.get("eta"))),
+                (page.t("loss"), _figure(st.get("loss")))]
+        dl = "".join(f"<dt>{k}</dt><dd>{v or '-'}</dd>" for k, v in rows)
+        return f'<h2>{page.t("progress")}</h2><dl class="summary" id="progress">{dl}</dl>'
+    done = p.get("state") == "done"
+    step = f'{h(p.get("step_label"))} — {page.t("step." + str(p.get("step_name")))}' if p.get("step_label") else "-"
+    if done:
+        step += f' <span class="phase succeeded">{page.t("all_steps_done")}</span>'
+    rows = [(page.t("step"), step)]
+    if not done and p.get("epoch") is not None:
+        iters = p.get("iterations") or 0
+        pct = 100 * (p.get("iteration") or 0) // iters if iters else 0
+        rows += [(page.t("epoch"), f'{h(p["epoch"])} / {h(p["epochs"])}'),
+                 (page.t("iteration"), f'{h(p["iteration"])} / {h(p["iterations"])} '
+                  f'<progress id="step-bar" max="100" value="{pct}">{pct}%</progress>'),
+                 (page.t("samples_per_sec"), _figure(p.get("samples_per_sec"))),
+                 (page.t("eta_step"), h(p.get("eta_step"))), (page.t("eta_job"), h(p.get("eta_job")))]
+    rows += [(page.t("loss"), _figure(p.get("loss"))), (page.t("updated"), when(p.get("updated")))]
+    dl = "".join(f"<dt>{k}</dt><dd>{v or '-'}</dd>" for k, v in rows)
+    branches = sorted(set(p.get("branches") or {}) | set(p.get("val") or {}))
+    terms = p.get("terms") or {}
+    cells = [[h(b), _figure((p.get("branches") or {}).get(b)),
+              ", ".join(f"{h(k.split('.', 1)[1])} {_figure(v)}" for k, v in terms.items() if k.startswith(b + ".")),
+              ", ".join(f"{h(k)} {_figure(v)}" for k, v in ((p.get("val") or {}).get(b) or {}).items()
+                        if k in ("precision", "recall", "miou"))] for b in branches]
+    out = (f'<h2>{page.t("progress")}</h2><dl class="summary" id="progress">{dl}</dl>'
+           + table([page.t("branch"), page.t("loss"), page.t("loss_terms"), page.t("validation")], cells, "-",
+                   "branches"))
+    if d.curves is not None and not d.curves.empty:
+        out += f'<h2>{page.t("curves")}</h2><div class="charts">{curves_html(page, d)}</div>'
+        if d.progress_source and d.progress_source != "log":
+            out += f'<p class="hint">{page.t("curves_from")} <code>{h(d.progress_source)}</code></p>'
+    return out
+
+
+def curves_html(page: Page, d: JobDetail) -> str:
+    assert d.curves is not None
+    c = d.curves
+    colour = charts.colours(sorted(set(c.loss) | set(c.val)))
+    # Short labels: the steps' full names would overlap where a step is short; the table above names them.
+    markers = [(float(x), f'{page.t("step")} {i + 1}') for i, (x, _) in enumerate(c.steps)]
+    x_label = page.t("iterations_axis")
+    loss = charts.Chart(page.t("chart_loss"), [charts.Series(b, [(float(x), y) for x, y in pts], colour[b])
+                                              for b, pts in sorted(c.loss.items())], "chart-loss", markers,
+                        x_label=x_label)
+    det = [charts.Series(f"{b} {page.t(name)}", [(float(x), y) for x, y in figs[name]], colour[b], name == "recall")
+           for b, figs in sorted(c.val.items()) for name in ("precision", "recall") if name in figs]
+    seg = [charts.Series(f"{b} mIoU", [(float(x), y) for x, y in figs["miou"]], colour[b])
+           for b, figs in sorted(c.val.items()) if "miou" in figs]
+    empty = page.t("no_validation_yet")
+    return (charts.render(loss, page.t("no_progress"))
+            + charts.render(charts.Chart(page.t("chart_det"), det, "chart-det", markers, 0.0, 1.0, x_label), empty)
+            + charts.render(charts.Chart(page.t("chart_seg"), seg, "chart-seg", markers, 0.0, 1.0, x_label), empty))
+
+
+def job_lineage_html(page: Page, d: JobDetail) -> str:
+    """The job's place in the chain: datasets it fetched (exact versions) → its output → the models made from it."""
+    if not d.fetched and not d.models:
+        return ""
+    fetched = ", ".join(_dataset_link(f, "trainset") + (f' <span class="meta">({page.t("asked_for")} '
+                                                       f'{h(f["requested"])})</span>' if f.get("requested")
+                                                       and f.get("requested") != f.get("version") else "")
+                        for f in d.fetched) or "-"
+    rows = []
+    for m in d.models:
+        reports = " ".join(f'<a class="report" href="{report_href(m["name"], m["version"], r["label"])}" '
+                           f'target="_blank" rel="noopener">{h(r["label"])}</a>' for r in m.get("reports") or []
+                           if r.get("report"))
+        rows.append([f'<a href="{model_href(m["name"], m["version"])}">{h(m["name"])} {h(m["version"])}</a>',
+                     when(m["created"]), reports or "-"])
+    return (f'<h2>{page.t("lineage")}</h2><dl class="summary" id="job-lineage"><dt>{page.t("fetched")}</dt>'
+            f'<dd>{fetched}</dd></dl>'
+            + table([page.t("models"), page.t("created"), page.t("reports")], rows, page.t("no_models_from_job"),
+                    "job-models"))
 
 
 def job_fragment(page: Page, d: JobDetail) -> str:
@@ -224,7 +395,8 @@ def job_fragment(page: Page, d: JobDetail) -> str:
     elif d.log_note:
         log = notice(d.log_note, "info")
     return (f'<dl class="summary" id="summary">{dl}</dl>'
-            f'<h2>{page.t("conditions")}</h2>'
+            + progress_html(page, d) + job_lineage_html(page, d)
+            + f'<h2>{page.t("conditions")}</h2>'
             + table([page.t(k) for k in ("type", "status", "reason", "message", "since")], conditions, "-",
                     "conditions")
             + f'<h2>{page.t("pods")}</h2>'

@@ -171,12 +171,15 @@ def create_app(settings: ConsoleSettings) -> web.Application:
         web.get("/healthz", _healthz), web.get("/static/{name}", _static),
         web.get("/login", _login_form), web.post("/login", _login_submit), web.post("/logout", _logout),
         web.get("/", _home), web.get("/datasets", _datasets), web.get("/datasets/{name}/{type}", _dataset),
-        web.get("/models", _models), web.get("/jobs", _jobs), web.get("/jobs/{name}", _job),
+        web.get("/models", _models), web.get("/models/{name}/{version}", _model),
+        web.get("/models/{name}/{version}/eval/{label}/{path:.+}", _model_report_file),
+        web.get("/jobs", _jobs), web.get("/jobs/{name}", _job),
         web.get("/personal", _personal), web.post("/personal/dataspace-token", _dataspace_token),
         web.post("/personal/appkeys", _appkey_create),
         web.post("/personal/appkeys/{id}/revoke", _appkey_revoke), web.get("/personal/ca.crt", _ca),
         web.get("/api/v1/whoami", _api_whoami), web.get("/api/v1/datasets", _api_datasets),
         web.get("/api/v1/datasets/{name}/{type}", _api_dataset), web.get("/api/v1/models", _api_models),
+        web.get("/api/v1/models/{name}/{version}", _api_model),
         web.get("/api/v1/jobs", _api_jobs), web.get("/api/v1/jobs/{name}", _api_job),
         web.get("/api/v1/appkeys", _api_appkeys), web.post("/api/v1/appkeys", _api_appkey_create),
         web.delete("/api/v1/appkeys/{id}", _api_appkey_revoke),
@@ -432,7 +435,8 @@ async def _dataset(request: web.Request) -> web.Response:
     identity = session_of(request).identity
     row, manifest = await blocking(views.dataset_detail, identity, request.match_info["name"],
                                    request.match_info["type"], request.query.get("version"))
-    return html(pages.dataset(page_of(request), row, manifest))
+    used_by = await blocking(views.models_trained_on, identity, row.name, row.type, manifest.version)
+    return html(pages.dataset(page_of(request), row, manifest, used_by))
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -444,6 +448,29 @@ async def _models(request: web.Request) -> web.Response:
     except AidiError as exc:
         problem = str(exc)
     return html(pages.models(page_of(request), rows, problem))
+
+
+async def _model(request: web.Request) -> web.Response:
+    detail = await blocking(views.model_detail, session_of(request).identity, request.match_info["name"],
+                            request.match_info["version"])
+    return html(pages.model(page_of(request), detail))
+
+
+# A stored report is the `aidi eval` page: inline script and styles, pictures beside it. It is served sandboxed
+# (an opaque origin: its script can never reach the console's session), with nothing allowed from elsewhere.
+REPORT_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
+              "sandbox allow-scripts")
+_REPORT_TYPES = {".html": "text/html", ".json": "application/json", ".png": "image/png", ".jpg": "image/jpeg",
+                 ".jpeg": "image/jpeg"}
+
+
+async def _model_report_file(request: web.Request) -> web.Response:
+    info = request.match_info
+    data = await blocking(views.model_report_file, session_of(request).identity, info["name"], info["version"],
+                          info["label"], info["path"])
+    kind = _REPORT_TYPES.get(Path(info["path"]).suffix.lower(), "application/octet-stream")
+    return web.Response(body=data, content_type=kind, charset="utf-8" if kind.startswith("text/") else None,
+                        headers={"Content-Security-Policy": REPORT_CSP})
 
 
 # ---------------------------------------------------------------------------------------------- jobs
@@ -624,6 +651,12 @@ async def _api_dataset(request: web.Request) -> web.Response:
 
 async def _api_models(request: web.Request) -> web.Response:
     return _json(await blocking(views.list_models, session_of(request).identity))
+
+
+async def _api_model(request: web.Request) -> web.Response:
+    detail = await blocking(views.model_detail, session_of(request).identity, request.match_info["name"],
+                            request.match_info["version"])
+    return _json(detail.record)
 
 
 async def _api_jobs(request: web.Request) -> web.Response:

@@ -5,6 +5,11 @@
     models/<name>/<version>/_model.json                    written last: the version exists once this does
     models/<name>/<version>/compiled/<target>/...           artefacts added later (ONNX and its check log)
     models/<name>/<version>/compiled/<target>/_artifact.json written last for that artefact
+    models/<name>/<version>/eval/<label>/...                 an `aidi eval` output (results.json, report.html, images)
+    models/<name>/<version>/eval/<label>/_report.json        written last for that report
+
+A version's ``lineage`` (aidi/dataspace/lineage.py) names the job that trained it (name, uid, image, code
+package sha256), the exact dataset versions that job fetched, and the output version the files came from.
 
 Versions are ``v1``, ``v2``, ...; a version's files never change once ``_model.json`` exists. As for
 datasets (aidi/dataspace/datasets.py), an append claims its number with a create-only ``_claim.json`` (the
@@ -33,6 +38,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from aidi.api.sections import Section, Sections, Text, load_sections
+from aidi.dataspace import lineage as lin
 from aidi.dataspace import refs as dsref
 from aidi.dataspace.datasets import CLAIM, CLAIM_ATTEMPTS, LATEST, NAME_RE, PENDING, VERSION_RE
 from aidi.dataspace.store import ObjectExists, ObjectStore
@@ -41,8 +47,9 @@ from aidi.errors import IntegrityError, NotFoundError, UsageError
 
 MODEL_RECORD = "_model.json"
 ARTIFACT_RECORD = "_artifact.json"
+REPORT_RECORD = "_report.json"
 MODEL_FORMAT = "aidi.model/v1"
-_RESERVED = ("compiled/", MODEL_RECORD, CLAIM, PENDING)
+_RESERVED = ("compiled/", "eval/", MODEL_RECORD, CLAIM, PENDING)
 _CHUNK = 1 << 20
 
 
@@ -70,13 +77,21 @@ class ModelVersion:
     description: str | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     uri: str | None = None
+    lineage: dict[str, Any] | None = None
+    reports: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": MODEL_FORMAT, "name": self.name, "version": self.version, "created": self.created,
                 "uploader": self.uploader, "source_job": self.source_job, "source": self.source,
                 "description": self.description, "metrics": self.metrics,
+                **({"lineage": self.lineage} if self.lineage else {}),
                 "files": [f.to_json() for f in self.files],
-                **({"artifacts": self.artifacts} if self.artifacts else {}), **({"uri": self.uri} if self.uri else {})}
+                **({"artifacts": self.artifacts} if self.artifacts else {}),
+                **({"reports": self.reports} if self.reports else {}), **({"uri": self.uri} if self.uri else {})}
+
+    def all_metrics(self) -> dict[str, Any]:
+        """The record's metrics, and the summaries of reports added after it (never replacing a recorded one)."""
+        return {**{r["label"]: r["summary"] for r in self.reports if r.get("summary")}, **self.metrics}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> ModelVersion:
@@ -84,7 +99,8 @@ class ModelVersion:
             return cls(name=data["name"], version=data["version"], created=data["created"],
                        uploader=data.get("uploader", "?"), source_job=data.get("source_job"),
                        source=data.get("source"), description=data.get("description"),
-                       metrics=data.get("metrics") or {}, files=[ModelFile(**f) for f in data["files"]])
+                       metrics=data.get("metrics") or {}, files=[ModelFile(**f) for f in data["files"]],
+                       lineage=data.get("lineage"))
         except (KeyError, TypeError) as exc:
             raise IntegrityError(f"{where}: not a model record ({exc}); the version is damaged") from None
 
@@ -100,6 +116,7 @@ class AppendSpec:
     source_job: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str | None = None
+    reports: dict[str, Path] = field(default_factory=dict)  # label → the `aidi eval` output folder
 
 
 def _md5_sha256(path: Path) -> tuple[str, str]:
@@ -192,8 +209,17 @@ def load_append_spec(path: str | Path) -> AppendSpec:
         if not spec.path.exists():
             raise NotFoundError(f"{path}: REQUIRED.MODEL_PATH {req.MODEL_PATH!r}: {spec.path} does not exist")
     for label, file in opt.EVAL_RESULTS.items():
-        spec.metrics[str(label)] = eval_summary(path.parent / file, f"{path}: OPTIONAL.EVAL_RESULTS.{label}")
+        check_report_label(str(label))
+        results = path.parent / file
+        spec.metrics[str(label)] = eval_summary(results, f"{path}: OPTIONAL.EVAL_RESULTS.{label}")
+        spec.reports[str(label)] = results.parent
     return spec
+
+
+def check_report_label(label: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", label):
+        raise UsageError(f"invalid report label {label!r}: use letters, digits, '.', '_' and '-', e.g. vehicle")
+    return label
 
 
 def eval_summary(results_path: Path, where: str) -> dict[str, Any]:
@@ -211,6 +237,34 @@ def eval_summary(results_path: Path, where: str) -> dict[str, Any]:
     elif data.get("task") == "parsing":
         summary["iou_per_class"] = {c["class"]: c.get("iou") for c in data.get("classes", [])}
     return summary
+
+
+def main_figure(value: Any) -> tuple[str, float] | None:
+    """The one figure that ranks a model on a report: mAP for detection, mIoU for parsing; a plain number as is."""
+    if isinstance(value, dict):
+        for key, label in (("map_all_point", "mAP"), ("miou", "mIoU"), ("map_voc11", "mAP")):
+            if isinstance(value.get(key), int | float):
+                return label, float(value[key])
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "", float(value)
+    return None
+
+
+def metric_columns(records: list[ModelVersion]) -> tuple[dict[str, str], list[list[float | None]]]:
+    """Versions side by side (`hitc model list --metrics`, the console's models page): one column per metric any
+    of them has, headed "vehicle mAP", "seg_lane mIoU", ...; each version's figure or None."""
+    columns: dict[str, str] = {}
+    for r in records:
+        for key, value in r.all_metrics().items():
+            fig = main_figure(value)
+            if fig is not None:
+                columns.setdefault(key, f"{key} {fig[0]}".strip())
+    rows = []
+    for r in records:
+        metrics = r.all_metrics()
+        rows.append([None if (fig := main_figure(metrics.get(key))) is None else fig[1] for key in columns])
+    return columns, rows
 
 
 def select_files(root: Path, patterns: list[str]) -> list[tuple[str, Path]]:
@@ -247,7 +301,7 @@ class ModelRegistry:
 
     def append(self, name: str, files: list[tuple[str, Path]], *, source_job: str | None = None,
                source: str | None = None, metrics: dict[str, Any] | None = None,
-               description: str | None = None) -> ModelVersion:
+               description: str | None = None, lineage: dict[str, Any] | None = None) -> ModelVersion:
         """Store ``files`` as the next version of ``name``; the record is written last."""
         check_model_name(name)
         described = run_parallel(lambda pair: (pair, _md5_sha256(pair[1]), pair[1].stat().st_size), files, self.jobs)
@@ -262,7 +316,7 @@ class ModelRegistry:
         entries = run_parallel(put, described, self.jobs)
         record = ModelVersion(name=name, version=version, files=entries, created=_now(),
                               uploader=self.uploader or getpass.getuser(), source_job=source_job, source=source,
-                              metrics=metrics or {}, description=description)
+                              metrics=metrics or {}, description=description, lineage=lineage)
         # Only this append writes under its claimed version, so the record cannot exist yet; create-only
         # all the same, so that nothing could ever replace a released version's record.
         self.store.put_bytes(prefix + MODEL_RECORD, json.dumps(record.to_json(), indent=1).encode(),
@@ -282,18 +336,60 @@ class ModelRegistry:
                                      "append; nothing of this one was released: append again") from None
 
     def append_spec(self, spec: AppendSpec, dataspace: Any = None) -> ModelVersion:
-        """Append what ``model_append.yaml`` names; a dataspace source is fetched to a temporary folder first."""
+        """Append what ``model_append.yaml`` names; a dataspace source is fetched to a temporary folder first.
+
+        The job record among the files (``aidi-job.json``, written by the job's fetch step) becomes the
+        version's lineage; the reports of ``EVAL_RESULTS`` are stored with it (``eval/<label>/``)."""
         if spec.dataspace is None:
             assert spec.path is not None
-            return self.append(spec.name, select_files(spec.path, spec.files), source_job=spec.source_job,
-                               source=str(spec.path), metrics=spec.metrics, description=spec.description)
-        if dataspace is None:
-            raise UsageError(f"MODEL_PATH {spec.dataspace} needs the dataspace; run `hitc init` first")
-        with tempfile.TemporaryDirectory(prefix="aidi-model-") as tmp:
-            root, version = dsref.fetch(spec.dataspace, dataspace, tmp)
-            source = dsref.DatasetRef(spec.dataspace.name, spec.dataspace.type, version, spec.dataspace.path)
-            return self.append(spec.name, select_files(root, spec.files), source_job=spec.source_job,
-                               source=str(source), metrics=spec.metrics, description=spec.description)
+            lineage = lin.lineage_of(lin.read_job_record(spec.path))
+            record = self.append(spec.name, select_files(spec.path, spec.files), source_job=self._job(spec, lineage),
+                                 source=str(spec.path), metrics=spec.metrics, description=spec.description,
+                                 lineage=lineage)
+        else:
+            if dataspace is None:
+                raise UsageError(f"MODEL_PATH {spec.dataspace} needs the dataspace; run `hitc init` first")
+            with tempfile.TemporaryDirectory(prefix="aidi-model-") as tmp:
+                root, version = dsref.fetch(spec.dataspace, dataspace, tmp)
+                source = dsref.DatasetRef(spec.dataspace.name, spec.dataspace.type, version, spec.dataspace.path)
+                lineage = lin.lineage_of(lin.read_job_record(Path(tmp)), {
+                    "name": source.name, "type": source.type, "version": version})
+                record = self.append(spec.name, select_files(root, spec.files), source_job=self._job(spec, lineage),
+                                     source=str(source), metrics=spec.metrics, description=spec.description,
+                                     lineage=lineage)
+        for label, folder in spec.reports.items():
+            record.reports.append(self.attach_report(record.name, record.version, label, folder))
+        return record
+
+    @staticmethod
+    def _job(spec: AppendSpec, lineage: dict[str, Any] | None) -> str | None:
+        return spec.source_job or ((lineage or {}).get("job") or {}).get("name")
+
+    def attach_report(self, name: str, version: str, label: str, folder: Path) -> dict[str, Any]:
+        """Store an ``aidi eval`` output folder (results.json, report.html and its pictures) with a version,
+        under ``eval/<label>/``; write-once, its record last."""
+        check_report_label(label)
+        record = self.show(name, version)
+        folder = Path(folder)
+        summary = eval_summary(folder / "results.json", f"report {label}")
+        prefix = self.prefix(name, record.version) + f"eval/{label}/"
+        if self.store.stat(prefix + REPORT_RECORD) is not None:
+            raise UsageError(f"{name} {record.version} already has a report {label!r} ({self.store.uri(prefix)}); "
+                             "reports are write-once — give this one another label")
+        files = [(rel, p) for rel, p in select_files(folder, []) if not rel.endswith(".tmp")]
+        entries = []
+        for rel, file in files:
+            md5, sha = _md5_sha256(file)
+            self.store.put_file(prefix + rel, file, metadata={"md5": md5, "sha256": sha})
+            entries.append(ModelFile(rel, file.stat().st_size, md5, sha).to_json())
+        report = {"label": label, "created": _now(), "summary": summary, "files": entries,
+                  "report": "report.html" if (folder / "report.html").is_file() else None}
+        try:
+            self.store.put_bytes(prefix + REPORT_RECORD, json.dumps(report, indent=1).encode(), create_only=True)
+        except ObjectExists:
+            raise UsageError(f"{name} {record.version} got a report {label!r} from another run meanwhile; give "
+                             "this one another label") from None
+        return report
 
     def attach(self, name: str, version: str, target: str, files: list[tuple[str, Path]],
                info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -381,7 +477,37 @@ class ModelRegistry:
         record = ModelVersion.from_json(data, self.store.uri(key))
         record.uri = self.store.uri(self.prefix(name, version))
         record.artifacts = self._artifacts(name, version)
+        record.reports = self._reports(name, version)
         return record
+
+    def _reports(self, name: str, version: str) -> builtins.list[dict[str, Any]]:
+        found = []
+        for info in self.store.list(self.prefix(name, version) + "eval/", recursive=True):
+            if info.key.endswith("/" + REPORT_RECORD):
+                found.append(json.loads(self.store.get_bytes(info.key)))
+        return sorted(found, key=lambda r: r.get("label", ""))
+
+    def report_file(self, name: str, version: str, label: str, path: str) -> bytes:
+        """One file of a stored report (the console serves report.html and its pictures from here)."""
+        record = self.show(name, version)
+        report = next((r for r in record.reports if r.get("label") == label), None)
+        if report is None or path not in {f["path"] for f in report["files"]}:
+            raise NotFoundError(f"model {name} {record.version} has no report file {label}/{path}")
+        return self.store.get_bytes(self.prefix(name, record.version) + f"eval/{label}/{path}")
+
+    def used_by(self, name: str, type_: str, version: str) -> builtins.list[ModelVersion]:
+        """The model versions whose lineage names the dataset version ``name/type_ version``."""
+        return [m for m in self.list() if lin.uses_dataset(m.lineage, name, type_, version)]
+
+    def by_job(self, job: str, uid: str | None = None) -> builtins.list[ModelVersion]:
+        """The model versions made from a job's outputs (by its uid when both sides know it: names are reused)."""
+        def made_by(m: ModelVersion) -> bool:
+            recorded = (m.lineage or {}).get("job") or {}
+            if uid and recorded.get("uid"):
+                return bool(recorded["uid"] == uid)
+            return job in (m.source_job, recorded.get("name"))
+
+        return [m for m in self.list() if made_by(m)]
 
     def _artifacts(self, name: str, version: str) -> builtins.list[dict[str, Any]]:
         found = []

@@ -106,7 +106,9 @@ def eval_trainjob(task: EvalTask, namespace: str | None = None) -> Any:
     if task.project_id:
         metadata["labels"]["aidi.io/project"] = task.project_id
     spec: dict[str, Any] = {"command": eval_command(task), "gpusPerWorker": 0, "priority": task.priority,
-                            "backoffLimit": 1, "dataSpace": {"output": {"name": task.output, "type": "dataset"}}}
+                            "backoffLimit": 1, "dataSpace": {"output": {"name": task.output, "type": "dataset"}},
+                            # An evaluation writes its results once, at the end: nothing to resume from.
+                            "checkpoints": {"enabled": False}}
     if task.image:
         spec["image"] = task.image
     return TrainJob.model_validate({"apiVersion": "aidi.io/v1alpha1", "kind": "TrainJob", "metadata": metadata,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
+from aidi.jobs.progress import ended as progress_ended
 
 FINISHED = ("Succeeded", "Failed")
 # Why a runner that restarts gangs only after a kill (``decide(..., gang_restarts=KILLED_ONLY)``) failed the job.
@@ -476,6 +477,7 @@ def _end(st: tj.TrainJobStatus, phase: tj.Phase, reason: str, message: str, now:
     set_condition(st, phase, True, reason, message, now)
     set_condition(st, "Running", False, reason, message, now)
     set_condition(st, "Restarting", False, reason, message, now)
+    st.progress = progress_ended(st.progress, phase)  # no ETA on a finished job; where it stopped stays
 
 
 def runner_failed(status: tj.TrainJobStatus, reason: str, message: str, now: dt.datetime) -> tj.TrainJobStatus:

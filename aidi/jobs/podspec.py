@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aidi.api import trainjob as tj
+from aidi.dataspace.lineage import JOB_RECORD
 
 # Labels and annotations the operator (and `kubectl get pods -l ...`) select on.
 LABEL_JOB = "aidi.io/job"
@@ -210,11 +211,17 @@ def pod_labels(job: tj.TrainJob, member: Member, attempt: int) -> dict[str, str]
     return labels
 
 
-def _env(job: tj.TrainJob, member: Member, settings: PodSettings) -> list[dict[str, Any]]:
+def _env(job: tj.TrainJob, member: Member, settings: PodSettings,
+         owner_uid: str | None = None) -> list[dict[str, Any]]:
     """The environment every container of the job sees (docs/architecture.md)."""
     index = member.index if member.role == "worker" else 0
     env: list[dict[str, Any]] = [
         {"name": "JOB_NAME", "value": job.metadata.name},
+        # What the job record of the outputs names (aidi/dataspace/lineage.py): the job, its image and code.
+        {"name": "AIDI_JOB_NAMESPACE", "value": job.metadata.namespace or ""},
+        {"name": "AIDI_JOB_UID", "value": owner_uid or ""},
+        {"name": "AIDI_JOB_IMAGE", "value": job.spec.image or settings.job_image},
+        {"name": "AIDI_CODE_SHA256", "value": code_sha256(job)},
         {"name": "WORKING_PATH", "value": WORKING_PATH},
         {"name": "AIDI_ROLE", "value": member.role},
         {"name": "AIDI_WORKER_INDEX", "value": str(index)},
@@ -251,8 +258,17 @@ def fetch_code_command(uri: str) -> list[str]:
     return ["aidi", "fetch-code", uri, "--password-file", PASSWORD_FILE, "--dest", WORKING_PATH]
 
 
-def fetch_data_command(inputs: list[tj.DatasetInput]) -> list[str]:
-    return ["aidi", "fetch-data", "--dest", INPUT_DIR, *(f"{d.name}:{d.type}:{d.version}" for d in inputs)]
+def fetch_data_command(inputs: list[tj.DatasetInput], record: str | None = None) -> list[str]:
+    recording = ["--record", record] if record else []
+    return ["aidi", "fetch-data", "--dest", INPUT_DIR, *recording, *(f"{d.name}:{d.type}:{d.version}" for d in inputs)]
+
+
+def code_sha256(job: tj.TrainJob) -> str:
+    """The code package's sha256, which traincli puts in its name (``.../<sha256>.tar.gz.enc``); '' if not."""
+    package = job.spec.code_package
+    name = package.uri.rsplit("/", 1)[-1] if package is not None else ""
+    digest = name.split(".", 1)[0]
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else ""
 
 
 def sync_output_command(output: tj.DatasetOutput) -> list[str]:
@@ -450,7 +466,7 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     """
     spec = job.spec
     hard = settings.hardening
-    env = _env(job, member, settings)
+    env = _env(job, member, settings, owner_uid)
     sync = has_sync(job, member)
     volumes: list[dict[str, Any]] = [
         _empty_dir("code", hard.code_size_limit),
@@ -475,10 +491,13 @@ def build_pod(job: tj.TrainJob, member: Member, settings: PodSettings, *, attemp
     checkpoints = has_checkpoints(job, member)
     prefix = checkpoint_prefix(job, owner_uid)
     if member.role == "worker" and spec.data_space.inputs:
+        # The uploading worker's fetch step records the versions it really fetched among the outputs (lineage).
+        record = f"{OUTPUT_DIR}/{JOB_RECORD}" if sync else None
         init.append({"name": FETCH_DATA_CONTAINER, "image": settings.fetch_image,
-                     "command": fetch_data_command(spec.data_space.inputs), "env": env,
+                     "command": fetch_data_command(spec.data_space.inputs, record), "env": env,
                      "resources": _step_resources(hard), "securityContext": step_security,
-                     "volumeMounts": [_mount("data-input", INPUT_DIR)]})
+                     "volumeMounts": [_mount("data-input", INPUT_DIR)]
+                     + ([_mount("data-output", OUTPUT_DIR)] if sync else [])})
     if checkpoints:
         # Before the trainer starts, whatever the attempt: a suspended and resumed job resumes too.
         init.append({"name": FETCH_CHECKPOINT_CONTAINER, "image": settings.fetch_image,

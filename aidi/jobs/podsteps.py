@@ -37,6 +37,7 @@ from aidi.dataspace import (
     open_store,
 )
 from aidi.dataspace import checkpoints as ckpt
+from aidi.dataspace.lineage import job_record, write_job_record
 from aidi.errors import AidiError, IntegrityError, UsageError
 from aidi.jobs import codepkg
 
@@ -139,9 +140,10 @@ def parse_dataset_ref(ref: str) -> tuple[str, str, str]:
 
 
 def fetch_data(refs: list[str], dest: str | os.PathLike[str], config: DataspaceConfig | None = None,
-               jobs: int = 8) -> list[dict[str, Any]]:
+               jobs: int = 8, record: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Download each dataset to ``dest/<name>/<type>/<version>/``; for ``latest`` also ``.../latest`` (a link to
-    the version it resolved to, so the files are stored once)."""
+    the version it resolved to, so the files are stored once). ``record``: write the job record there (the
+    job and the exact versions fetched, aidi/dataspace/lineage.py) once everything is downloaded."""
     parsed = [parse_dataset_ref(ref) for ref in refs]  # all checked before anything is downloaded
     dataspace = open_dataspace(config or DataspaceConfig.from_env(), jobs=jobs)
     done: list[dict[str, Any]] = []
@@ -160,6 +162,8 @@ def fetch_data(refs: list[str], dest: str | os.PathLike[str], config: DataspaceC
                          "path": str(target), "files": result.files, "bytes": result.bytes})
     finally:
         dataspace.close()
+    if record is not None:
+        write_job_record(Path(record), job_record(done, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     return done
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aidi.api import trainjob as tj
-from aidi.jobs import lifecycle, podspec
+from aidi.jobs import lifecycle, podspec, progress
 from aidi.local import jobfile
 from aidi.local import pods as localpods
 from aidi.local.pods import STOP_GRACE_SECONDS, kill_group
@@ -42,6 +42,8 @@ LOG_TAIL_LINES = 40
 POLL_SECONDS = 0.5
 # How long a pod waits for a Secret it mounts before it fails with CreateContainerConfigError.
 SECRET_WAIT_SECONDS = 30.0
+# status.progress from worker 0's log, as the operator refreshes it (a local file: cheap, so more often).
+PROGRESS_SECONDS = 2.0
 
 
 def _now() -> dt.datetime:
@@ -267,6 +269,7 @@ class Supervisor:
         self.extra_env: dict[str, str] = dict(self.runner.get("env") or {})
         self.settings = podspec.PodSettings(dataspace_endpoint=self.runner["dataspace"]["endpoint"],
                                             dataspace_bucket=self.runner["dataspace"]["bucket"])
+        self.progress_due = 0.0
 
     def base_env(self, paths: localpods.PathMap, member: podspec.Member) -> dict[str, str]:
         """The host's environment plus what the job image would supply; the pod's env comes on top."""
@@ -289,6 +292,7 @@ class Supervisor:
             observed = [lifecycle.pod_state(pod.snapshot()) for pod in self.pods.values()]
             plan = lifecycle.decide(job, jobfile.status_of(data), observed, _now(), jobfile.generation_of(data),
                                     gang_restarts=lifecycle.KILLED_ONLY)
+            self._refresh_progress(job, plan)
             self._carry_out(job, data, plan)
             phase = plan.status.phase
             if phase in lifecycle.FINISHED:
@@ -328,6 +332,19 @@ class Supervisor:
         new = plan.status.to_wire()
         if new != data.get("status"):
             update_json(self.job_file, lambda job_data: job_data.__setitem__("status", new))
+
+    def _refresh_progress(self, job: tj.TrainJob, plan: lifecycle.Plan) -> None:
+        """``status.progress`` from the tail of worker 0's trainer log, as the operator reads it."""
+        now = time.monotonic()
+        if plan.status.phase != "Running" or now < self.progress_due:
+            return
+        self.progress_due = now + PROGRESS_SECONDS
+        runner = self.pods.get(podspec.Member("worker", 0).pod_name(job.metadata.name))
+        if runner is None:
+            return
+        found = progress.status_from_log(progress.tail_text(runner.dir / "logs" / f"{podspec.MAIN_CONTAINER}.log"))
+        if found is not None:
+            plan.status.progress = found
 
     def _keep_log_tail(self, plan: lifecycle.Plan) -> None:
         """The failed container's last lines go into status.lastFailure, as the operator keeps them."""

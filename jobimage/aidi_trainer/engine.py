@@ -24,6 +24,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from aidi.errors import AidiError
+from aidi.jobs.progress import Writer
 from aidi_trainer.losses import detection_loss, segmentation_loss
 from aidi_trainer.model import DET, MultiTaskNet
 from aidi_trainer.runtime import SYNC_KEYS, Runtime
@@ -47,6 +48,8 @@ class StepPlan:
     wd: float
     weights: dict[str, float]
     log_interval: int
+    global_offset: int = 0      # iterations of the trained steps before this one (the curves' x axis)
+    later_iterations: int = 0   # iterations of the trained steps after this one (the job's ETA)
 
 
 @dataclass
@@ -115,8 +118,10 @@ class Meter:
 
 
 def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[str, Iterator[Any]],
-               out: Path, start_epoch: int | None = None) -> StepResult:
+               out: Path, start_epoch: int | None = None, records: Writer | None = None) -> StepResult:
     """Train ``net`` (hybridized by the caller) for ``plan``; resume from the last epoch checkpoint in ``out``.
+
+    ``records`` (the chief's) receives a ``train`` progress record at every progress line (docs/progress.md).
 
     ``start_epoch`` is that checkpoint's epoch when the caller agreed on it already (every worker must
     pass the same); by default it is read here. ``batches`` must stand at that epoch's first batch.
@@ -146,7 +151,7 @@ def train_step(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dic
         log.info("[%s] resuming after epoch %d/%d from %s", plan.name, start_epoch, plan.epochs, out)
         result.resumed_from_epoch = start_epoch
     scale = len(runtime.ctxs) * runtime.num_workers
-    progress = StepMonitor(plan, result, trainer, start_epoch)
+    progress = StepMonitor(plan, result, trainer, start_epoch, records)
     for epoch in range(start_epoch, plan.epochs):
         progress.new_epoch()
         pending = None
@@ -203,8 +208,9 @@ def _launch(net: MultiTaskNet, plan: StepPlan, runtime: Runtime, batches: dict[s
 class StepMonitor:
     """Loss bookkeeping, the non-finite check and the progress lines of one step."""
 
-    def __init__(self, plan: StepPlan, result: StepResult, trainer: gluon.Trainer, start_epoch: int) -> None:
-        self.plan, self.result, self.trainer = plan, result, trainer
+    def __init__(self, plan: StepPlan, result: StepResult, trainer: gluon.Trainer, start_epoch: int,
+                 records: Writer | None = None) -> None:
+        self.plan, self.result, self.trainer, self.records = plan, result, trainer, records
         self.total = plan.epochs * plan.iters_per_epoch
         self.first_step = start_epoch * plan.iters_per_epoch
         self.started = time.perf_counter()
@@ -248,10 +254,21 @@ class StepMonitor:
         means = self.meter.means()
         breakdown = " ".join(f"{k} {v:.4f}" for k, v in means.items() if not k.endswith(".total"))
         epoch = (step_no - 1) // self.plan.iters_per_epoch + 1
+        loss = sum(v for k, v in means.items() if k.endswith(".total"))
+        rate = self.tick_samples / max(now - self.tick, 1e-9)
         log.info("[%s] epoch %d/%d iter %d/%d | loss %.4f | %s | %.1f samples/s | lr %.2e | ETA %s",
-                 self.plan.name, epoch, self.plan.epochs, step_no, self.total,
-                 sum(v for k, v in means.items() if k.endswith(".total")), breakdown,
-                 self.tick_samples / max(now - self.tick, 1e-9), self.trainer.learning_rate, format_eta(eta))
+                 self.plan.name, epoch, self.plan.epochs, step_no, self.total, loss, breakdown,
+                 rate, self.trainer.learning_rate, format_eta(eta))
+        if self.records is not None:
+            # The job's ETA assumes the later steps run at this step's pace (same network, same batches).
+            per_iter = (now - self.started) / (step_no - self.first_step)
+            self.records.write(
+                "train", step=self.plan.index, name=self.plan.name, epoch=epoch, epochs=self.plan.epochs,
+                iteration=step_no, iterations=self.total, global_iteration=self.plan.global_offset + step_no,
+                loss=loss, branches={k[:-len(".total")]: v for k, v in means.items() if k.endswith(".total")},
+                terms={k: v for k, v in means.items() if not k.endswith(".total")}, samples_per_sec=rate,
+                lr=float(self.trainer.learning_rate), eta_step_s=eta,
+                eta_job_s=eta + per_iter * self.plan.later_iterations)
         self.meter, self.tick, self.tick_samples = Meter(), now, 0
 
 

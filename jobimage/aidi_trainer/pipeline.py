@@ -28,6 +28,7 @@ import numpy as np
 
 from aidi.dataspace.checkpoints import RANK_FILE_ENV
 from aidi.errors import AidiError
+from aidi.jobs.progress import Writer
 from aidi_trainer import quant
 from aidi_trainer.data import TaskDataset, make_loader, train_batches
 from aidi_trainer.engine import StepPlan, atomic_save, iterations_per_epoch, saved_epoch, train_step
@@ -99,6 +100,9 @@ class Pipeline:
             "train_samples": {n: len(ds) for n, ds in self.train_sets.items()},
             "steps": {},
         }
+        # Progress records (docs/progress.md): every worker logs them (the runners read worker 0's log, and the
+        # chief, ps-lite's rank 0, need not be worker 0); only the chief writes the output folder's file.
+        self.records = Writer(self.out, log.info, to_file=runtime.chief)
         metrics_file = self.out / "metrics.json"
         if metrics_file.is_file():  # a resumed run keeps the figures of the steps already done
             self.metrics["steps"] = json.loads(metrics_file.read_text()).get("steps", {})
@@ -108,9 +112,15 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         step_start = 0  # the batch number at which the current step's calibration, then training, begins
+        plans = [self._plan(index, name) for index, name in enumerate(STEP_NAMES[:3])]
+        totals = [p.epochs * p.iters_per_epoch for p in plans]
+        for index, plan in enumerate(plans):
+            plan.global_offset, plan.later_iterations = sum(totals[:index]), sum(totals[index + 1:])
+        self._record("plan", steps=[{"step": p.index, "name": p.name, "epochs": p.epochs,
+                                     "iterations": p.epochs * p.iters_per_epoch} for p in plans])
         for index, name in enumerate(STEP_NAMES[:3]):
             self._prepare(index)
-            plan = self._plan(index, name)
+            plan = plans[index]
             calibration = self.config.calibration_batches if index else 0
             training_start = step_start + calibration
             done = self.runtime.agree(index, 1, float(step_done(self.out, name)) if self.runtime.chief else 0.0)
@@ -131,6 +141,7 @@ class Pipeline:
             self._int_inference()
             self.metrics["seconds"] = round(time.perf_counter() - started, 1)
             self._write_metrics()
+            self._record("done", seconds=self.metrics["seconds"])
         log.info("done: %s", ", ".join(STEP_NAMES))
         return self.metrics
 
@@ -181,7 +192,10 @@ class Pipeline:
         log.info("[%s] step %d: %d epochs × %d iterations, lr %g", name, plan.index, plan.epochs,
                  plan.iters_per_epoch, plan.lr)
         self.net.hybridize()
-        result = train_step(self.net, plan, self.runtime, self.batches, self.out, start_epoch)
+        self._record("step", step=plan.index, name=name, epochs=plan.epochs,
+                     iterations=plan.epochs * plan.iters_per_epoch, global_start=plan.global_offset,
+                     resumed_epoch=start_epoch)
+        result = train_step(self.net, plan, self.runtime, self.batches, self.out, start_epoch, self.records)
         self.position += (plan.epochs - start_epoch) * plan.iters_per_epoch
         if not self.runtime.chief:
             return
@@ -190,6 +204,8 @@ class Pipeline:
                for task, spec in self.net.specs.items()}
         for task, figures in val.items():
             log.info("[%s] val %s: %s", name, task, " ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+        self._record("val", step=plan.index, name=name,
+                     global_iteration=plan.global_offset + plan.epochs * plan.iters_per_epoch, branches=val)
         self._export(AllHeads(self.net), name)
         atomic_save(last_params(self.out, name), self.net.save_parameters)
         self.metrics["steps"][name] = {"train": result.as_dict(), "val": val}
@@ -238,6 +254,10 @@ class Pipeline:
         int_net(mx.nd.zeros((1, 3, height, width)))
         int_net.export(str(export_prefix(self.out, name)))
         log.info("[%s] exported %s-symbol.json / -0000.params", name, export_prefix(self.out, name))
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        if self.records is not None:
+            self.records.write(kind, **fields)
 
     def _write_metrics(self) -> None:
         atomic_save(self.out / "metrics.json", lambda p: Path(p).write_text(json.dumps(self.metrics, indent=2)))

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "[env AIDI_RESYNC_SECONDS; default: %(default)s]")
     p.add_argument("--log-tail-lines", type=int, default=int(_env("AIDI_LOG_TAIL_LINES", "50")),
                    help="log lines of a failed pod kept in status.lastFailure [default: %(default)s]")
+    p.add_argument("--progress-seconds", type=float, default=float(_env("AIDI_PROGRESS_SECONDS", "120")),
+                   help="refresh a running job's status.progress (kubectl get trainjobs: STEP, ETA) from worker 0's "
+                        "log tail this often, each job on its own jittered schedule; 0 turns it off "
+                        "[env AIDI_PROGRESS_SECONDS; default: %(default)s]")
     p.add_argument("--server", default=os.environ.get("AIDI_KUBE_SERVER"),
                    help="talk to this API server URL without TLS checks or credentials (a local test server)")
     p.set_defaults(func=run)
@@ -89,12 +93,14 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces = args.namespaces or [n.strip() for n in os.environ.get("AIDI_NAMESPACES", "").split(",") if n.strip()]
     if args.resync_seconds <= 0:
         raise UsageError("--resync-seconds must be positive, e.g. --resync-seconds 300")
+    if args.progress_seconds < 0:
+        raise UsageError("--progress-seconds must be 0 (off) or positive, e.g. --progress-seconds 120")
     return OperatorSettings(
         pods=PodSettings(job_image=args.job_image, fetch_image=args.fetch_image,
                          dataspace_endpoint=args.dataspace_endpoint, dataspace_bucket=args.dataspace_bucket,
                          dataspace_secret=args.dataspace_secret, hardening=_hardening()),
         namespaces=tuple(namespaces), liveness_port=args.liveness_port, resync_seconds=args.resync_seconds,
-        log_tail_lines=args.log_tail_lines, server=args.server,
+        log_tail_lines=args.log_tail_lines, progress_seconds=args.progress_seconds, server=args.server,
     )
 
 

@@ -40,6 +40,8 @@ class OperatorSettings:
     # do not wait for it; each job is woken when its own next one is due.
     resync_seconds: float = 300.0
     log_tail_lines: int = 50
+    # How often a running job's status.progress is refreshed from worker 0's log tail; 0: never (docs/progress.md).
+    progress_seconds: float = 120.0
     server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
 
 

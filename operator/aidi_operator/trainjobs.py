@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from aidi.api import trainjob as tj
 from aidi.api.errors import from_pydantic
 from aidi.jobs import lifecycle, podspec
-from aidi_operator import netpol
+from aidi_operator import netpol, progress
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
 from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
 
@@ -87,6 +87,8 @@ async def start_background(memo: kopf.Memo, **_: Any) -> None:
     state = state_of(memo)
     state.tasks.append(asyncio.create_task(wakeups(state), name="aidi wake-ups"))
     state.tasks.append(asyncio.create_task(resync(state), name="aidi resync"))
+    state.tasks.append(asyncio.create_task(progress.progress_loop(state, _indexed_job, _write_status),
+                                           name="aidi progress"))
 
 
 async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, Any] | None = None) -> None:
