@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
 CREATE_RETRY_DELAY = 10.0
 STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written this long after its pods are made
+POD_CHANGE_DELAY = 0.1  # a pod's change reconciles its job this much later, with the other changes by then
 MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
 EVENT_SOURCE = "aidi-operator"
 
@@ -100,20 +101,40 @@ async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, 
         state.wake(key, CREATE_RETRY_DELAY)
 
 
+def pod_changed(state: OperatorState, key: JobKey) -> None:
+    """A pod of the job changed: reconcile the job shortly (``POD_CHANGE_DELAY``), once for all changes by then.
+
+    Not before kopf has indexed everything: a job reconciled while some of its pods are still unlisted
+    would take them for lost. Every job is reconciled once its own TrainJob event arrives after that.
+    """
+    if state.indexed:
+        state.wake(key, POD_CHANGE_DELAY)
+
+
 async def wakeups(state: OperatorState) -> None:
-    """Reconcile each job when its next deadline, TTL or retry is due: nothing on a timer for jobs with none."""
+    """Reconcile each job when its next deadline, TTL, retry or pod change is due: nothing on a timer for jobs
+    with none. Each in its own task: one job's slow API call does not hold up the others' (a job's reconciles
+    never overlap: they take its lock)."""
     loop = asyncio.get_running_loop()
-    while True:
-        now = loop.time()
-        while state.due_heap and state.due_heap[0][0] <= now:
-            when, key = heapq.heappop(state.due_heap)
-            if state.due.get(key) == when:  # else stale: rescheduled or forgotten since
-                del state.due[key]
-                await reconcile_or_retry(state, key)
-        state.due_changed.clear()
-        timeout = state.due_heap[0][0] - loop.time() if state.due_heap else None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.due_changed.wait(), timeout)
+    running: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            now = loop.time()
+            while state.due_heap and state.due_heap[0][0] <= now:
+                when, key = heapq.heappop(state.due_heap)
+                if state.due.get(key) == when:  # else stale: rescheduled or forgotten since
+                    del state.due[key]
+                    task = asyncio.create_task(reconcile_or_retry(state, key))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            state.due_changed.clear()
+            timeout = state.due_heap[0][0] - loop.time() if state.due_heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.due_changed.wait(), timeout)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 async def resync(state: OperatorState) -> None:
