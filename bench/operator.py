@@ -73,7 +73,7 @@ TARGET_P99_RATIO = 2.0  # real server: ours ÷ the minimal kopf operator
 TARGET_RSS_MB = 200.0  # kmock, 200 jobs (issue 6)
 TARGET_RSS_MB_REAL = 150.0  # real server, up to 5,000 jobs (issue 21)
 TARGET_IDLE_PCT = 2.0  # % of one core, all jobs created and nothing changing
-IDLE_SETTLE_S = 5.0
+IDLE_SETTLE_S = 3.0  # no pod or TrainJob changed for this long: the idle window starts
 BENCH_LABEL = {"aidi.io/bench": "true"}
 CRD_FILE = REPO / "crds" / "trainjobs.aidi.io.yaml"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -110,20 +110,32 @@ def trainjob(name: str, namespace: str, *, uid: bool = True, **spec: Any) -> dic
 
 
 class PodWatch:
-    """When each pod of a namespace was first seen on a watch stream (watched again if the server ends it)."""
+    """When each pod of a namespace was first seen on a watch stream (watched again if the server ends it),
+    and when the last change of any pod (or of the objects at ``also``) was seen."""
 
-    def __init__(self, api: KubeApi, namespace: str) -> None:
+    def __init__(self, api: KubeApi, namespace: str, also: str | None = None) -> None:
         self.seen: dict[str, float] = {}
-        self._task = asyncio.create_task(self._run(api, namespace))
+        self.last_change = time.monotonic()
+        self._tasks = [asyncio.create_task(self._run(api, core_path(namespace, "pods")))]
+        if also:
+            self._tasks.append(asyncio.create_task(self._run(api, also)))
 
-    async def _run(self, api: KubeApi, namespace: str) -> None:
+    async def _run(self, api: KubeApi, path: str) -> None:
         while True:
             with contextlib.suppress(kopf.TemporaryError, OSError):
-                async for event in api.watch(core_path(namespace, "pods")):
+                async for event in api.watch(path):
+                    self.last_change = time.monotonic()
                     name = event.get("object", {}).get("metadata", {}).get("name")
-                    if event.get("type") == "ADDED" and name:
+                    if event.get("type") == "ADDED" and name and "/pods" in path:
                         self.seen.setdefault(name, time.monotonic())
             await asyncio.sleep(0.1)
+
+    async def quiet(self, seconds: float, timeout: float) -> float:
+        """Wait until nothing has changed for ``seconds`` (at most ``timeout``); how long it took."""
+        start = time.monotonic()
+        while time.monotonic() - self.last_change < seconds and time.monotonic() - start < timeout:
+            await asyncio.sleep(0.2)
+        return time.monotonic() - start
 
     async def wait(self, names: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -134,7 +146,8 @@ class PodWatch:
             await asyncio.sleep(0.02)
 
     def stop(self) -> None:
-        self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
 
 
 def job_spec(workers: int) -> dict[str, Any]:
@@ -253,7 +266,7 @@ async def operator_run(api: KubeApi, namespace: str, jobs: int, workers: int,
     there and the statuses are written: nothing changes then; NaN when not measured)."""
     def names_of(name: str) -> list[str]:
         return pod_names(name, workers)
-    watch = PodWatch(api, namespace)
+    watch = PodWatch(api, namespace, also=trainjob_path(namespace))
     # Warm up: the operator is ready once it has made the pods of one job.
     await api.create(trainjob_path(namespace), trainjob("warmup", namespace, uid=uid, **job_spec(workers)))
     await watch.wait(set(names_of("warmup")), timeout=60)
@@ -274,16 +287,18 @@ async def operator_run(api: KubeApi, namespace: str, jobs: int, workers: int,
     await watch.wait(names, timeout=max(120, jobs * 0.3))
     await asyncio.sleep(1.0)  # let status writes settle before reading the peak
     rss, cpu = peak_rss_mb(proc.pid), cpu_seconds(proc.pid) - cpu0
-    watch.stop()
     idle = float("nan")
     if idle_seconds > 0:
-        # The status settle window (1 s) and the writes after it, then a quiet stretch: pods stay Pending
-        # (no nodes), nothing is due, the resync (every 300 s) is not in the window.
-        await asyncio.sleep(IDLE_SETTLE_S)
+        # Once no pod or TrainJob has changed for a while (the status writes are in: ours settles a new job's
+        # status for 1 s), nothing changes: pods stay Pending (no nodes), nothing is due, and the resync
+        # (every 300 s) is not in the window.
+        waited = await watch.quiet(IDLE_SETTLE_S, timeout=300)
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(idle_seconds)
         idle = 100 * (cpu_seconds(proc.pid) - cpu1) / (time.monotonic() - t1)
         rss = max(rss, peak_rss_mb(proc.pid))
+        print(f"  quiet after {waited:.0f} s; idle CPU {idle:.2f} % over {idle_seconds:.0f} s", file=sys.stderr)
+    watch.stop()
     return [max(watch.seen[p] for p in names_of(n)) - t for n, t in started.items()], rss, cpu, idle
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -214,3 +215,35 @@ async def test_api_client_maps_answers_to_what_reconcile_needs(kube_api) -> None
     with pytest.raises(ApiRefused, match="exceeded quota: gpus"):
         await api.get(core_path(NAMESPACE, "pods", "quota"))
     await api.close()
+
+
+async def test_resync_skips_unchanged_jobs_and_a_pod_change_still_reconciles(cluster, monkeypatch) -> None:
+    """Nothing changed, nothing decided: the resync (every 0.3 s here) passes over a settled job without
+    reconciling it; a change of one of its pods, seen only through the pod index, reconciles it soon."""
+    from aidi_operator import trainjobs
+
+    decided: list[str] = []
+    decide = trainjobs.lifecycle.decide
+
+    def counting(job, *args, **kwargs):
+        decided.append(job.metadata.name)
+        return decide(job, *args, **kwargs)
+
+    monkeypatch.setattr(trainjobs.lifecycle, "decide", counting)
+    await cluster.create_job("quiet", nodeSelector=cluster.node_selector)
+    await cluster.wait_pods("quiet", ["quiet-worker-0"])
+    await cluster.wait_phase("quiet", "Pending")
+    await eventually(lambda: _quiet_for(decided, 1.0), timeout=10, what="no more reconciles")
+    before = len(decided)
+    await asyncio.sleep(1.5)  # five resync passes
+    assert len(decided) == before
+
+    await cluster.run_pod("quiet-worker-0")
+    await cluster.wait_phase("quiet", "Running")
+    assert len(decided) > before
+
+
+async def _quiet_for(decided: list[str], seconds: float) -> bool:
+    count = len(decided)
+    await asyncio.sleep(seconds)
+    return len(decided) == count
