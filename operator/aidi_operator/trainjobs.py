@@ -107,8 +107,14 @@ def pod_changed(state: OperatorState, key: JobKey) -> None:
     Not before kopf has indexed everything: a job reconciled while some of its pods are still unlisted
     would take them for lost. Every job is reconciled once its own TrainJob event arrives after that.
     """
-    if state.indexed:
-        state.wake(key, POD_CHANGE_DELAY)
+    if not state.indexed:
+        return
+    delay = POD_CHANGE_DELAY
+    settling = state.settling.get(key)
+    if settling is not None:
+        # A new job's first status waits for its pods' first changes anyway: one reconcile at the window's end.
+        delay = max(delay, settling[1] - asyncio.get_running_loop().time())
+    state.wake(key, delay)
 
 
 async def wakeups(state: OperatorState) -> None:
