@@ -275,14 +275,15 @@ async def operator_run(api: KubeApi, namespace: str, jobs: int, workers: int,
     cpu0 = cpu_seconds(proc.pid)
     started: dict[str, float] = {}
     t0 = time.monotonic()
-    progress = max(100, jobs // 10)
+    progress, created = max(100, jobs // 10), [0]
 
     async def create(i: int) -> None:
         name = f"job-{i}"
         started[name] = time.monotonic()
         await api.create(trainjob_path(namespace), trainjob(name, namespace, uid=uid, **job_spec(workers)))
-        if len(started) % progress == 0 or len(started) == jobs:
-            print(f"  {len(started)}/{jobs} TrainJobs created ({len(started) / (time.monotonic() - t0):.0f}/s)",
+        created[0] += 1
+        if created[0] % progress == 0 or created[0] == jobs:
+            print(f"  {created[0]}/{jobs} TrainJobs created ({created[0] / (time.monotonic() - t0):.0f}/s)",
                   file=sys.stderr)
 
     for first in range(0, jobs, parallel):
