@@ -106,6 +106,12 @@ def _cv2() -> ModuleType:
     return cv2
 
 
+def one_thread_per_process() -> None:
+    """For the packer's worker processes: they are the parallelism (``-j``). OpenCV's own thread pool on top
+    would split each resize across the same cores, and on a busy machine wait for its slowest helper."""
+    _cv2().setNumThreads(1)
+
+
 def _decode(data: bytes, draft: tuple[int, int, int, int] | None) -> Any:
     """BGR pixels; with ``draft`` (width, height, target width, target height), a JPEG at the smallest DCT
     scale that still covers the target."""
