@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -216,3 +217,67 @@ async def test_api_client_maps_answers_to_what_reconcile_needs(kube_api) -> None
     with pytest.raises(ApiRefused, match="exceeded quota: gpus"):
         await api.get(core_path(NAMESPACE, "pods", "quota"))
     await api.close()
+
+
+async def test_resync_skips_unchanged_jobs_and_a_pod_change_still_reconciles(cluster, monkeypatch) -> None:
+    """Nothing changed, nothing decided: the resync (every 0.3 s here) passes over a settled job without
+    reconciling it; a change of one of its pods, seen only through the pod index, reconciles it soon."""
+    from aidi_operator import trainjobs
+
+    decided: list[str] = []
+    decide = trainjobs.lifecycle.decide
+
+    def counting(job, *args, **kwargs):
+        decided.append(job.metadata.name)
+        return decide(job, *args, **kwargs)
+
+    monkeypatch.setattr(trainjobs.lifecycle, "decide", counting)
+    await cluster.create_job("quiet", nodeSelector=cluster.node_selector)
+    await cluster.wait_pods("quiet", ["quiet-worker-0"])
+    await cluster.wait_phase("quiet", "Pending")
+    await eventually(lambda: _quiet_for(decided, 1.0), timeout=10, what="no more reconciles")
+    before = len(decided)
+    await asyncio.sleep(1.5)  # five resync passes
+    assert len(decided) == before
+
+    await cluster.run_pod("quiet-worker-0")
+    await cluster.wait_phase("quiet", "Running")
+    assert len(decided) > before
+
+
+async def _quiet_for(decided: list[str], seconds: float) -> bool:
+    count = len(decided)
+    await asyncio.sleep(seconds)
+    return len(decided) == count
+
+
+async def test_api_client_waits_for_a_free_connection_without_timing_out() -> None:
+    """A burst bigger than the connection pool (64) against a slow server: every request is answered. The
+    timeout is per socket operation, so waiting for a connection is not taken for a server that does not
+    answer; a server that stops answering still fails the request."""
+    from aidi_operator.kube import KubeApi
+    from aiohttp import web
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5 if request.match_info["name"] == "stuck" else 0.2)
+        return web.json_response({"kind": "Pod"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    api = KubeApi(lambda: kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", insecure=True), timeout=1.0)
+    try:
+        # 256 requests, 64 at a time, 0.2 s each: the last ones wait ~0.6 s for a connection, then 0.2 s.
+        done = await asyncio.gather(*(api.create(core_path(NAMESPACE, "pods", f"p{i}"), {}) for i in range(256)))
+        assert done == [True] * 256
+        with pytest.raises(kopf.TemporaryError, match="did not answer"):
+            await api.create(core_path(NAMESPACE, "pods", "stuck"), {})
+    finally:
+        await api.close()
+        await runner.cleanup()

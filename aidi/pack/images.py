@@ -1,11 +1,24 @@
 """Image checks and encoding for the packer: a fast JPEG structure check for pass-through, and
-decode → resize → encode with Pillow otherwise."""
+decode → resize → encode with OpenCV otherwise (Pillow decodes the formats OpenCV does not know).
+
+Why OpenCV for the resize: on real photos Pillow's antialiased resize cost ~2.5 ms an image against
+~0.5 ms for cv2's (docs/benchmarks.md, "Packing"), which made re-encoding slower than im2rec. The
+antialiasing comes from the decode instead: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+scaling, a proper low-pass) whenever the target is that much smaller, so what is left to resize is a
+factor under 2, where bilinear interpolation does not alias. Larger factors without that help (PNG
+sources) use area averaging. cv2 is imported only here, on the re-encode path: pass-through packing,
+the operator and the other CLIs never load it.
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
+from types import ModuleType
+from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Pillow refuses images over ~179 Mpixel by default, which a dataset may legitimately hold.
@@ -83,23 +96,64 @@ def open_image(data: bytes) -> Image.Image:
     return image
 
 
+@functools.cache
+def _cv2() -> ModuleType:
+    try:
+        import cv2
+    except ImportError:
+        raise RuntimeError("resizing or re-encoding images needs OpenCV: pip install 'aidi[cli]' "
+                           "(opencv-python-headless); pass-through packing (resize = None) does not") from None
+    return cv2
+
+
+def one_thread_per_process() -> None:
+    """For the packer's worker processes: they are the parallelism (``-j``). OpenCV's own thread pool on top
+    would split each resize across the same cores, and on a busy machine wait for its slowest helper."""
+    _cv2().setNumThreads(1)
+
+
+def _decode(data: bytes, draft: tuple[int, int, int, int] | None) -> Any:
+    """BGR pixels; with ``draft`` (width, height, target width, target height), a JPEG at the smallest DCT
+    scale that still covers the target."""
+    cv2 = _cv2()
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # stored pixels as they are, as pass-through
+    if draft is not None:
+        for scale, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                               (2, cv2.IMREAD_REDUCED_COLOR_2)):
+            if draft[0] // scale >= draft[2] and draft[1] // scale >= draft[3]:
+                flags = reduced | cv2.IMREAD_IGNORE_ORIENTATION
+                break
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if pixels is not None:
+        return pixels
+    # Not a format OpenCV reads (GIF, ...) or not an image: Pillow decodes it or says what is wrong.
+    return cv2.cvtColor(np.asarray(open_image(data).convert("RGB")), cv2.COLOR_RGB2BGR)
+
+
+def resized(data: bytes, resize: int | tuple[int, int] | None) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+    """Decode and resize: (BGR pixels, original size, packed size). ``bench/pack.py`` scores this for quality."""
+    cv2 = _cv2()
+    # A JPEG's structure is checked first (libjpeg decodes a truncated file into grey without failing),
+    # and its size tells the decoder how far it may scale down.
+    size = jpeg_size(data) if is_jpeg(data) else None
+    draft = None
+    if size is not None and resize is not None:
+        draft = (*size, *target_size(size[0], size[1], resize))
+    pixels = _decode(data, draft)
+    decoded: tuple[int, int] = (pixels.shape[1], pixels.shape[0])
+    original = size or decoded
+    target = target_size(*original, resize)
+    if decoded != target:
+        shrink = decoded[0] >= 2 * target[0] and decoded[1] >= 2 * target[1]
+        pixels = cv2.resize(pixels, target, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return pixels, original, target
+
+
 def reencode(data: bytes, resize: int | tuple[int, int] | None, quality: int) -> tuple[bytes, tuple[int, int],
                                                                                         tuple[int, int]]:
     """Decode, resize and encode as JPEG; return (JPEG, original size, packed size)."""
-    try:
-        image: Image.Image = Image.open(io.BytesIO(data))
-        original = image.size
-        target = target_size(*original, resize)
-        if image.format == "JPEG" and resize is not None:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller.
-            image.draft("RGB", target)
-        image.load()
-    except Exception as exc:
-        raise _unreadable(exc) from None
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if image.size != target:
-        image = image.resize(target, Image.Resampling.BILINEAR, reducing_gap=None)
-    out = io.BytesIO()
-    image.save(out, format="JPEG", quality=quality)
-    return out.getvalue(), original, target
+    pixels, original, target = resized(data, resize)
+    ok, encoded = _cv2().imencode(".jpg", pixels, [_cv2().IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise BadImage(f"could not encode the {target[0]}×{target[1]} image as JPEG")
+    return encoded.tobytes(), original, target

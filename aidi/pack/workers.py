@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.queues import Queue
 
+from aidi.pack import images
 from aidi.pack.encode import Encoded, encode
 from aidi.pack.pack_config import PackConfig
 from aidi.pack.sources import Item, items
@@ -70,6 +71,8 @@ def _threads(config: PackConfig, jobs: int) -> Iterator[tuple[Item, Encoded]]:
 
 def _work(config: PackConfig, tasks: Queue, results: Queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, once
+    if config.resize is not None:
+        images.one_thread_per_process()
     for number, batch in iter(tasks.get, None):
         try:
             results.put((number, [encode(item, config) for item in batch], None))

@@ -63,7 +63,10 @@ class KubeApi:
                  keepalive: bool = True) -> None:
         self._login = login
         self._keepalive = keepalive
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Per socket operation, not per request: a request waiting for one of the pool's connections (a burst
+        # of jobs, a slow server) is not an API server that does not answer. With a total timeout, hundreds
+        # of queued creates failed at once after 30 s and came back 2 s later as a retry storm.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._info: kopf.ConnectionInfo | None = None
         self._session: aiohttp.ClientSession | None = None
 

@@ -65,6 +65,8 @@ class OperatorState:
     due: dict[JobKey, float] = field(default_factory=dict)
     due_heap: list[tuple[float, JobKey]] = field(default_factory=list)
     due_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # What each job's last successful reconcile read (``trainjobs._inputs``): the resync skips a job unchanged since.
+    reconciled: dict[JobKey, tuple[Any, ...]] = field(default_factory=dict)
 
     def wake(self, key: JobKey, delay: float) -> None:
         """Reconcile ``key`` in ``delay`` seconds (or sooner, if it is due sooner already)."""
@@ -83,6 +85,7 @@ class OperatorState:
         self.statuses.pop(key, None)
         self.settling.pop(key, None)
         self.due.pop(key, None)
+        self.reconciled.pop(key, None)
 
 
 def state_of(memo: Any) -> OperatorState:
