@@ -33,6 +33,7 @@ import yaml
 from aidi_operator.kube import KubeApi
 
 from aidi.api import trainjob as tj
+from aidi.cluster import gpucluster
 from tests.support import e2e
 from tests.support.operator import ScheduledCluster
 
@@ -233,9 +234,11 @@ def test_a_team_member_is_set_up_as_the_docs_say(team_a: Member, members: Member
     assert entry["appid"] == team_a.team and entry["server"] == admin_server()
     assert Path(entry["certificate-authority"]) == team_a.home / f"{team_a.team}-ca.crt"
     assert entry["appkey"].count(".") == 2  # a JWT: the ServiceAccount token
+    expires = gpucluster.token_expiry(entry["appkey"])
+    assert expires is not None  # an APP KEY always expires
     assert members.init_outputs[team_a.team].strip() == (
         f"wrote {config_file} (mode 0600): current-cluster mycluster1, namespace {team_a.team}, "
-        f"via {admin_server()} with a bearer token")
+        f"via {admin_server()} with a bearer token; the APP KEY expires {expires:%Y-%m-%d %H:%M} UTC")
     assert (team_a.home / ".olympus" / "config.yaml").stat().st_mode & 0o777 == 0o600
 
     # The same entry without the CA (the system's CAs do not know the cluster's) and with a token the
