@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 from aidi_operator.kube import KubeApi
 
-from aidi.pack import load_config as load_pack_config
-from aidi.pack import pack_scene
-from aidi.sample import SCENE_NAMES, generate
 from tests.support import containers, e2e
 from tests.support import operator_scenarios as scenarios
 from tests.support.operator import ScheduledCluster
+from tests.test_trainer import pack_small_workspace
 
 pytestmark = pytest.mark.skipif(not containers.ENABLED, reason=containers.SKIP_REASON)
 
@@ -67,15 +65,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small adas_mini packed with the real pack configs, a datasets.yaml and the small config."""
     root = tmp_path_factory.mktemp("packed")
     root.chmod(0o755)  # readable by the image's user, as a dataset volume is
-    generate(root / "adas_mini", images=40, seed=0, size=(96, 64))
-    lines = ["root: rec", "scenes:"]
-    for scene in SCENE_NAMES:
-        pack_scene(load_pack_config(REPO / "configs" / f"4pe_{scene}" / "train.py",
-                                    source=str(root / "adas_mini" / scene), output=str(root / "rec" / scene)), jobs=1)
-        lines.append(f"  {scene}: {{train: {scene}/train.rec, val: {scene}/val.rec}}")
-    (root / "datasets.yaml").write_text("\n".join(lines) + "\n")
-    (root / "ci.py").write_text(CONFIG)
-    return root
+    return pack_small_workspace(root, CONFIG)
 
 
 def test_the_cpu_job_image_trains_the_4_steps_as_a_pod_runs_it(packed: Path, tmp_path: Path) -> None:

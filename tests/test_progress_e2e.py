@@ -14,7 +14,6 @@ import contextlib
 import os
 import ssl
 import subprocess
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -58,31 +57,6 @@ def self_signed(folder: Path) -> ssl.SSLContext:
     return context
 
 
-class Operator(e2e.OperatorProcess):
-    """aidi-operator as deployed, reading progress every 0.5 s instead of the default 120 s."""
-
-    def start(self) -> Operator:
-        port = e2e.free_port()
-        log = self.log_dir / f"operator-{len(self.logs)}.log"
-        self.logs.append(log)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AIDI_"))}
-        env |= {"KUBECONFIG": str(self.kubeconfig), "HOME": str(self.log_dir)}
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([str(e2e.BIN / "aidi-operator"), "--liveness-port", str(port),
-                                          "--resync-seconds", "0.5", "--progress-seconds", "0.5"],
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
-        def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"aidi-operator exited:\n{self.log()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        e2e.wait_for(healthy, timeout=60, what="aidi-operator's /healthz")
-        return self
-
-
 async def test_status_progress_kubectl_columns_traincli_and_console(platform: e2e.Platform, e2e_run: str,
                                                                     console: ConsoleProcess, tmp_path: Path) -> None:
     log = {"text": as_log(a_run()[:4])}   # step 0, iteration 20 of 40
@@ -109,7 +83,9 @@ async def test_status_progress_kubectl_columns_traincli_and_console(platform: e2
     operator_config = e2e.token_kubeconfig(tmp_path / "operator.kubeconfig", platform.operator_token(),
                                            platform.namespace)
     try:
-        with LogServingKubelet(f"{e2e_run}-logs", port) as kubelet, Operator(operator_config, log_dir=tmp_path) as op:
+        # The operator reads progress every 0.5 s instead of the default 120 s.
+        operator = e2e.OperatorProcess(operator_config, log_dir=tmp_path, extra_args=("--progress-seconds", "0.5"))
+        with LogServingKubelet(f"{e2e_run}-logs", port) as kubelet, operator as op:
             cluster = ScheduledCluster(api, team, kubelet.selector)
             await cluster.create_job(job, gpusPerWorker=2, nodeSelector=kubelet.selector)
             await cluster.wait_pods(job, [f"{job}-worker-0"], timeout=20)

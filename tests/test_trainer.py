@@ -66,7 +66,12 @@ def train(config: Path, output: Path, *extra: str, timeout: int = 300) -> subpro
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A small adas_mini packed with the real pack configs, a datasets.yaml and the CI config."""
-    root = tmp_path_factory.mktemp("trainer")
+    return pack_small_workspace(tmp_path_factory.mktemp("trainer"), CONFIG)
+
+
+def pack_small_workspace(root: Path, config: str) -> Path:
+    """40 images of 96x64 per scene packed with the real pack configs under ``root/rec``, their datasets.yaml, and
+    ``config`` as ``root/ci.py`` (tests/test_images.py packs the same data for the containers)."""
     generate(root / "adas_mini", images=40, seed=0, size=(96, 64))
     lines = ["root: rec", "scenes:"]
     for scene in SCENE_NAMES:
@@ -74,7 +79,7 @@ def workspace(tmp_path_factory) -> Path:
                                     source=str(root / "adas_mini" / scene), output=str(root / "rec" / scene)), jobs=1)
         lines.append(f"  {scene}: {{train: {scene}/train.rec, val: {scene}/val.rec}}")
     (root / "datasets.yaml").write_text("\n".join(lines) + "\n")
-    (root / "ci.py").write_text(CONFIG)
+    (root / "ci.py").write_text(config)
     return root
 
 

@@ -11,9 +11,8 @@ import resource
 import shutil
 import subprocess
 import time
-import urllib.request
 
-from tests.support.e2e import OperatorProcess, wait_for
+from tests.support.e2e import OperatorProcess
 from tests.support.seaweedfs import free_port
 
 PREFIX = os.environ.get("AIDI_IMAGE_PREFIX", "aidi")
@@ -62,13 +61,10 @@ class ContainerOperator(OperatorProcess):
     """``aidi-operator`` from the operator image, on the host's network, as the chart runs it
     (its user, a read-only root filesystem, no capabilities)."""
 
-    extra_args: tuple[str, ...] = ()
-
     def start(self) -> ContainerOperator:
         port = free_port()
         self.kubeconfig.chmod(0o644)  # readable by the image's user; the file is this test's alone
-        log = self.log_dir / f"operator-{len(self.logs)}.log"
-        self.logs.append(log)
+        log = self._next_log()
         self.name = f"aidi-operator-test-{port}"
         args = ["podman", "run", "--rm", "--name", self.name, *runtime_args(), "--network", "host",
                 "--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges",
@@ -80,15 +76,7 @@ class ContainerOperator(OperatorProcess):
         with log.open("wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
 
-        def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"the operator container exited:\n{self.log()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=90, what="the operator container's /healthz")
+        self._wait_healthy(port, "the operator container", timeout=90)
         return self
 
     def stop(self) -> None:

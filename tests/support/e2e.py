@@ -399,37 +399,45 @@ class OperatorProcess:
     """
 
     def __init__(self, kubeconfig: Path, namespaces: tuple[str, ...] = (), resync_seconds: float = 0.5,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.resync_seconds = resync_seconds
+        self.extra_args = extra_args  # more aidi-operator flags, e.g. ("--progress-seconds", "0.5")
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="aidi-operator-log-"))
         self.logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         port = free_port()
-        log = self.log_dir / f"operator-{len(self.logs)}.log"
-        self.logs.append(log)
+        log = self._next_log()
         args = [str(BIN / "aidi-operator"), "--liveness-port", str(port), "--resync-seconds", str(self.resync_seconds),
-                "--log-tail-lines", "20"]
+                "--log-tail-lines", "20", *self.extra_args]
         for ns in self.namespaces:
             args += ["-n", ns]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBERNETES_", "AIDI_"))}
         env |= {"KUBECONFIG": str(self.kubeconfig), "HOME": str(self.log_dir)}
         with log.open("wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self._wait_healthy(port, "aidi-operator", timeout=60)
+        return self
 
+    def _next_log(self) -> Path:
+        """Each start logs to a file of its own, kept for ``log()`` and ``forbidden()``."""
+        log = self.log_dir / f"operator-{len(self.logs)}.log"
+        self.logs.append(log)
+        return log
+
+    def _wait_healthy(self, port: int, what: str, timeout: float) -> None:
         def healthy() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, f"aidi-operator exited:\n{self.log()}"
+            assert self.proc is not None and self.proc.poll() is None, f"{what} exited:\n{self.log()}"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
                     return resp.status == 200
             except OSError:
                 return False
 
-        wait_for(healthy, timeout=60, what="aidi-operator's /healthz")
-        return self
+        wait_for(healthy, timeout=timeout, what=f"{what}'s /healthz")
 
     def stop(self) -> None:
         if self.proc is None:
