@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -256,6 +257,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def trained_digests(log: str) -> dict[str, str]:
+    """Each step's ``trained parameters sha256`` line (aidi_trainer/engine.py), by step."""
+    return dict(re.findall(r"\[([\w-]+)\] trained parameters sha256 ([0-9a-f]+)", log))
+
+
+def logged_losses(log: str) -> list[str]:
+    """The progress lines' losses, as logged: this worker's own batches."""
+    return re.findall(r"\] epoch \d+/\d+ iter \d+/\d+ \| loss (\S+)", log)
+
+
 def test_two_workers_train_through_a_dist_kvstore_with_one_server_and_a_scheduler(workspace, tmp_path):
     config = tmp_path / "dist.py"
     config.write_text(CONFIG + DIST_STEPS)
@@ -287,6 +298,11 @@ def test_two_workers_train_through_a_dist_kvstore_with_one_server_and_a_schedule
     assert recorded["steps"]["with-bn"]["train"]["iterations"] == 2
     for role in ("worker-0", "worker-1"):
         assert "[fusion-bn-c2] epoch 1/1 iter 1/1" in results[role][1]
+    # The gradients were combined: each worker trained on its own shard (its losses differ from the other's),
+    # yet both end every step with the same parameters, bit for bit.
+    assert trained_digests(results["worker-0"][1]) == trained_digests(results["worker-1"][1])
+    assert len(trained_digests(results["worker-0"][1])) == len(TRAINED)
+    assert logged_losses(results["worker-0"][1]) != logged_losses(results["worker-1"][1])
     # Progress: every worker logs its records (the runners read worker 0's log, whichever rank is chief);
     # only the chief writes progress.jsonl.
     from aidi.jobs import progress

@@ -10,11 +10,12 @@ without nodes (../shared/k8s): it registers Nodes with ``nvidia.com/gpu`` capaci
   ServiceAccount token volume the admission adds: a TokenRequest bound to the pod), mounted as
   ``volumeMounts`` say; ``fsGroup`` owns them;
 - ``command``/``args`` (``$(VAR)`` expanded), ``workingDir``, ``env`` (values, ``secretKeyRef``, ``fieldRef``;
-  passed in a 0600 file, never on a command line), pod and container ``securityContext`` (``runAsUser``,
-  ``runAsGroup``, ``fsGroup``, ``runAsNonRoot`` checked against the image, ``readOnlyRootFilesystem``,
-  ``allowPrivilegeEscalation: false``, ``capabilities``), CPU and memory limits (on cgroup v1 the memory
-  limit sits on a parent cgroup per container, as on a node's pod cgroup, so that an OOM kill podman
-  misses there is still reported), ``activeDeadlineSeconds``;
+  passed in a 0600 file, never on a command line), the termination message file (``terminationMessagePath``,
+  ``FallbackToLogsOnError``) read into the container's terminated state, pod and container
+  ``securityContext`` (``runAsUser``, ``runAsGroup``, ``fsGroup``, ``runAsNonRoot`` checked against the
+  image, ``readOnlyRootFilesystem``, ``allowPrivilegeEscalation: false``, ``capabilities``), CPU
+  and memory limits (on cgroup v1 the memory limit sits on a parent cgroup per container, as on a node's
+  pod cgroup, so that an OOM kill podman misses there is still reported), ``activeDeadlineSeconds``;
 - status as a kubelet reports it: phases, conditions, init and container states with exit codes and
   reasons (``Completed``, ``Error``, ``OOMKilled``, ``DeadlineExceeded``);
 - a pod marked for deletion: its containers are removed, then the pod (grace period 0).
@@ -49,6 +50,7 @@ from aidi.jobs.lifecycle import timestamp
 from tests.support import containers, e2e
 
 NODE_LABEL = "aidi.io/podman-kubelet-node"  # on every container, so that leftovers can be found
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the API server's default terminationMessagePath
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"  # the kubelet's words
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -148,9 +150,27 @@ class PodRunner(threading.Thread):
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         if container["name"] in self.kubelet.deadline_killed.get(self.uid, set()):
             reason = "DeadlineExceeded"
-        return base | {"ready": False, "started": False, "state": {"terminated": {
-            "exitCode": code, "reason": reason, "startedAt": self._time(st.get("StartedAt")),
-            "finishedAt": self._time(st.get("FinishedAt"))}}}
+        terminated = {"exitCode": code, "reason": reason, "startedAt": self._time(st.get("StartedAt")),
+                      "finishedAt": self._time(st.get("FinishedAt"))}
+        message = self._termination_message(container, code)
+        if message:
+            terminated["message"] = message
+        return base | {"ready": False, "started": False, "state": {"terminated": terminated}}
+
+    def _termination_file(self, container: dict[str, Any]) -> Path:
+        return self.dir / f"{container['name']}.termination-log"
+
+    def _termination_message(self, container: dict[str, Any], exit_code: int) -> str:
+        """As a kubelet reads it: the file at terminationMessagePath (at most 4096 bytes), or with
+        ``FallbackToLogsOnError`` and an empty file, a failed container's last 80 log lines (2048 bytes)."""
+        try:
+            text = self._termination_file(container).read_bytes()[:4096].decode(errors="replace")
+        except OSError:
+            text = ""
+        if not text and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            done = containers.podman("logs", "--tail", "80", self.container_names[container["name"]], timeout=60)
+            text = (done.stdout + done.stderr)[-2048:]
+        return text
 
     @staticmethod
     def _time(value: str | None) -> str:
@@ -427,6 +447,11 @@ class PodRunner(threading.Thread):
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             args += ["-v", f"{source}:{mount['mountPath']}:{'ro' if mount.get('readOnly') else 'rw'}"]
+        # The termination message file: writable by any user, whatever the root filesystem, as a kubelet makes it.
+        message_file = self._termination_file(container)
+        message_file.write_bytes(b"")
+        message_file.chmod(0o666)
+        args += ["-v", f"{message_file}:{container.get('terminationMessagePath') or TERMINATION_MESSAGE_PATH}:rw"]
         limits = (container.get("resources") or {}).get("limits") or {}
         if "cpu" in limits:
             args += ["--cpus", f"{_quantity(str(limits['cpu'])):g}"]
