@@ -3,6 +3,7 @@
 # "The images").
 #
 #   bash tools/build-images.sh [--tag 0.1.0] [--prefix aidi] [--only operator|jobimage|jobimage-cpu]...
+#                              [--test-env FILE]
 #
 # Builds, from the repository root:
 #   PREFIX/operator:TAG        operator/Dockerfile
@@ -23,18 +24,24 @@
 # - The machine's CA bundle goes into the builds as a build secret (never into a layer), so pip and apt
 #   work behind a TLS-intercepting proxy. AIDI_BUILD_CA=/path/to/bundle.pem picks another bundle.
 # - Layers are cached (buildah --layers): a rebuild after a code change redoes only the last layers.
+# --test-env FILE (what `make test` uses): first check that podman can start a container on this machine at
+# all. If it cannot (podman missing and not installable, or no container starts), say so loudly, write
+# AIDI_CONTAINER_SKIP=<why> to FILE and exit 0 without building: the container tests then skip with that
+# reason. Otherwise build and write the variables that turn the container tests on; a failed build fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 tag=0.1.0
 prefix=aidi
 only=()
+test_env=
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) tag="$2"; shift 2 ;;
     --prefix) prefix="$2"; shift 2 ;;
     --only) only+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --test-env) test_env="$2"; shift 2 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "build-images.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +53,18 @@ for o in "${only[@]}"; do
 done
 
 log() { echo "build-images: $*" >&2; }
+
+# --test-env: this machine cannot run containers. Loud, because every container test will skip.
+no_containers() {
+  local why="$1"
+  {
+    echo "##########################################################################################"
+    echo "build-images: CONTAINER TESTS WILL SKIP: $why"
+    echo "##########################################################################################"
+  } >&2
+  printf 'AIDI_CONTAINER_SKIP=%q\n' "$why" > "$test_env"
+  exit 0
+}
 
 need_packages() {
   local missing=()
@@ -64,6 +83,14 @@ need_packages() {
   fi
 }
 
+if [ -n "$test_env" ]; then
+  rm -f "$test_env"
+  missing=()
+  for pkg in podman buildah runc; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ] && { [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; }; then
+    no_containers "${missing[*]} missing and not installable here (needs root and apt-get): install them"
+  fi
+fi
 need_packages podman buildah runc
 
 # The base image, as the Dockerfiles' ARG PYTHON_IMAGE default names it (one place: operator/Dockerfile).
@@ -102,6 +129,16 @@ else
   base="$standin"
 fi
 
+# Explicit limits for the builds' containers: without CAP_SYS_RESOURCE (a container or a VM sandbox)
+# runc cannot set the ones podman picks by default ("error setting rlimits ... operation not
+# permitted"); this shell's open-files limit and 32768 processes at most work there and are plenty.
+ulimits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=32768:32768")
+if [ -n "$test_env" ]; then
+  if ! probe="$(podman run --rm --runtime runc "${ulimits[@]}" --network none "$base" true 2>&1)"; then
+    no_containers "podman cannot start a container of $base on this machine: $(echo "$probe" | tail -n 3 | tr '\n' ' ')"
+  fi
+fi
+
 ca="${AIDI_BUILD_CA:-}"
 if [ -z "$ca" ]; then
   for f in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
@@ -110,10 +147,6 @@ if [ -z "$ca" ]; then
 fi
 [ -n "$ca" ] && [ -s "$ca" ] || { echo "build-images.sh: no CA bundle found: set AIDI_BUILD_CA=/path/to/bundle.pem" >&2; exit 1; }
 
-# Explicit limits for the builds' containers: without CAP_SYS_RESOURCE (a container or a VM sandbox)
-# runc cannot set the ones podman picks by default ("error setting rlimits ... operation not
-# permitted"); this shell's open-files limit and 32768 processes at most work there and are plenty.
-ulimits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=32768:32768")
 
 build() {  # build IMAGE DOCKERFILE [BUILD-ARG...]
   local image="$1" dockerfile="$2"; shift 2
@@ -136,3 +169,7 @@ for o in "${only[@]}"; do
 done
 # Intermediate layers of earlier builds that no tag uses any more.
 podman image prune -f >/dev/null
+if [ -n "$test_env" ]; then
+  printf 'AIDI_CONTAINER_TESTS=1\nAIDI_IMAGE_PREFIX=%q\nAIDI_IMAGE_TAG=%q\nAIDI_CONTAINER_IMAGES=%q\n' \
+    "$prefix" "$tag" "${only[*]}" > "$test_env"
+fi

@@ -8,7 +8,7 @@ without nodes (../shared/k8s): it registers Nodes with ``nvidia.com/gpu`` capaci
 - volumes: ``emptyDir`` (a host folder per pod, mode 0777 as the kubelet makes them), ``secret`` (the
   Secret's keys, or its ``items``, written with ``defaultMode``), ``configMap`` and ``projected`` (the
   ServiceAccount token volume the admission adds: a TokenRequest bound to the pod), mounted as
-  ``volumeMounts`` say; ``fsGroup`` owns them;
+  ``volumeMounts`` say; ``fsGroup`` owns them and may read them (write, in an emptyDir), as on a node;
 - ``command``/``args`` (``$(VAR)`` expanded), ``workingDir``, ``env`` (values, ``secretKeyRef``, ``fieldRef``;
   passed in a 0600 file, never on a command line), the termination message file (``terminationMessagePath``,
   ``FallbackToLogsOnError``) read into the container's terminated state, pod and container
@@ -18,7 +18,8 @@ without nodes (../shared/k8s): it registers Nodes with ``nvidia.com/gpu`` capaci
   pod cgroup, so that an OOM kill podman misses there is still reported), ``activeDeadlineSeconds``;
 - status as a kubelet reports it: phases, conditions, init and container states with exit codes and
   reasons (``Completed``, ``Error``, ``OOMKilled``, ``DeadlineExceeded``);
-- a pod marked for deletion: its containers are removed, then the pod (grace period 0).
+- a pod marked for deletion: its containers get SIGTERM and its grace period, are removed, then the pod
+  is deleted (grace period 0).
 
 Networking is the host's (``--network host``): pods reach the API server and the S3 server on loopback,
 and each pod's hosts file maps every pod of its namespace that has ``hostname``/``subdomain`` (the names a
@@ -40,6 +41,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -68,6 +70,17 @@ def _quantity(value: str) -> float:
     from kubernetes.utils import parse_quantity
 
     return float(parse_quantity(value))
+
+
+def _own_by_fs_group(path: Path, gid: int, read_only: bool) -> None:
+    """What a kubelet does to a volume for the pod's fsGroup: the group owns everything and may read it (a
+    Secret's owner-only 0400 file becomes 0440), or also write it in a writable volume; folders are setgid."""
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, -1, gid)
+        mask = 0o440 if read_only else 0o660
+        if p.is_dir():
+            mask |= 0o110 | stat.S_ISGID
+        p.chmod(stat.S_IMODE(p.stat().st_mode) | mask)
 
 
 class ConfigError(Exception):
@@ -269,8 +282,7 @@ class PodRunner(threading.Thread):
                 raise ConfigError(f"volume {vol['name']}: the stand-in kubelet runs emptyDir, secret, configMap "
                                   "and projected volumes only")
             if fs_group is not None:
-                for p in [path, *path.rglob("*")]:
-                    os.chown(p, -1, int(fs_group))
+                _own_by_fs_group(path, int(fs_group), read_only="emptyDir" not in vol)
             out[vol["name"]] = path
         return out
 
@@ -495,11 +507,13 @@ class PodRunner(threading.Thread):
             return int((cgroup / "memory.failcnt").read_text()) > 0
         return False
 
-    def stop(self) -> None:
-        """The pod is being deleted: kill its containers (they are removed at the end)."""
+    def stop(self, grace_seconds: int = 2) -> None:
+        """The pod is being deleted: SIGTERM its containers together, SIGKILL what still runs after the grace
+        period (they are removed at the end)."""
         self.stopping.set()
-        for name in self.container_names.values():
-            containers.podman("stop", "--time", "2", name, timeout=60)
+        if self.container_names:
+            containers.podman("stop", "--time", str(grace_seconds), *self.container_names.values(),
+                              timeout=grace_seconds + 60)
 
     def _save_logs(self) -> None:
         for cname, name in self.container_names.items():
@@ -507,8 +521,8 @@ class PodRunner(threading.Thread):
             with contextlib.suppress(OSError):
                 (self.dir / f"{cname}.log").write_text(done.stdout + done.stderr)
 
-    def remove(self) -> None:
-        self.stop()
+    def remove(self, grace_seconds: int = 2) -> None:
+        self.stop(grace_seconds)
         self.join(30)
         for name in self.container_names.values():
             containers.podman("rm", "-f", "--time", "0", name, timeout=60)
@@ -545,7 +559,10 @@ class PodmanKubelet(e2e.Kubelet):
                 runner = self.pods.get(uid)
                 if pod.metadata.deletion_timestamp is not None:
                     if runner is not None:
-                        runner.remove()
+                        # The deletion's grace period (terminationGracePeriodSeconds, 30 by default): the
+                        # checkpoint loop of a sync container makes its last copy in it.
+                        grace = pod.metadata.deletion_grace_period_seconds
+                        runner.remove(30 if grace is None else int(grace))
                 elif runner is None and (pod.status.phase or "Pending") == "Pending":
                     runner = self.pods[uid] = PodRunner(self, pod)
                     runner.start()
