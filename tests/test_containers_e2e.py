@@ -162,12 +162,13 @@ def test_kubectl_apply_trains_in_real_containers_survives_a_killed_worker_and_th
             ds = open_dataspace(dataspace_config)
             checkpoints = CheckpointStore(ds.store, job_prefix(team, name, uid))
 
-            def checkpointed() -> str | None:
+            def checkpointed() -> str | None:  # one with an epoch of step 0 (the first holds only the job record)
                 container = podman_nodes.container(team, pod, "trainer")
-                return container if container and checkpoints.numbers() else None
+                latest = checkpoints.latest() if container else None
+                return container if latest and latest.progress.get("with-bn", 0) >= 1 else None
 
             try:
-                first = e2e.wait_for(checkpointed, timeout=600, interval=2, what="a checkpoint in the dataspace")
+                first = e2e.wait_for(checkpointed, timeout=600, interval=2, what="a checkpoint of step 0")
                 containers.podman("kill", first, timeout=60, check=True)
             finally:
                 ds.close()

@@ -154,6 +154,7 @@ def test_multi_worker_job_gets_mxnet_parameter_servers_like_kubeflow_mxjob() -> 
         assert e["DMLC_PS_ROOT_URI"] == "j-scheduler.j"
         assert (e["DMLC_PS_ROOT_PORT"], e["DMLC_NUM_SERVER"], e["DMLC_NUM_WORKER"]) == ("9091", "2", "3")
         assert e["DMLC_ROLE"] == pod["metadata"]["labels"][podspec.LABEL_ROLE]
+        assert e["DMLC_USE_KUBERNETES"] == "1"  # the scheduler binds 0.0.0.0, not the Service name
         assert pod["spec"]["hostname"] == name and pod["spec"]["subdomain"] == "j"
     assert env(container(pods["j-worker-2"], "trainer"))["AIDI_WORKER_INDEX"] == "2"
     assert container(pods["j-server-0"], "trainer")["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}}

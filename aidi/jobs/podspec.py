@@ -251,6 +251,9 @@ def dmlc_env(job: tj.TrainJob, member: Member) -> list[dict[str, Any]]:
         {"name": "DMLC_PS_ROOT_PORT", "value": str(DMLC_PORT)},
         {"name": "DMLC_NUM_SERVER", "value": str(servers)},
         {"name": "DMLC_NUM_WORKER", "value": str(worker_count(job.spec))},
+        # ps-lite's scheduler binds its own DMLC_PS_ROOT_URI, and ZeroMQ binds only to addresses, never to a
+        # DNS name such as the headless Service's: with this it binds 0.0.0.0 (found in real containers).
+        {"name": "DMLC_USE_KUBERNETES", "value": "1"},
     ]
 
 
