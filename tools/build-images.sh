@@ -23,7 +23,8 @@
 #   pinned one: build the images you push where the real base image can be pulled.
 # - The machine's CA bundle goes into the builds as a build secret (never into a layer), so pip and apt
 #   work behind a TLS-intercepting proxy. AIDI_BUILD_CA=/path/to/bundle.pem picks another bundle.
-# - Layers are cached (buildah --layers): a rebuild after a code change redoes only the last layers.
+# - Layers are cached (buildah --layers): a rebuild after a code change redoes only the last layers; untagged
+#   layers (the build stages, replaced versions) are pruned once a day old.
 # --test-env FILE (what `make test` uses): first check that podman can start a container on this machine at
 # all. If it cannot (podman missing and not installable, or no container starts), say so loudly, write
 # AIDI_CONTAINER_SKIP=<why> to FILE and exit 0 without building: the container tests then skip with that
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --prefix) prefix="$2"; shift 2 ;;
     --only) only+=("$2"); shift 2 ;;
     --test-env) test_env="$2"; shift 2 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "build-images.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -167,8 +168,9 @@ for o in "${only[@]}"; do
     jobimage-cpu) build "$prefix/jobimage:$tag-cpu" jobimage/Dockerfile MXNET=mxnet ;;
   esac
 done
-# Intermediate layers of earlier builds that no tag uses any more.
-podman image prune -f >/dev/null
+# Untagged images a day old: earlier builds' leftovers. Not younger ones: the build stages' layers are untagged
+# too, and they are the cache that makes the next build (a fresh clone's `make test`) take seconds.
+podman image prune -f --filter until=24h >/dev/null
 if [ -n "$test_env" ]; then
   printf 'AIDI_CONTAINER_TESTS=1\nAIDI_IMAGE_PREFIX=%q\nAIDI_IMAGE_TAG=%q\nAIDI_CONTAINER_IMAGES=%q\n' \
     "$prefix" "$tag" "${only[*]}" > "$test_env"
