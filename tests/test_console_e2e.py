@@ -39,6 +39,7 @@ import yaml
 
 from tests.support import e2e
 from tests.support.operator import trainjob
+from tests.support.processes import ctrl_c_reaches_python
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +79,8 @@ def start_console(args: list[str], home: Path) -> ConsoleProcess:
     log = home / "console.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(e2e.BIN / "aidi"), "console", "--mode", "cluster", "--port", "0", *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=clean_env(home))
+                                stdout=out, stderr=subprocess.STDOUT, env=clean_env(home),
+                                preexec_fn=ctrl_c_reaches_python)
     console = ConsoleProcess(proc, log)
 
     def started() -> str | None:

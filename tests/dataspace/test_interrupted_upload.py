@@ -14,6 +14,7 @@ import pytest
 from aidi.dataspace import Dataspace, DataspaceConfig
 from aidi.errors import NotFoundError
 from tests.dataspace.conftest import make_tree, same_tree
+from tests.support.processes import ctrl_c_reaches_python
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = 12
@@ -56,7 +57,7 @@ def start_upload(config_file: Path, data: Path) -> subprocess.Popen[str]:
         [sys.executable, "-c", CHILD, "dataspace", "upload", "-n", "adas", "-t", "trainset", "-f", str(data),
          "-j", "2", "-C", str(config_file)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=ctrl_c_reaches_python,
     )
 
 
