@@ -214,7 +214,9 @@ class RecordWriter:
             return
         if self._threads is None:
             self._threads = (ThreadPoolExecutor(1, "rec-write"), ThreadPoolExecutor(1, "rec-hash"))
-        if len(self._in_flight) >= self.IN_FLIGHT:
+        # Blocks already written and hashed give back their buffers first, so that usually two buffers do.
+        while self._in_flight and (len(self._in_flight) >= self.IN_FLIGHT
+                                   or all(future.done() for future in self._in_flight[0][1])):
             self._retire()
         size = self._pending_bytes
         buffer = self._free.pop() if self._free else bytearray()
