@@ -146,10 +146,13 @@ class RecordWriter:
     while the encoding threads wait for it. Big blocks matter: a thread that gives up the GIL for every
     record waits up to a switch interval to get it back. A pipelined writer holds on to the records it
     is given until their block is written: pass ``bytes``, or do not change a buffer once written.
+    Blocks are copied into a few buffers used over and over: a fresh 4 MiB ``bytes`` for every block
+    was memory the allocator handed back to the system when freed and faulted in again for the next
+    one, which on a virtual machine cost more than the copy (docs/benchmarks.md, "Packing").
     """
 
     BLOCK_BYTES = 4 << 20
-    IN_FLIGHT = 3  # blocks queued per thread before the caller waits: bounds memory to ~12 MiB per thread
+    IN_FLIGHT = 3  # blocks written or hashed before the caller waits: bounds memory to ~4 buffers of 5 MiB
 
     def __init__(self, path: str | os.PathLike[str], sha256: bool = False, pipelined: bool = False) -> None:
         self.path = Path(path)
@@ -159,7 +162,9 @@ class RecordWriter:
         self._pending: list[bytes | memoryview] | None = [] if pipelined else None
         self._pending_bytes = 0
         self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
-        self._in_flight: deque[Future[object]] = deque()
+        # Blocks being written and hashed, each with its buffer; a buffer is reused once both are done.
+        self._in_flight: deque[tuple[bytearray, list[Future[object]]]] = deque()
+        self._free: list[bytearray] = []
 
     def write(self, record: bytes | bytearray | memoryview) -> int:
         return self._append(frame(record))
@@ -207,16 +212,34 @@ class RecordWriter:
     def _flush_block(self) -> None:
         if not self._pending:
             return
-        block = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
         if self._threads is None:
             self._threads = (ThreadPoolExecutor(1, "rec-write"), ThreadPoolExecutor(1, "rec-hash"))
-        while len(self._in_flight) >= 2 * self.IN_FLIGHT:
-            self._in_flight.popleft().result()  # raises the thread's error (disk full, ...) here
-        self._in_flight.append(self._threads[0].submit(self._write, block))
+        # Blocks already written and hashed give back their buffers first, so that usually two buffers do.
+        while self._in_flight and (len(self._in_flight) >= self.IN_FLIGHT
+                                   or all(future.done() for future in self._in_flight[0][1])):
+            self._retire()
+        size = self._pending_bytes
+        buffer = self._free.pop() if self._free else bytearray()
+        if len(buffer) < size:
+            buffer = bytearray(max(size, self.BLOCK_BYTES + (self.BLOCK_BYTES >> 2)))
+        position = 0
+        for chunk in self._pending:
+            buffer[position:position + len(chunk)] = chunk
+            position += len(chunk)
+        self._pending.clear()
+        self._pending_bytes = 0
+        block = memoryview(buffer)[:size]
+        futures: list[Future[object]] = [self._threads[0].submit(self._write, block)]
         if self._digest:
-            self._in_flight.append(self._threads[1].submit(self._digest.update, block))
+            futures.append(self._threads[1].submit(self._digest.update, block))
+        self._in_flight.append((buffer, futures))
+
+    def _retire(self) -> None:
+        """Wait for the oldest block to be written and hashed, and keep its buffer for a later block."""
+        buffer, futures = self._in_flight.popleft()
+        for future in futures:
+            future.result()  # raises the thread's error (disk full, ...) here
+        self._free.append(buffer)
 
     def _drain(self) -> None:
         if self._pending is None:
@@ -224,12 +247,13 @@ class RecordWriter:
         try:
             self._flush_block()
             while self._in_flight:
-                self._in_flight.popleft().result()
+                self._retire()
         finally:
             if self._threads:
                 for pool in self._threads:
                     pool.shutdown(cancel_futures=True)
                 self._threads = None
+            self._free.clear()
 
     def hexdigest(self) -> str:
         if self._digest is None:

@@ -448,3 +448,55 @@ def test_resize_of_png_and_grey_sources_and_bad_data():
     photo.save(jpeg, format="JPEG")
     with pytest.raises(BadImage, match="truncated JPEG"):
         reencode(jpeg.getvalue()[:-500], 100, 90)
+
+
+@pytest.mark.parametrize(("size", "save"), [
+    ((1001, 563), {"subsampling": "4:2:0"}),      # odd sizes: the DCT-scaled sizes round up
+    ((1001, 563), {"subsampling": "4:4:4"}),
+    ((999, 601), {"subsampling": "4:2:2", "progressive": True}),
+    ((803, 451), {"mode": "L"}),
+])
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_jpeg_decode_gives_opencvs_pixels_at_every_dct_scale(size, save, scale):
+    """JPEGs are decoded by simplejpeg (faster); the pixels and scaled sizes must be OpenCV's as before."""
+    from aidi.pack import images
+
+    buffer = io.BytesIO()
+    photo = _photo(*size)
+    photo.convert(save.get("mode", "RGB")).save(buffer, format="JPEG", quality=90,
+                                                 **{k: v for k, v in save.items() if k != "mode"})
+    data = buffer.getvalue()
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}[scale]
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    got = images._decode(data, (*size, size[0] // scale, size[1] // scale))
+    assert got.shape == expected.shape == (-(-size[1] // scale), -(-size[0] // scale), 3)
+    assert np.abs(got.astype(np.int16) - expected).max() <= 1
+
+
+def test_a_cmyk_jpeg_keeps_its_colours():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from aidi.pack.images import reencode
+
+    photo = _photo(640, 480)
+    buffer = io.BytesIO()
+    photo.convert("CMYK").save(buffer, format="JPEG", quality=95)
+    data, original, target = reencode(buffer.getvalue(), 240, 95)
+    assert (original, target) == ((640, 480), (320, 240))
+    reference = np.asarray(photo.resize(target, Image.Resampling.LANCZOS))
+    assert peak_signal_noise_ratio(reference, np.asarray(Image.open(io.BytesIO(data)))) > 30
+
+
+def test_a_jpeg_with_damaged_scan_data_packs_as_opencv_decodes_it(monkeypatch):
+    """simplejpeg refuses it (strict); OpenCV decodes what it can, as the packer did before simplejpeg."""
+    from aidi.pack import images
+
+    buffer = io.BytesIO()
+    _photo(512, 512).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    for i in range(len(data) // 2, len(data) // 2 + 40, 3):
+        data[i] = 0 if data[i] == 0xFF else 0xFF  # stray markers inside the entropy-coded data
+    with pytest.raises(ValueError):
+        images._simplejpeg().decode_jpeg(bytes(data), "BGR")
+    assert images.reencode(bytes(data), 256, 90)[1:] == ((512, 512), (256, 256))
