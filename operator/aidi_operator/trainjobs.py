@@ -19,6 +19,7 @@ from aidi.api.errors import from_pydantic
 from aidi.jobs import lifecycle, podspec
 from aidi_operator import netpol, progress
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
+from aidi_operator.pods import PodIndex, PodWatch
 from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
 CREATE_RETRY_DELAY = 10.0
 STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written this long after its pods are made
 POD_CHANGE_DELAY = 0.1  # a pod's change reconciles its job this much later, with the other changes by then
+PODS_LISTED_WAIT = 5.0  # how long a job's event waits for its namespace's pods to be listed (a new namespace)
 MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
 EVENT_SOURCE = "aidi-operator"
 
@@ -73,6 +75,8 @@ async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: s
     if _own_echo(state, key, body):
         _echo_seen(state, key)
         return
+    if state.pod_watch is not None and not state.pod_watch.synced(key[0]):
+        await state.pod_watch.wait_synced(key[0], PODS_LISTED_WAIT)
     await reconcile_or_retry(state, key, lean(body))
 
 
@@ -99,7 +103,13 @@ def _own_echo(state: OperatorState, key: JobKey, body: kopf.Body) -> bool:
 
 @kopf.on.startup()
 async def start_background(memo: kopf.Memo, **_: Any) -> None:
+    """Every pod of ours is listed before kopf delivers the first TrainJob event (kopf starts watching once
+    the startup handlers are done): a restarted operator sees the pods it made before deciding anything."""
     state = state_of(memo)
+    state.pods = PodIndex()
+    state.pod_watch = PodWatch(_api(state), state.settings.namespaces, state.pods,
+                               lambda key: pod_changed(state, key))
+    await state.pod_watch.start()
     state.tasks.append(asyncio.create_task(wakeups(state), name="aidi wake-ups"))
     state.tasks.append(asyncio.create_task(resync(state), name="aidi resync"))
     state.tasks.append(asyncio.create_task(progress.progress_loop(state, _indexed_job, _write_status),
@@ -121,8 +131,8 @@ async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, 
 def pod_changed(state: OperatorState, key: JobKey) -> None:
     """A pod of the job changed: reconcile the job shortly (``POD_CHANGE_DELAY``), once for all changes by then.
 
-    Not before kopf has indexed everything: a job reconciled while some of its pods are still unlisted
-    would take them for lost. Every job is reconciled once its own TrainJob event arrives after that.
+    Not before kopf has indexed every TrainJob: the job's own first event reconciles it then (before, a
+    pod's job may not be known yet).
     """
     if not state.indexed:
         return
@@ -181,7 +191,7 @@ async def resync(state: OperatorState) -> None:
 
 def _inputs(state: OperatorState, key: JobKey) -> tuple[Any, ...]:
     """The indexed objects a reconcile of ``key`` reads now (kopf replaces an object's entry on each event)."""
-    return (*(state.jobs or {}).get(key, []), *(state.pods or {}).get(key, []))
+    return (*(state.jobs or {}).get(key, []), *state.pods_of(key))
 
 
 def _unchanged(state: OperatorState, key: JobKey) -> bool:
@@ -206,6 +216,9 @@ async def reconcile(state: OperatorState, key: JobKey, body: dict[str, Any] | No
         body = body if body is not None else _indexed_job(state, key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
+        if state.pod_watch is None or not state.pod_watch.synced(key[0]):
+            # Unlisted pods would look lost, and be made again.
+            raise kopf.TemporaryError(f"the pods in namespace {key[0]} are not listed yet", delay=1)
         await _reconcile_locked(state, key, body)
         state.reconciled[key] = inputs
 
@@ -232,7 +245,7 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
         await _write_status(state, key, body, old_wire, _invalid(status, exc, now, meta.get("generation")))
         return
 
-    pods = list((state.pods or {}).get(key, []))
+    pods = list(state.pods_of(key))
     plan = lifecycle.decide(job, status, pods, now, meta.get("generation"))
     api = _api(state)
     await asyncio.gather(*(api.delete(core_path(namespace, "pods", pod)) for pod in plan.delete))
@@ -344,7 +357,7 @@ async def _keep_log_tail(state: OperatorState, key: JobKey, plan: lifecycle.Plan
     if failure is None or plan.failed_pod is None:
         return
     container = podspec.MAIN_CONTAINER
-    for pod in (state.pods or {}).get(key, []):
+    for pod in state.pods_of(key):
         if pod.name == plan.failed_pod and pod.failure is not None and pod.failure.container:
             container = pod.failure.container
     text = await _api(state).text(core_path(key[0], "pods", plan.failed_pod, "log"),
@@ -370,7 +383,7 @@ async def _write_status(state: OperatorState, key: JobKey, body: dict[str, Any],
 async def delete_children(state: OperatorState, namespace: str, name: str) -> None:
     """Delete a job's pods, Service and PodGroup (the garbage collector would, via ownerReferences)."""
     api = _api(state)
-    pods = {p.name for p in (state.pods or {}).get((namespace, name), [])}
+    pods = {p.name for p in state.pods_of((namespace, name))}
     pods |= {p["metadata"]["name"] for p in await api.list(core_path(namespace, "pods"),
                                                          {podspec.LABEL_JOB: name})}
     await asyncio.gather(
