@@ -235,7 +235,9 @@ class PodWatch:
 
     async def _list_namespaces(self) -> str | None:
         page = await self.api.list_page("/api/v1/namespaces", {})
-        names = [(n.get("metadata") or {}).get("name") or "" for n in page.get("items") or []]
+        names = {(n.get("metadata") or {}).get("name") or "" for n in page.get("items") or []}
+        for gone in [ns for ns in self._tasks if ns is not None and ns not in names]:  # deleted while away
+            self._stop_scope(gone)
         await asyncio.gather(*(self._start_scope(ns) for ns in sorted(names) if self.serves(ns)))
         return (page.get("metadata") or {}).get("resourceVersion")
 
@@ -252,8 +254,7 @@ class PodWatch:
                 async for event in self.api.watch("/api/v1/namespaces", params, read_timeout=WATCH_SECONDS + 60):
                     obj = event.get("object") or {}
                     if event.get("type") == "ERROR":
-                        version = None if obj.get("code") == GONE else version
-                        break
+                        raise ApiRefused(int(obj.get("code") or 500), str(obj.get("message") or obj))
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
                     name = (obj.get("metadata") or {}).get("name") or ""
                     if event.get("type") == "BOOKMARK" or not name or not self.serves(name):
