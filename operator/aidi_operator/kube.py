@@ -173,7 +173,14 @@ class KubeApi:
 
     async def watch(self, path: str, params: dict[str, str] | None = None,
                     read_timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Watch events (``{"type": ..., "object": ...}``) at ``path`` until the server ends the stream.
+        """Watch events (``{"type": ..., "object": ...}``) at ``path`` until the server ends the stream."""
+        async for line in self.watch_lines(path, params, read_timeout):
+            yield json.loads(line)
+
+    async def watch_lines(self, path: str, params: dict[str, str] | None = None,
+                          read_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The watch stream's events as the server sent them, one JSON text each, for a caller that decodes
+        only what it reads (``pods.decode_event``).
 
         ``read_timeout``: a stream silent for this long is taken for dead (with bookmarks asked for, the
         server sends something every minute or so, and ends the stream at its ``timeoutSeconds``).
@@ -191,9 +198,9 @@ class KubeApi:
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        yield line
             if pending.strip():
-                yield json.loads(pending)
+                yield pending
 
     async def text(self, path: str, params: dict[str, str] | None = None) -> str | None:
         status, payload = await self._request("GET", path, params=params, text=True)
