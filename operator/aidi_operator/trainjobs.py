@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime as dt
 import heapq
+import json
 import logging
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -39,20 +40,41 @@ _BOOKKEEPING_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", 
 
 
 def lean(body: kopf.Body | dict[str, Any]) -> dict[str, Any]:
-    """The parts of a TrainJob the reconcile reads, copied (kopf reuses nothing of it, we keep it indexed)."""
+    """The parts of a TrainJob the reconcile reads (not copied: see ``IndexedJob``)."""
     meta = body.get("metadata") or {}
-    kept = {k: copy.deepcopy(meta[k]) for k in _METADATA if k in meta}
+    kept = {k: meta[k] for k in _METADATA if k in meta}
     if kept.get("annotations"):
         kept["annotations"] = {k: v for k, v in kept["annotations"].items() if k not in _BOOKKEEPING_ANNOTATIONS}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept,
-            "spec": copy.deepcopy(body.get("spec")), "status": copy.deepcopy(body.get("status"))}
+            "spec": body.get("spec"), "status": body.get("status")}
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedJob:
+    """A TrainJob as the index keeps it: the parts a reconcile reads, as JSON text. ~1 KB a job, where the
+    same as dicts took ~4 KB (20 MB at 5,000 jobs); decoding it for a reconcile takes some 20 µs. Also the
+    copy: kopf reuses nothing of the body it passes, and every reconcile gets a dict of its own."""
+
+    rest: bytes  # apiVersion, kind, the metadata kept, spec
+    status: bytes
+
+    @classmethod
+    def of(cls, body: kopf.Body | dict[str, Any]) -> IndexedJob:
+        kept = lean(body)
+        status = kept.pop("status")
+        return cls(json.dumps(kept).encode(), json.dumps(status).encode())
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.rest)
+        body["status"] = json.loads(self.status)
+        return body
 
 
 # Async: a sync index function costs a hop through kopf's thread pool on every event.
 @kopf.index(*RESOURCE)
 async def trainjob_index(namespace: str | None, name: str, body: kopf.Body,
-                         **_: Any) -> dict[JobKey, dict[str, Any]]:
-    return {job_key(namespace, name): lean(body)}
+                         **_: Any) -> dict[JobKey, IndexedJob]:
+    return {job_key(namespace, name): IndexedJob.of(body)}
 
 
 @kopf.on.event(*RESOURCE)
@@ -77,20 +99,18 @@ async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: s
         return
     if state.pod_watch is not None and not state.pod_watch.synced(key[0]):
         await state.pod_watch.wait_synced(key[0], PODS_LISTED_WAIT)
-    await reconcile_or_retry(state, key, lean(body))
+    await reconcile_or_retry(state, key)  # the body as just indexed (kopf indexes before calling handlers)
 
 
 def _echo_seen(state: OperatorState, key: JobKey) -> None:
     """The job's new body only carries the status its last reconcile wrote: that reconcile still stands for
-    the resync (else every job's last write would cost it one more reconcile in the next pass)."""
+    the resync (else every job's last write would cost it one more reconcile in the next pass), and the
+    indexed body is now as fresh as what we wrote (no need to keep that at 5,000 jobs)."""
     last, now = state.reconciled.get(key), _inputs(state, key)
+    state.statuses.pop(key, None)
     if (last is not None and len(last) == len(now) and all(a is b for a, b in zip(last[1:], now[1:], strict=True))
-            and _without_status(last[0]) == _without_status(now[0])):  # a server without generations (kmock)
+            and last[0].rest == now[0].rest):  # a server without generations (kmock): compare the rest
         state.reconciled[key] = now
-
-
-def _without_status(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "status"}
 
 
 def _own_echo(state: OperatorState, key: JobKey, body: kopf.Body) -> bool:
@@ -202,9 +222,9 @@ def _unchanged(state: OperatorState, key: JobKey) -> bool:
 
 
 def _indexed_job(state: OperatorState, key: JobKey) -> dict[str, Any] | None:
-    body: dict[str, Any]
-    for body in (state.jobs or {}).get(key, []):
-        return body
+    job: IndexedJob
+    for job in (state.jobs or {}).get(key, []):
+        return job.body()
     return None
 
 
