@@ -165,15 +165,42 @@ class KubeApi:
         self._check("DELETE", path, status, payload)
         return True
 
-    async def watch(self, path: str) -> AsyncIterator[dict[str, Any]]:
+    async def list_page(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """One list answer as the server gives it (items, and metadata's resourceVersion and continue token)."""
+        status, payload = await self._request("GET", path, params=params)
+        self._check("GET", path, status, payload)
+        return payload if isinstance(payload, dict) else {}
+
+    async def watch(self, path: str, params: dict[str, str] | None = None,
+                    read_timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type": ..., "object": ...}``) at ``path`` until the server ends the stream."""
+        async for line in self.watch_lines(path, params, read_timeout):
+            yield json.loads(line)
+
+    async def watch_lines(self, path: str, params: dict[str, str] | None = None,
+                          read_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """The watch stream's events as the server sent them, one JSON text each, for a caller that decodes
+        only what it reads (``pods.decode_event``).
+
+        ``read_timeout``: a stream silent for this long is taken for dead (with bookmarks asked for, the
+        server sends something every minute or so, and ends the stream at its ``timeoutSeconds``).
+        """
         session = self._connect()
-        no_timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with session.get(path.lstrip("/"), params={"watch": "true"}, timeout=no_timeout) as resp:
-            self._check("WATCH", path, resp.status, await resp.text() if resp.status >= 400 else None)
-            async for line in resp.content:
-                if line.strip():
-                    yield json.loads(line)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.sock_connect, sock_read=read_timeout)
+        async with session.get(path.lstrip("/"), params={**(params or {}), "watch": "true"},
+                               timeout=timeout) as resp:
+            if resp.status >= 400:
+                self._check("WATCH", path, resp.status, await resp.text())
+            # Lines split here rather than by aiohttp's readline, which refuses lines over 128 KiB.
+            pending = b""
+            async for chunk in resp.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield line
+            if pending.strip():
+                yield pending
 
     async def text(self, path: str, params: dict[str, str] | None = None) -> str | None:
         status, payload = await self._request("GET", path, params=params, text=True)

@@ -90,7 +90,7 @@ _WORKER0 = podspec.Member("worker", 0)
 
 
 def _worker0_running(state: OperatorState, key: JobKey) -> bool:
-    pods = (state.pods or {}).get(key)
+    pods = state.pods_of(key)
     if not pods:
         return False
     worker0 = _WORKER0.pod_name(key[1])

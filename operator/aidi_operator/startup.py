@@ -6,12 +6,16 @@ import asyncio
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
+from aidi.jobs.lifecycle import PodState
 from aidi.jobs.podspec import PodSettings
 from aidi_operator.kube import KubeApi
+
+if TYPE_CHECKING:  # pods imports this module
+    from aidi_operator.pods import PodIndex, PodWatch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,8 @@ class OperatorState:
     settings: OperatorSettings
     api: KubeApi | None = None
     jobs: Any = None  # kopf.Index: (namespace, name) → TrainJob body
-    pods: Any = None  # kopf.Index: (namespace, job) → PodState of each pod of the job
+    pods: PodIndex | None = None  # (namespace, job) → PodState of each pod of the job: our own watch (pods.py)
+    pod_watch: PodWatch | None = None
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     statuses: dict[JobKey, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)  # (uid, last written)
     # New jobs whose status waits to be written: (uid, until when on the loop's clock, the status to write).
@@ -76,6 +81,9 @@ class OperatorState:
         self.due[key] = when
         heapq.heappush(self.due_heap, (when, key))
         self.due_changed.set()
+
+    def pods_of(self, key: JobKey) -> tuple[PodState, ...]:
+        return self.pods.get(key) if self.pods is not None else ()
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -128,13 +136,14 @@ def connection_info(settings: OperatorSettings) -> kopf.ConnectionInfo:
     if settings.server:
         return kopf.ConnectionInfo(server=settings.server, insecure=True, default_namespace="default")
     kwargs: dict[str, Any] = {"logger": log, "settings": kopf.OperatorSettings()}
-    # The kubernetes client understands every kubeconfig (exec plugins too); kopf's own reader is the
-    # fallback when the client refuses (it reads $KUBECONFIG when called, the client when imported).
+    # kopf's own kubeconfig reader first: it takes tokens, certificates and passwords, and needs no
+    # kubernetes client (~12 MB once imported). The client is the fallback for what only it understands
+    # (exec plugins, token files): kopf's reader then finds no credentials at all.
     info = None
-    for login_with in (kopf.login_with_service_account, kopf.login_via_client, kopf.login_with_kubeconfig):
+    for login_with in (kopf.login_with_service_account, _kubeconfig_credentials, kopf.login_via_client):
         try:
             info = login_with(**kwargs)
-        except (kopf.LoginError, OSError, ValueError) as exc:  # e.g. $KUBECONFIG names a missing file
+        except (kopf.LoginError, OSError, ValueError, KeyError) as exc:  # e.g. $KUBECONFIG names a missing file
             log.debug(f"{login_with.__name__}: {exc}")
         if info is not None:
             break
@@ -142,6 +151,13 @@ def connection_info(settings: OperatorSettings) -> kopf.ConnectionInfo:
         raise kopf.PermanentError(
             "no Kubernetes credentials: run inside a cluster, set KUBECONFIG (or ~/.kube/config), "
             "or pass --server URL")
+    return info
+
+
+def _kubeconfig_credentials(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    info = kopf.login_with_kubeconfig(**kwargs)
+    if info is None or not (info.token or info.certificate_path or info.certificate_data or info.username):
+        return None
     return info
 
 
@@ -154,8 +170,8 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 async def start(memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     state = state_of(memo)
     state.api = KubeApi(lambda: connection_info(state.settings))
-    # kopf passes each index as a keyword named after its handler (trainjobs.trainjob_index, pods.pod_index).
-    state.jobs, state.pods = kwargs["trainjob_index"], kwargs["pod_index"]
+    # kopf passes each index as a keyword named after its handler (trainjobs.trainjob_index).
+    state.jobs = kwargs["trainjob_index"]
     where = ", ".join(state.settings.namespaces) or "all namespaces"
     logger.info(f"aidi-operator watching TrainJobs in {where}; job image {state.settings.pods.job_image}")
 
@@ -167,6 +183,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
     await asyncio.gather(*state.tasks, return_exceptions=True)
     state.tasks.clear()
+    if state.pod_watch is not None:
+        await state.pod_watch.stop()
+        state.pod_watch = None
     if state.api is not None:
         await state.api.close()
         state.api = None
