@@ -33,9 +33,10 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace, select
 from aidi.jobs import podspec
 from aidi.jobs.lifecycle import PodState, pod_state
 from aidi_operator.kube import ApiRefused, KubeApi
-from aidi_operator.startup import JobKey
 
 log = logging.getLogger(__name__)
+
+JobKey = tuple[str, str]  # (namespace, name) of a TrainJob: how its pods are kept, and its reconciles keyed
 
 SELECTOR = f"{podspec.LABEL_JOB},{podspec.LABEL_MANAGED_BY}={podspec.MANAGED_BY}"
 LIST_PAGE = 500  # pods per list page: a relist never holds thousands of whole pod bodies at once

@@ -20,7 +20,8 @@ from aidi.api import trainjob as tj
 from aidi.jobs import podspec
 from aidi.jobs import progress as records
 from aidi_operator.kube import core_path
-from aidi_operator.startup import JobKey, OperatorState
+from aidi_operator.pods import JobKey
+from aidi_operator.startup import OperatorState
 
 log = logging.getLogger(__name__)
 

@@ -6,24 +6,19 @@ import asyncio
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 
 from aidi.jobs.lifecycle import PodState
 from aidi.jobs.podspec import PodSettings
 from aidi_operator.kube import KubeApi
-
-if TYPE_CHECKING:  # pods imports this module
-    from aidi_operator.pods import PodIndex, PodWatch
+from aidi_operator.pods import JobKey, PodIndex, PodWatch
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = "aidi.io"
 FINALIZER = "aidi.io/trainjob"
-
-JobKey = tuple[str, str]  # (namespace, name)
-
 
 def job_key(namespace: str | None, name: str) -> JobKey:
     """TrainJobs and pods are namespaced: kopf passes their namespace (its handlers' type allows None)."""

@@ -20,8 +20,8 @@ from aidi.api.errors import from_pydantic
 from aidi.jobs import lifecycle, podspec
 from aidi_operator import netpol, progress
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
-from aidi_operator.pods import PodIndex, PodWatch
-from aidi_operator.startup import JobKey, OperatorState, job_key, state_of
+from aidi_operator.pods import JobKey, PodIndex, PodWatch
+from aidi_operator.startup import OperatorState, job_key, state_of
 
 log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
