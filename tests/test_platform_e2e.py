@@ -6,6 +6,7 @@ scenarios of test_operator_e2e.py run with them) and nothing more, cluster-wide 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -162,6 +163,20 @@ def test_the_operators_rights_cluster_wide_are_exactly_what_it_needs(
         assert expected - granted == set(), f"the chart lacks rights the operator needs in {namespace}"
 
 
+@contextlib.contextmanager
+def installed(release: e2e.Platform, *own_namespaces: str) -> Iterator[None]:
+    """A further release of the chart beside the platform's, uninstalled afterwards. Not ``Platform.uninstall``:
+    the CRD and the platform's team namespaces are shared with the platform; only ``own_namespaces`` go."""
+    release.install()
+    try:
+        yield
+    finally:
+        release.helm("uninstall", release.release, "-n", release.namespace, "--wait", "--timeout", "120s",
+                     check=False)
+        e2e.kubectl("delete", "namespace", release.namespace, *own_namespaces, "--ignore-not-found", "--wait=false",
+                    check=False)
+
+
 @pytest.fixture(scope="module")
 def namespaced_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
     """A second release whose operator watches only team B: Roles in that namespace instead of a ClusterRole."""
@@ -170,13 +185,8 @@ def namespaced_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
     release.values |= {"teams": [], "priorityClasses": {"create": False}, "console": {"enabled": False},
                        "operator": {"resyncSeconds": 1, "watchNamespaces": [platform.teams[1]]}}
     release.teams = platform.teams
-    release.install()
-    try:
+    with installed(release):
         yield release
-    finally:
-        release.helm("uninstall", release.release, "-n", release.namespace, "--wait", "--timeout", "120s",
-                     check=False)
-        e2e.kubectl("delete", "namespace", release.namespace, "--ignore-not-found", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +199,8 @@ def team_scoped_release(platform: e2e.Platform) -> Iterator[e2e.Platform]:
     release.values |= {"teams": [{"namespace": team}], "priorityClasses": {"create": False},
                        "console": {"enabled": False}, "operator": {"resyncSeconds": 1}}
     release.teams = (team, team)
-    release.install()
-    try:
+    with installed(release, team):
         yield release
-    finally:
-        release.helm("uninstall", release.release, "-n", release.namespace, "--wait", "--timeout", "120s",
-                     check=False)
-        e2e.kubectl("delete", "namespace", release.namespace, team, "--ignore-not-found", "--wait=false", check=False)
 
 
 def test_with_teams_listed_the_operator_has_rights_in_their_namespaces_only(
