@@ -53,13 +53,26 @@ class Browser:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
+    async def _on_fresh(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``, which finds elements and uses them, again when the page re-rendered one in between:
+        the live parts refresh themselves, so an element found a moment ago may already be replaced."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(20):
+            try:
+                return await self._run(fn)
+            except StaleElementReferenceException:
+                await asyncio.sleep(0.1)
+        return await self._run(fn)
+
     async def open(self, path: str) -> None:
         await self._run(self.driver.get, self.base + path)
 
     async def text(self, css: str) -> str:
         from selenium.webdriver.common.by import By
 
-        return await self._run(lambda: " ".join(e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css)))
+        return await self._on_fresh(
+            lambda: " ".join(e.text for e in self.driver.find_elements(By.CSS_SELECTOR, css)))
 
     async def wait_text(self, css: str, *wanted: str, absent: tuple[str, ...] = (), timeout: float = 15) -> str:
         """Wait until ``css`` shows every ``wanted`` string and none of ``absent`` (the page refreshes itself)."""
@@ -75,12 +88,12 @@ class Browser:
     async def click(self, css: str) -> None:
         from selenium.webdriver.common.by import By
 
-        await self._run(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
+        await self._on_fresh(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
 
     async def type(self, css: str, value: str) -> None:
         from selenium.webdriver.common.by import By
 
-        await self._run(lambda: self.driver.find_element(By.CSS_SELECTOR, css).send_keys(value))
+        await self._on_fresh(lambda: self.driver.find_element(By.CSS_SELECTOR, css).send_keys(value))
 
     async def shot(self, name: str) -> None:
         assert await self._run(self.driver.save_screenshot, str(self.shots / f"{name}.png"))
