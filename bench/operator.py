@@ -251,6 +251,64 @@ def stop_operator(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler")
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY"})
+
+
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds of the control plane's processes on this machine (none for a remote server)."""
+    found: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            name = Path((entry / "cmdline").read_bytes().split(b"\0")[0].decode()).name
+            if name in CONTROL_PLANE:
+                found[name] = found.get(name, 0.0) + cpu_seconds(int(entry.name))
+        except (OSError, ValueError):
+            continue  # not a process, or one that ended meanwhile
+    return found
+
+
+async def server_writes(api: KubeApi) -> dict[str, float]:
+    """The API server's count of write requests so far, by resource (its /metrics; every client's)."""
+    counts: dict[str, float] = {}
+    for line in (await api.text("/metrics") or "").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.rindex("}")].split(","))
+        if labels.get("verb", "").strip('"') in WRITE_VERBS:
+            resource = labels.get("resource", "").strip('"')
+            sub = labels.get("subresource", '""').strip('"')
+            key = f"{resource}/{sub}" if sub else resource
+            counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+class ServerCost:
+    """What one operator's run cost the server: write requests per job by resource (all clients: the
+    controllers and scheduler too) and, with the control plane on this machine, its CPU seconds."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self.writes: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    async def __aenter__(self) -> ServerCost:
+        self.writes, self.cpu = await server_writes(self.api), control_plane_cpu()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        writes, cpu = await server_writes(self.api), control_plane_cpu()
+        self.writes = {k: v - self.writes.get(k, 0.0) for k, v in writes.items() if v > self.writes.get(k, 0.0)}
+        self.cpu = {k: v - self.cpu.get(k, 0.0) for k, v in cpu.items()}
+
+    def summary(self, jobs: int) -> dict[str, Any]:
+        return {"server_writes_per_job": {k: round(v / jobs, 2) for k, v in
+                                          sorted(self.writes.items(), key=lambda kv: -kv[1])},
+                "server_writes_total_per_job": round(sum(self.writes.values()) / jobs, 2),
+                "control_plane_cpu_s": {k: round(v, 1) for k, v in self.cpu.items()},
+                "control_plane_cpu_total_s": round(sum(self.cpu.values()), 1)}
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -472,9 +530,10 @@ async def one_run(api: KubeApi, installed: Installed, which: str, args: argparse
     proc = start_operator(None, namespace, which=which, kubeconfig=args.kubeconfig, log=log, workers=workers)
     try:
         print(f"{which} in {namespace}: creating {args.jobs} TrainJobs ...", file=sys.stderr)
-        latencies, rss, cpu, idle = await operator_run(api, namespace, args.jobs, workers, proc, which=which,
-                                                         uid=False, rate=args.rate, idle_seconds=args.idle_seconds,
-                                                         parallel=args.parallel)
+        async with ServerCost(api) as cost:
+            latencies, rss, cpu, idle = await operator_run(api, namespace, args.jobs, workers, proc, which=which,
+                                                             uid=False, rate=args.rate,
+                                                             idle_seconds=args.idle_seconds, parallel=args.parallel)
         pods = await api.list(core_path(namespace, "pods"))
         expected = {p for i in range(args.jobs) for p in pod_names(f"job-{i}", workers)}
         found = expected & {p["metadata"]["name"] for p in pods}
@@ -483,7 +542,12 @@ async def one_run(api: KubeApi, installed: Installed, which: str, args: argparse
     result = {"operator": which, "namespace": namespace, **summary(latencies), "peak_rss_mb": rss, "cpu_s": cpu,
               "idle_cpu_pct": idle,
               "pods_expected": len(expected), "pods_found": len(found), "pods_in_namespace": len(pods),
-              "load_average": [load0, os.getloadavg()[0]], "log": str(log), **scan_log(log)}
+              "load_average": [load0, os.getloadavg()[0]], "log": str(log), **scan_log(log),
+              **cost.summary(args.jobs + 1)}  # + the warm-up job
+    print(f"  server: {result['server_writes_total_per_job']} writes a job "
+          f"({', '.join(f'{k} {v:g}' for k, v in result['server_writes_per_job'].items() if v >= 0.05)}); "
+          f"control plane CPU {result['control_plane_cpu_total_s']} s {result['control_plane_cpu_s']}",
+          file=sys.stderr)
     print(f"  p50 {result['p50_s']:.3f} s, p99 {result['p99_s']:.3f} s, RSS {rss:.0f} MB, CPU {cpu:.1f} s, "
           f"idle CPU {idle:.2f} %, pods {len(found)}/{len(expected)}", file=sys.stderr)
     await installed.drop_namespace(namespace)
@@ -543,7 +607,7 @@ def report_kubeconfig(result: dict[str, Any]) -> None:
     print(f"\n{result['jobs']} TrainJobs{rate} x {result['pods_per_job']} pod(s) (both operators make "
           f"them) on {result['server_version']} ({result['server']})")
     print(f"{'round':<6}{'first':<15}{'':10}{'p50 (s)':>9}{'p99 (s)':>9}{'max (s)':>9}{'RSS (MB)':>10}"
-          f"{'CPU (s)':>9}{'idle %':>8}{'pods':>12}{'load':>11}")
+          f"{'CPU (s)':>9}{'idle %':>8}{'pods':>12}{'load':>11}{'writes/job':>11}{'server CPU':>11}")
     for r in result["rounds"]:
         for key, label in (("ours", "ours"), ("minimal", "minimal")):
             x = r[key]
@@ -551,7 +615,8 @@ def report_kubeconfig(result: dict[str, Any]) -> None:
             pods = f"{x['pods_found']}/{x['pods_expected']}"
             print(f"{r['round']:<6}{r['order'][0]:<15}{label:10}{x['p50_s']:>9.3f}{x['p99_s']:>9.3f}"
                   f"{x['max_s']:>9.3f}{x['peak_rss_mb']:>10.1f}{x['cpu_s']:>9.1f}{x['idle_cpu_pct']:>8.2f}"
-                  f"{pods:>12}{load:>11}")
+                  f"{pods:>12}{load:>11}{x.get('server_writes_total_per_job', float('nan')):>11.1f}"
+                  f"{x.get('control_plane_cpu_total_s', float('nan')):>11.1f}")
         ratio = r["ratio"]
         print(f"{'':<6}{'':<15}{'ratio':10}{ratio['p50_s']:>9.2f}{ratio['p99_s']:>9.2f}{'':>9}"
               f"{ratio['peak_rss_mb']:>10.2f}{ratio['cpu_s']:>9.2f}")
