@@ -54,6 +54,21 @@ async def test_multi_worker_mxnet_env_and_service(cluster) -> None:
     await scenarios.multi_worker_mxnet(cluster)
 
 
+async def test_the_isolation_policy_is_there_before_any_pod(cluster) -> None:
+    """The job's own policy goes out with its pods, in one round trip: safe only because the namespace's
+    isolation policy was created before the first of them."""
+    await cluster.create_job("first", nodeSelector=cluster.node_selector)
+    await cluster.create_job("second", workers={"min": 2, "max": 2}, nodeSelector=cluster.node_selector)
+    await cluster.wait_pods("second", ["second-scheduler", "second-server-0", "second-server-1",
+                                       "second-worker-0", "second-worker-1"])
+    posts = [r for r in list(cluster.server) if r.method == kmock.method.POST and r.resource is not None
+             and r.resource.plural in ("pods", "networkpolicies")]
+    isolation = [i for i, r in enumerate(posts) if r.data["metadata"]["name"] == podspec.ISOLATION_POLICY]
+    first_pod = min(i for i, r in enumerate(posts) if r.resource.plural == "pods")
+    assert isolation and isolation[0] < first_pod, [r.data["metadata"]["name"] for r in posts]
+    assert len(isolation) == 1  # once for both jobs, not once a job
+
+
 async def test_gang_restart_up_to_backoff_limit(cluster) -> None:
     await scenarios.gang_restart(cluster)
     status = await cluster.status("gang")
@@ -281,3 +296,33 @@ async def test_api_client_waits_for_a_free_connection_without_timing_out() -> No
     finally:
         await api.close()
         await runner.cleanup()
+
+
+async def test_a_reconcile_waits_for_the_pods_it_just_created(monkeypatch) -> None:
+    """Pods created but not yet in the watch's view are not missing: no second creation (a burst's 409s),
+    until they show up — or until OWN_PODS_WAIT says they are lost after all."""
+    from aidi_operator import trainjobs
+    from aidi_operator.pods import PodIndex
+    from aidi_operator.startup import OperatorSettings, OperatorState
+
+    from aidi.jobs.lifecycle import PodState
+
+    state, key = OperatorState(OperatorSettings()), ("team-a", "j")
+    state.pods = PodIndex()
+    loop = asyncio.get_running_loop()
+    made = frozenset({("j-worker-0", 0), ("j-worker-1", 0)})
+    state.expected[key] = (made, loop.time() + 30)
+    assert trainjobs.awaiting_own_pods(state, key)
+    assert 29 < state.due[key] - loop.time() <= 30  # woken at the latest when the wait is over
+
+    def seen(name: str, attempt: int) -> None:
+        state.pods.put("team-a", "j", PodState(name=name, role="worker", index=0, attempt=attempt, phase="Pending"))
+    seen("j-worker-0", 0)
+    seen("j-worker-1", 1)  # the same name from another attempt is not the pod just made
+    assert trainjobs.awaiting_own_pods(state, key)
+    seen("j-worker-1", 0)
+    assert not trainjobs.awaiting_own_pods(state, key) and key not in state.expected
+
+    state.expected[key] = (frozenset({("j-worker-2", 0)}), loop.time() - 0.1)  # never shown, wait over
+    assert not trainjobs.awaiting_own_pods(state, key) and key not in state.expected
+    assert not trainjobs.awaiting_own_pods(state, ("team-a", "other"))  # nothing created: nothing to wait for

@@ -1,12 +1,17 @@
-"""The NetworkPolicy of a job (``aidi.jobs.podspec.build_network_policy``): made before its pods, owned by the
-TrainJob so that the garbage collector removes it with the job, deleted with the job's other children.
+"""The NetworkPolicies of jobs (``aidi.jobs.podspec``): a namespace's isolation policy, then each job's own.
 
-Kept apart from the reconcile loop on purpose: one call to make, one to delete, "already there" and "already
-gone" both success. A cluster without the networking API (none in practice) refuses; that is reported the
-same way as any refused child, in the job's status.
+The isolation policy closes every pod the operator makes in a namespace; it is made before the first job's
+pods there (and made again every ``ISOLATION_REFRESH`` seconds, should someone have deleted it). A job's own
+policy, owned by the TrainJob so that the garbage collector removes it with the job, opens the job's pods to
+each other; it is created with the pods, in the same round trip, since the isolation policy already covers
+them. "Already there" and "already gone" are both success. A cluster without the networking API (none in
+practice) refuses; that is reported as any refused child is, in the job's status.
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
@@ -14,12 +19,34 @@ from aidi_operator.kube import KubeApi, group_path
 
 API_VERSION = "networking.k8s.io/v1"
 PLURAL = "networkpolicies"
+ISOLATION_REFRESH = 60.0  # seconds: how often a namespace's isolation policy is made again (one refused write)
 
 
-async def ensure(api: KubeApi, job: tj.TrainJob, owner_uid: str | None) -> None:
-    namespace = job.metadata.namespace or "default"
-    await api.create(group_path(API_VERSION, namespace, PLURAL), podspec.build_network_policy(job, owner_uid))
+def path(namespace: str, name: str | None = None) -> str:
+    return group_path(API_VERSION, namespace, PLURAL, name)
+
+
+def job_policy(job: tj.TrainJob, owner_uid: str | None) -> tuple[str, dict[str, Any]]:
+    """Where and what to create for the job's own policy."""
+    return path(job.metadata.namespace or "default"), podspec.build_network_policy(job, owner_uid)
+
+
+class Isolation:
+    """Each namespace's isolation policy, made once for all the jobs that arrive together, then now and then."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+
+    async def ensure(self, api: KubeApi, namespace: str) -> None:
+        now = asyncio.get_running_loop().time()
+        made = self._made.get(namespace)
+        if made is None or (made[1].done() and (made[1].exception() is not None
+                                                or now - made[0] >= ISOLATION_REFRESH)):
+            made = now, asyncio.ensure_future(api.create(path(namespace), podspec.build_isolation_policy(namespace)))
+            self._made[namespace] = made
+        # Shielded: a reconcile cancelled meanwhile does not cancel the creation the others wait for.
+        await asyncio.shield(made[1])
 
 
 async def delete(api: KubeApi, namespace: str, name: str) -> None:
-    await api.delete(group_path(API_VERSION, namespace, PLURAL, name))
+    await api.delete(path(namespace, name))

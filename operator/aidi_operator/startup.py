@@ -13,6 +13,7 @@ import kopf
 from aidi.jobs.lifecycle import PodState
 from aidi.jobs.podspec import PodSettings
 from aidi_operator.kube import KubeApi
+from aidi_operator.netpol import Isolation
 from aidi_operator.pods import JobKey, PodIndex, PodWatch
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class OperatorState:
     due_changed: asyncio.Event = field(default_factory=asyncio.Event)
     # What each job's last successful reconcile read (``trainjobs._inputs``): the resync skips a job unchanged since.
     reconciled: dict[JobKey, tuple[Any, ...]] = field(default_factory=dict)
+    # Pods just created, (name, attempt), that the pod watch has not shown yet, and until when (the loop's
+    # clock) a reconcile waits for them (``trainjobs.awaiting_own_pods``).
+    expected: dict[JobKey, tuple[frozenset[tuple[str, int]], float]] = field(default_factory=dict)
+    isolation: Isolation = field(default_factory=Isolation)  # each namespace's NetworkPolicy under the jobs'
 
     def wake(self, key: JobKey, delay: float) -> None:
         """Reconcile ``key`` in ``delay`` seconds (or sooner, if it is due sooner already)."""
@@ -89,6 +94,7 @@ class OperatorState:
         self.settling.pop(key, None)
         self.due.pop(key, None)
         self.reconciled.pop(key, None)
+        self.expected.pop(key, None)
 
 
 def state_of(memo: Any) -> OperatorState:

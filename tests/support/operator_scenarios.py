@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aidi_operator import netpol
 from aidi_operator.kube import core_path
 
 from aidi.jobs import podspec
@@ -76,6 +77,7 @@ async def multi_worker_mxnet(c: Cluster) -> None:
     assert service is not None and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {podspec.LABEL_JOB: "ps"}
     assert service["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+    await network_policies_close_the_pods(c, "ps", pods)
 
     await c.run_all("ps")
     status = await c.wait_phase("ps", "Running")
@@ -85,6 +87,23 @@ async def multi_worker_mxnet(c: Cluster) -> None:
     await c.wait_phase("ps", "Succeeded")
     # The parameter servers never exit by themselves: cleanPodPolicy Running removes them.
     await eventually(lambda: _pod_names(c, "ps", {"ps-worker-0", "ps-worker-1"}), what="servers removed")
+
+
+async def network_policies_close_the_pods(c: Cluster, job: str, pods: dict[str, dict[str, Any]]) -> None:
+    """The namespace's isolation policy selects every pod of the job and lets nothing in; the job's own policy
+    (owned by the job) lets the job's pods in to each other, on TCP."""
+    isolation = await c.api.get(netpol.path(c.ns, podspec.ISOLATION_POLICY))
+    assert isolation is not None, "no isolation policy in the namespace"
+    assert isolation["spec"]["policyTypes"] == ["Ingress"] and not isolation["spec"].get("ingress")
+    assert "ownerReferences" not in isolation["metadata"]  # the namespace's, not a job's
+    selector = isolation["spec"]["podSelector"]["matchLabels"]
+    for name, pod in pods.items():
+        assert selector.items() <= pod["metadata"]["labels"].items(), f"{name} is not covered by the isolation"
+    own = await c.api.get(netpol.path(c.ns, job))
+    assert own is not None and own["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+    job_pods = {"matchLabels": {podspec.LABEL_JOB: job}}
+    assert own["spec"]["podSelector"] == job_pods
+    assert own["spec"]["ingress"] == [{"from": [{"podSelector": job_pods}], "ports": [{"protocol": "TCP"}]}]
 
 
 async def _pod_names(c: Cluster, job: str, expected: set[str]) -> bool:
