@@ -61,6 +61,7 @@ class PodState:
     reason: str = ""
     message: str = ""
     unschedulable: str = ""
+    scheduled: bool = False  # placed on a node (it may need its job's Service from now on)
     waiting: tuple[str, str, str] | None = None  # (container, reason, message)
     failure: Termination | None = None  # a container of the pod that ended badly
     trainer_done: bool = False
@@ -99,10 +100,12 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     meta = pod.get("metadata", {})
     labels = meta.get("labels") or {}
     status = pod.get("status") or {}
-    unschedulable = ""
+    unschedulable, scheduled = "", False
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
             unschedulable = cond.get("message") or cond.get("reason") or "no node fits the pod"
+        elif cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            scheduled = True
     waiting: tuple[str, str, str] | None = None
     failure: Termination | None = None
     trainer_done = False
@@ -124,13 +127,15 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         if code not in (0, None) and failure is None:
             failure = Termination(name, code, term.get("reason") or "Error", (term.get("message") or "").strip())
     phase = status.get("phase") or "Pending"
+    scheduled = scheduled or phase != "Pending"
     if phase == "Failed" and failure is None:
         failure = Termination("", None, status.get("reason") or "Failed", status.get("message") or "")
     return PodState(
         name=meta.get("name", ""), role=labels.get(podspec.LABEL_ROLE, ""),
         index=_int(labels.get(podspec.LABEL_INDEX)) or 0, attempt=_int(labels.get(podspec.LABEL_ATTEMPT)),
         phase=phase, deleting=bool(meta.get("deletionTimestamp")), reason=status.get("reason") or "",
-        message=status.get("message") or "", unschedulable=unschedulable, waiting=waiting, failure=failure,
+        message=status.get("message") or "", unschedulable=unschedulable, scheduled=scheduled, waiting=waiting,
+        failure=failure,
         trainer_done=trainer_done, restored=restored,
     )
 

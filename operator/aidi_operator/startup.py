@@ -72,6 +72,7 @@ class OperatorState:
     # clock) a reconcile waits for them (``trainjobs.awaiting_own_pods``).
     expected: dict[JobKey, tuple[frozenset[tuple[str, int]], float]] = field(default_factory=dict)
     isolation: Isolation = field(default_factory=Isolation)  # each namespace's NetworkPolicy under the jobs'
+    services: dict[JobKey, str | None] = field(default_factory=dict)  # the uid of the job whose Service is made
 
     def wake(self, key: JobKey, delay: float) -> None:
         """Reconcile ``key`` in ``delay`` seconds (or sooner, if it is due sooner already)."""
@@ -95,6 +96,7 @@ class OperatorState:
         self.due.pop(key, None)
         self.reconciled.pop(key, None)
         self.expected.pop(key, None)
+        self.services.pop(key, None)
 
 
 def state_of(memo: Any) -> OperatorState:

@@ -73,8 +73,12 @@ async def multi_worker_mxnet(c: Cluster) -> None:
     server_resources = pods["ps-server-0"]["spec"]["containers"][0].get("resources") or {}
     assert podspec.GPU_RESOURCE not in (server_resources.get("limits") or {})
     assert podspec.GPU_RESOURCE not in (server_resources.get("requests") or {})
-    service = await c.api.get(core_path(c.ns, "services", "ps"))
-    assert service is not None and service["spec"]["clusterIP"] == "None"
+    if c.plays_scheduler:  # no pod is placed yet: the Service waits for the first one
+        await asyncio.sleep(0.5)
+        assert await c.api.get(core_path(c.ns, "services", "ps")) is None
+        await c.run_pod("ps-scheduler")
+    service = await eventually(lambda: c.api.get(core_path(c.ns, "services", "ps")), what="the job's Service")
+    assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {podspec.LABEL_JOB: "ps"}
     assert service["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
     await network_policies_close_the_pods(c, "ps", pods)
@@ -180,6 +184,8 @@ async def deletion_cascade(c: Cluster) -> None:
     owners = {p["metadata"]["ownerReferences"][0]["uid"] for p in pods.values()}
     assert owners == {job["metadata"]["uid"]}
     assert not (await c.job("gone"))["metadata"].get("finalizers")  # deletion never waits for us
+    await c.run_pod("gone-scheduler")  # placed: the job's Service is made
+    await eventually(lambda: c.api.get(core_path(c.ns, "services", "gone")), what="the job's Service")
     await c.delete_job("gone")
     await eventually(lambda: _pod_names(c, "gone", set()), what="pods deleted with the job")
     await eventually(lambda: _absent(c, core_path(c.ns, "services", "gone")), what="service deleted")
@@ -244,6 +250,7 @@ async def garbage_collected(c: Cluster, stop_operator: Callable[[], Awaitable[No
     await c.wait_pods("orphan", names)
     await c.run_all("orphan")
     await c.wait_phase("orphan", "Running")
+    await eventually(lambda: c.api.get(core_path(c.ns, "services", "orphan")), what="the job's Service")
     await stop_operator()
     await c.delete_job("orphan")
     await eventually(lambda: _pod_names(c, "orphan", set()), timeout=60, what="pods garbage-collected")
