@@ -633,8 +633,8 @@ def build_isolation_policy(namespace: str) -> dict[str, Any]:
     """The namespace's floor under every job's own policy: nothing may connect to any pod the operator makes.
 
     NetworkPolicies add up, so with this in place a job's pods are closed from the moment they exist, and
-    its own policy (``build_network_policy``) only opens them to each other: the two can be created at the
-    same time instead of one round trip after the other. Not owned by any job: it stays with the namespace.
+    its own policy (``build_network_policy``) only opens them to each other: it need not come before them
+    (the operator makes it once a pod is placed). Not owned by any job: it stays with the namespace.
     """
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

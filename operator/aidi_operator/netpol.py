@@ -3,9 +3,10 @@
 The isolation policy closes every pod the operator makes in a namespace; it is made before the first job's
 pods there (and made again every ``ISOLATION_REFRESH`` seconds, should someone have deleted it). A job's own
 policy, owned by the TrainJob so that the garbage collector removes it with the job, opens the job's pods to
-each other; it is created with the pods, in the same round trip, since the isolation policy already covers
-them. "Already there" and "already gone" are both success. A cluster without the networking API (none in
-practice) refuses; that is reported as any refused child is, in the job's status.
+each other; it is made once the first of them is placed on a node (nothing can connect to a pod before), the
+isolation policy covering them until then. "Already there" and "already gone" are both success. A cluster
+without the networking API (none in practice) refuses; that is reported as any refused child is, in the
+job's status.
 """
 
 from __future__ import annotations

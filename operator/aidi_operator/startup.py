@@ -72,7 +72,8 @@ class OperatorState:
     # clock) a reconcile waits for them (``trainjobs.awaiting_own_pods``).
     expected: dict[JobKey, tuple[frozenset[tuple[str, int]], float]] = field(default_factory=dict)
     isolation: Isolation = field(default_factory=Isolation)  # each namespace's NetworkPolicy under the jobs'
-    services: dict[JobKey, str | None] = field(default_factory=dict)  # the uid of the job whose Service is made
+    # The uid of the job whose placed-pod children (its NetworkPolicy, its Service) are made.
+    placed: dict[JobKey, str | None] = field(default_factory=dict)
 
     def wake(self, key: JobKey, delay: float) -> None:
         """Reconcile ``key`` in ``delay`` seconds (or sooner, if it is due sooner already)."""
@@ -96,7 +97,7 @@ class OperatorState:
         self.due.pop(key, None)
         self.reconciled.pop(key, None)
         self.expected.pop(key, None)
-        self.services.pop(key, None)
+        self.placed.pop(key, None)
 
 
 def state_of(memo: Any) -> OperatorState:

@@ -292,9 +292,9 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     api = _api(state)
     await asyncio.gather(*(api.delete(core_path(namespace, "pods", pod)) for pod in plan.delete))
     refused = None
-    service = _service_due(state, key, job, uid, pods, plan)
-    if plan.create or service:
-        refused = await _create_children(state, job, uid, plan, service)
+    placed = _placed_children_due(state, key, uid, pods, plan)
+    if plan.create or placed:
+        refused = await _create_children(state, job, uid, plan, placed)
     if plan.failed_pod:
         await _keep_log_tail(state, key, plan)
     if _settles(state, key, uid, old_wire, plan, refused, settling):
@@ -360,22 +360,24 @@ def _api(state: OperatorState) -> KubeApi:
     return state.api
 
 
-def _service_due(state: OperatorState, key: JobKey, job: tj.TrainJob, uid: str | None,
-                 pods: list[lifecycle.PodState], plan: lifecycle.Plan) -> bool:
-    """Whether to make the job's headless Service now: a parameter-server job's, once one of its pods is placed.
+def _placed_children_due(state: OperatorState, key: JobKey, uid: str | None, pods: list[lifecycle.PodState],
+                         plan: lifecycle.Plan) -> bool:
+    """Whether to make what a job needs only once its pods are on nodes: now, when the first one is placed.
 
-    Its only use is the pods' DNS names, and a name resolves only once its pod has an IP, which comes after the
-    pod is placed on a node. A job waiting for nodes needs none: at 1,000 queued jobs, 1,000 Services and the
-    endpoint objects the controllers write for each would be the control plane's work for nothing.
+    That is the job's own NetworkPolicy (its pods may reach each other; until then the namespace's isolation
+    policy closes them) and a parameter-server job's headless Service (its pods' DNS names, which resolve only
+    once a pod has an IP, after it is placed). A job waiting for nodes needs neither: at 1,000 queued jobs they
+    would be 1,000 policies, 1,000 Services and the endpoint objects the controllers write for each, all work
+    for the control plane and nothing for the jobs.
     """
-    return (podspec.uses_parameter_servers(job.spec) and state.services.get(key, "") != uid
-            and plan.status.phase not in lifecycle.FINISHED and any(p.scheduled for p in pods))
+    return (state.placed.get(key, "") != uid and plan.status.phase not in lifecycle.FINISHED
+            and any(p.scheduled for p in pods))
 
 
 async def _create_children(state: OperatorState, job: tj.TrainJob, uid: str | None,
-                           plan: lifecycle.Plan, service: bool = False) -> str | None:
-    """Create the missing pods (with their NetworkPolicy and PodGroup) and, if ``service``, the job's Service;
-    "already exists" is success.
+                           plan: lifecycle.Plan, placed: bool = False) -> str | None:
+    """Create the missing pods (with their PodGroup) and, if ``placed``, what the job needs once a pod is on a
+    node (``_placed_children_due``); "already exists" is success.
 
     Returns the API server's refusal, if any, after putting it in the plan's status: a missing
     PriorityClass or an exceeded quota is something the user must see, and it may heal.
@@ -383,23 +385,23 @@ async def _create_children(state: OperatorState, job: tj.TrainJob, uid: str | No
     api = _api(state)
     namespace = job.metadata.namespace or "default"
     try:
-        body = podspec.build_service(job, uid) if service else None
-        if body is not None:
-            await api.create(core_path(namespace, "services"), body)
-            state.services[(namespace, job.metadata.name)] = uid
+        if placed:
+            service = podspec.build_service(job, uid)
+            await asyncio.gather(api.create(*netpol.job_policy(job, uid)),
+                                 *([api.create(core_path(namespace, "services"), service)] if service else []))
+            state.placed[(namespace, job.metadata.name)] = uid
         if not plan.create:
             return None
         group = podspec.build_podgroup(job, uid)
         if group is not None:  # first: a gang scheduler binds a pod only once it sees the pod's group
             await api.create(group_path(podspec.PODGROUP_API_VERSION, namespace, "podgroups"), group)
         # Before the pods, so that none of them is ever open to the whole cluster (at once, but for the
-        # first job in a namespace). The job's own policy and the pods then go out in one round trip.
+        # first job in a namespace).
         await state.isolation.ensure(api, namespace)
         creates = [(core_path(namespace, "pods"), podspec.build_pod(
             job, m, state.settings.pods, attempt=plan.status.restarts, owner_uid=uid,
             deadline_seconds=plan.deadline_left)) for m in plan.create]
         made = frozenset((body["metadata"]["name"], plan.status.restarts) for _, body in creates)
-        creates.append(netpol.job_policy(job, uid))
         await asyncio.gather(*(api.create(path, body) for path, body in creates))
         state.expected[(namespace, job.metadata.name)] = (made, asyncio.get_running_loop().time() + OWN_PODS_WAIT)
     except ApiRefused as exc:

@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from aidi_operator import netpol
 from aidi_operator.kube import ApiRefused, KubeApi, group_path, trainjob_path
 
 from aidi.api.errors import SpecError
 from aidi.api.loader import load_text
+from aidi.jobs import podspec
 from tests.support import e2e
 from tests.support.operator import Cluster, eventually
 
@@ -100,8 +102,15 @@ async def test_job_pods_are_admitted_under_restricted_and_get_their_network_poli
                 assert not any(v["name"].startswith("kube-api-access") for v in pod["spec"]["volumes"])
                 assert pod["status"].get("qosClass") == "Burstable"
 
-            policy = await api.get(group_path("networking.k8s.io/v1", namespace, "networkpolicies", name))
-            assert policy is not None
+            # Closed from the start by the namespace's isolation policy; the job's own one comes once a pod
+            # is placed (the test plays the scheduler and kubelet here: the platform's namespaces have no nodes).
+            isolation = await api.get(netpol.path(namespace, podspec.ISOLATION_POLICY))
+            assert isolation is not None and not isolation["spec"].get("ingress")
+            assert all(isolation["spec"]["podSelector"]["matchLabels"].items() <= p["metadata"]["labels"].items()
+                       for p in pods.values())
+            assert await api.get(netpol.path(namespace, name)) is None
+            await cluster.run_pod(f"{name}-scheduler")
+            policy = await eventually(lambda: api.get(netpol.path(namespace, name)), what="the job's NetworkPolicy")
             assert policy["spec"]["podSelector"] == {"matchLabels": {"aidi.io/job": name}}
             assert policy["spec"]["policyTypes"] == ["Ingress"]
             assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"aidi.io/job": name}}}],

@@ -73,9 +73,10 @@ async def multi_worker_mxnet(c: Cluster) -> None:
     server_resources = pods["ps-server-0"]["spec"]["containers"][0].get("resources") or {}
     assert podspec.GPU_RESOURCE not in (server_resources.get("limits") or {})
     assert podspec.GPU_RESOURCE not in (server_resources.get("requests") or {})
-    if c.plays_scheduler:  # no pod is placed yet: the Service waits for the first one
+    if c.plays_scheduler:  # no pod is placed yet: the Service and the job's own policy wait for the first one
         await asyncio.sleep(0.5)
         assert await c.api.get(core_path(c.ns, "services", "ps")) is None
+        assert await c.api.get(netpol.path(c.ns, "ps")) is None
         await c.run_pod("ps-scheduler")
     service = await eventually(lambda: c.api.get(core_path(c.ns, "services", "ps")), what="the job's Service")
     assert service["spec"]["clusterIP"] == "None"
@@ -95,7 +96,7 @@ async def multi_worker_mxnet(c: Cluster) -> None:
 
 async def network_policies_close_the_pods(c: Cluster, job: str, pods: dict[str, dict[str, Any]]) -> None:
     """The namespace's isolation policy selects every pod of the job and lets nothing in; the job's own policy
-    (owned by the job) lets the job's pods in to each other, on TCP."""
+    (owned by the job, made once a pod is placed) lets the job's pods in to each other, on TCP."""
     isolation = await c.api.get(netpol.path(c.ns, podspec.ISOLATION_POLICY))
     assert isolation is not None, "no isolation policy in the namespace"
     assert isolation["spec"]["policyTypes"] == ["Ingress"] and not isolation["spec"].get("ingress")
@@ -103,8 +104,8 @@ async def network_policies_close_the_pods(c: Cluster, job: str, pods: dict[str, 
     selector = isolation["spec"]["podSelector"]["matchLabels"]
     for name, pod in pods.items():
         assert selector.items() <= pod["metadata"]["labels"].items(), f"{name} is not covered by the isolation"
-    own = await c.api.get(netpol.path(c.ns, job))
-    assert own is not None and own["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
+    own = await eventually(lambda: c.api.get(netpol.path(c.ns, job)), what="the job's own NetworkPolicy")
+    assert own["metadata"]["ownerReferences"][0]["kind"] == "TrainJob"
     job_pods = {"matchLabels": {podspec.LABEL_JOB: job}}
     assert own["spec"]["podSelector"] == job_pods
     assert own["spec"]["ingress"] == [{"from": [{"podSelector": job_pods}], "ports": [{"protocol": "TCP"}]}]
