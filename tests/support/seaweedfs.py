@@ -28,6 +28,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+MAX_VOLUMES = 500  # one per bucket the tests make (~70 a run), far below any open-files limit
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -106,6 +109,10 @@ class SeaweedFS:
             f"-s3.port={self.port}", *(f"{k}={v}" for k, v in ports.items()),
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", f"-s3.config={config}",
+            # Every bucket (a test's own) takes a volume of its own, and by default `mini` allows as many
+            # volumes as GiB of free disk: 63 on a disk with 63 GB free, which the whole suite outgrew ("no
+            # writable volumes", HTTP 500). Volumes are sparse files; the data is ~100 MB in all.
+            f"-volume.max={MAX_VOLUMES}",
         ]
         log = open(self.workdir / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
