@@ -55,8 +55,8 @@ async def test_multi_worker_mxnet_env_and_service(cluster) -> None:
 
 
 async def test_the_isolation_policy_is_there_before_any_pod(cluster) -> None:
-    """The job's own policy goes out with its pods, in one round trip: safe only because the namespace's
-    isolation policy was created before the first of them."""
+    """A job's pods are closed from the moment they exist: the namespace's isolation policy is created before
+    the first of them (the job's own policy waits until a pod is placed), once for all the jobs."""
     await cluster.create_job("first", nodeSelector=cluster.node_selector)
     await cluster.create_job("second", workers={"min": 2, "max": 2}, nodeSelector=cluster.node_selector)
     await cluster.wait_pods("second", ["second-scheduler", "second-server-0", "second-server-1",
@@ -298,7 +298,7 @@ async def test_api_client_waits_for_a_free_connection_without_timing_out() -> No
         await runner.cleanup()
 
 
-async def test_a_reconcile_waits_for_the_pods_it_just_created(monkeypatch) -> None:
+async def test_a_reconcile_waits_for_the_pods_it_just_created() -> None:
     """Pods created but not yet in the watch's view are not missing: no second creation (a burst's 409s),
     until they show up — or until OWN_PODS_WAIT says they are lost after all."""
     from aidi_operator import trainjobs

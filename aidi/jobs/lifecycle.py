@@ -61,7 +61,7 @@ class PodState:
     reason: str = ""
     message: str = ""
     unschedulable: str = ""
-    scheduled: bool = False  # placed on a node (it may need its job's Service from now on)
+    scheduled: bool = False  # placed on a node: its job's own NetworkPolicy and Service are due from now on
     waiting: tuple[str, str, str] | None = None  # (container, reason, message)
     failure: Termination | None = None  # a container of the pod that ended badly
     trainer_done: bool = False
@@ -102,10 +102,11 @@ def pod_state(pod: dict[str, Any]) -> PodState:
     status = pod.get("status") or {}
     unschedulable, scheduled = "", False
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+        if cond.get("type") != "PodScheduled":
+            continue
+        scheduled = cond.get("status") == "True"
+        if cond.get("status") == "False":
             unschedulable = cond.get("message") or cond.get("reason") or "no node fits the pod"
-        elif cond.get("type") == "PodScheduled" and cond.get("status") == "True":
-            scheduled = True
     waiting: tuple[str, str, str] | None = None
     failure: Termination | None = None
     trainer_done = False
@@ -135,8 +136,7 @@ def pod_state(pod: dict[str, Any]) -> PodState:
         index=_int(labels.get(podspec.LABEL_INDEX)) or 0, attempt=_int(labels.get(podspec.LABEL_ATTEMPT)),
         phase=phase, deleting=bool(meta.get("deletionTimestamp")), reason=status.get("reason") or "",
         message=status.get("message") or "", unschedulable=unschedulable, scheduled=scheduled, waiting=waiting,
-        failure=failure,
-        trainer_done=trainer_done, restored=restored,
+        failure=failure, trainer_done=trainer_done, restored=restored,
     )
 
 

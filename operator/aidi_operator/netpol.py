@@ -12,7 +12,6 @@ job's status.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aidi.api import trainjob as tj
 from aidi.jobs import podspec
@@ -27,9 +26,9 @@ def path(namespace: str, name: str | None = None) -> str:
     return group_path(API_VERSION, namespace, PLURAL, name)
 
 
-def job_policy(job: tj.TrainJob, owner_uid: str | None) -> tuple[str, dict[str, Any]]:
-    """Where and what to create for the job's own policy."""
-    return path(job.metadata.namespace or "default"), podspec.build_network_policy(job, owner_uid)
+async def create(api: KubeApi, job: tj.TrainJob, owner_uid: str | None) -> None:
+    """The job's own policy."""
+    await api.create(path(job.metadata.namespace or "default"), podspec.build_network_policy(job, owner_uid))
 
 
 class Isolation:

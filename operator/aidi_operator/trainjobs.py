@@ -249,8 +249,8 @@ async def reconcile(state: OperatorState, key: JobKey, body: dict[str, Any] | No
 
 def awaiting_own_pods(state: OperatorState, key: JobKey) -> bool:
     """Whether pods this operator just created are not in the pod watch's view yet: a reconcile then would
-    take them for missing and create them again, with their Service and NetworkPolicy — a third of the jobs
-    did so in a burst of 1,000, each time three refused writes. Kubernetes' own controllers wait for their
+    take them for missing and create them again — a third of the jobs did so in a burst of 1,000 (with, then,
+    their Service and NetworkPolicy: three refused writes each time). Kubernetes' own controllers wait for their
     "expectations" the same way. The pods' arrival wakes the job; past ``OWN_PODS_WAIT`` they count as lost."""
     expected = state.expected.get(key)
     if expected is None:
@@ -387,7 +387,7 @@ async def _create_children(state: OperatorState, job: tj.TrainJob, uid: str | No
     try:
         if placed:
             service = podspec.build_service(job, uid)
-            await asyncio.gather(api.create(*netpol.job_policy(job, uid)),
+            await asyncio.gather(netpol.create(api, job, uid),
                                  *([api.create(core_path(namespace, "services"), service)] if service else []))
             state.placed[(namespace, job.metadata.name)] = uid
         if not plan.create:
