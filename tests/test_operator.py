@@ -69,6 +69,16 @@ async def test_the_isolation_policy_is_there_before_any_pod(cluster) -> None:
     assert len(isolation) == 1  # once for both jobs, not once a job
 
 
+async def test_first_status_waits_for_the_schedulers_verdict(kube_api) -> None:
+    cluster = KmockCluster(kube_api)
+    async with running_operator(operator_settings(str(kube_api.url), first_status_wait_seconds=3.0)):
+        await scenarios.first_status_waits_for_the_schedulers_verdict(cluster, wait=3.0)
+    await cluster.api.close()
+    writes = [r.data["status"] for r in list(kube_api) if r.method == kmock.method.PATCH
+              and str(r.url).endswith("/judged/status")]
+    assert len(writes) == 1 and writes[0]["reason"] == "Unschedulable", writes  # one write, the verdict in it
+
+
 async def test_gang_restart_up_to_backoff_limit(cluster) -> None:
     await scenarios.gang_restart(cluster)
     status = await cluster.status("gang")

@@ -23,12 +23,16 @@ from tests.support import operator_scenarios as scenarios
 from tests.support.operator import ScheduledCluster, eventually
 
 pytestmark = pytest.mark.e2e
+# Shorter than the deployed 30 s, for the scenario that gives no verdict; the real scheduler judges the other
+# scenarios' pods within milliseconds.
+FIRST_STATUS_WAIT = 3.0
 
 
 @pytest.fixture()
 def operator(platform: e2e.Platform, tmp_path: Path) -> Iterator[e2e.OperatorProcess]:
     """aidi-operator, cluster-wide, with the chart's operator ServiceAccount token."""
-    with e2e.operator_with_token(platform, tmp_path) as running:
+    with e2e.operator_with_token(platform, tmp_path,
+                                 extra_args=("--first-status-wait", str(FIRST_STATUS_WAIT))) as running:
         yield running
     assert not running.forbidden(), "the chart's RBAC refused the operator:\n" + "\n".join(running.forbidden())
 
@@ -57,6 +61,10 @@ async def test_single_worker_succeeds(cluster) -> None:
 
 async def test_a_job_too_big_for_any_node_is_pending_with_the_schedulers_reason(cluster) -> None:
     await scenarios.too_big_to_schedule(cluster)
+
+
+async def test_first_status_waits_for_the_schedulers_verdict(cluster) -> None:
+    await scenarios.first_status_waits_for_the_schedulers_verdict(cluster, wait=FIRST_STATUS_WAIT)
 
 
 async def test_multi_worker_mxnet_env_and_service(cluster) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
@@ -42,7 +42,18 @@ class OperatorSettings:
     log_tail_lines: int = 50
     # How often a running job's status.progress is refreshed from worker 0's log tail; 0: never (docs/progress.md).
     progress_seconds: float = 120.0
+    # How long a new job's first status may wait for the scheduler's verdict on each of its pods (trainjobs._settles).
+    first_status_wait_seconds: float = 30.0
     server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
+
+
+class Settling(NamedTuple):
+    """A new job whose first status is held back (``trainjobs._settles``); times on the event loop's clock."""
+
+    uid: str | None
+    window_end: float  # not written before this: its pods' first changes come within milliseconds
+    give_up: float  # nor later than this, however long the scheduler's verdict on its pods takes
+    status: dict[str, Any]  # what would be written now
 
 
 @dataclass
@@ -56,8 +67,7 @@ class OperatorState:
     pod_watch: PodWatch | None = None
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     statuses: dict[JobKey, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)  # (uid, last written)
-    # New jobs whose status waits to be written: (uid, until when on the loop's clock, the status to write).
-    settling: dict[JobKey, tuple[str | None, float, dict[str, Any]]] = field(default_factory=dict)
+    settling: dict[JobKey, Settling] = field(default_factory=dict)  # new jobs whose first status waits
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # kopf calls resource handlers only once every index is filled; the resync waits for the first one.
     indexed: bool = False

@@ -21,12 +21,12 @@ from aidi.jobs import lifecycle, podspec
 from aidi_operator import netpol, progress
 from aidi_operator.kube import ApiRefused, KubeApi, core_path, group_path, trainjob_path
 from aidi_operator.pods import JobKey, PodIndex, PodWatch
-from aidi_operator.startup import OperatorState, job_key, state_of
+from aidi_operator.startup import OperatorState, Settling, job_key, state_of
 
 log = logging.getLogger(__name__)
 RESOURCE = (tj.GROUP, tj.VERSION, tj.PLURAL)
 CREATE_RETRY_DELAY = 10.0
-STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written this long after its pods are made
+STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written no sooner than this after its pods are made
 POD_CHANGE_DELAY = 0.1  # a pod's change reconciles its job this much later, with the other changes by then
 # How long a reconcile waits for the pod watch to show pods it just created, before taking them for lost.
 OWN_PODS_WAIT = 30.0
@@ -162,7 +162,7 @@ def pod_changed(state: OperatorState, key: JobKey) -> None:
     settling = state.settling.get(key)
     if settling is not None:
         # A new job's first status waits for its pods' first changes anyway: one reconcile at the window's end.
-        delay = max(delay, settling[1] - asyncio.get_running_loop().time())
+        delay = max(delay, settling.window_end - asyncio.get_running_loop().time())
     state.wake(key, delay)
 
 
@@ -274,10 +274,10 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     # Our last write is fresher than the indexed body, unless the job is another one of the same name.
     old_wire = cached if cached is not None and cached_uid == uid else body.get("status") or {}
     settling = state.settling.get(key)
-    if settling is not None and settling[0] != uid:
+    if settling is not None and settling.uid != uid:
         settling = None
     try:
-        status = tj.TrainJobStatus.model_validate(settling[2] if settling is not None else old_wire)
+        status = tj.TrainJobStatus.model_validate(settling.status if settling is not None else old_wire)
     except ValidationError:
         status = tj.TrainJobStatus()  # written by someone else in a shape we do not know: start over
     try:
@@ -297,8 +297,8 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
         refused = await _create_children(state, job, uid, plan, placed)
     if plan.failed_pod:
         await _keep_log_tail(state, key, plan)
-    if _settles(state, key, uid, old_wire, plan, refused, settling):
-        pass  # written once the new pods' first changes are in (the wake-up at the window's end)
+    if _settles(state, key, uid, old_wire, plan, refused, settling, pods):
+        pass  # written once the new pods' first changes are in (a pod's change or the wake-up wakes the job)
     else:
         state.settling.pop(key, None)
         await _write_status(state, key, body, old_wire, plan.status)
@@ -314,26 +314,34 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
 
 
 def _settles(state: OperatorState, key: JobKey, uid: str | None, written: dict[str, Any], plan: lifecycle.Plan,
-             refused: str | None, settling: tuple[str | None, float, dict[str, Any]] | None) -> bool:
-    """Whether a brand-new job's status waits a moment before it is written.
+             refused: str | None, settling: Settling | None, pods: list[lifecycle.PodState]) -> bool:
+    """Whether a brand-new job's status waits before it is written.
 
-    Its pods' first changes (created, then scheduled or found unschedulable, often running) follow within
-    milliseconds, each a status change: written at once they cost a write and one more event each, per
-    job, when jobs are submitted by the hundred. Only a job never written before, on its first attempt,
-    settles — whatever else happens (a failure, a refused creation, the window over) is written at once,
-    and an operator stopped in the window loses nothing it cannot see again.
+    Its pods' first changes (created, then placed or found unschedulable, often running) follow, each a
+    status change: written as they come they cost a write and one more event each, per job, when jobs are
+    submitted by the hundred. So the first status waits ``STATUS_SETTLE_SECONDS``, and then until the
+    scheduler has given every pod its verdict, at most ``first_status_wait_seconds``. In a burst of jobs the
+    verdicts trail the pods by seconds (14 s at the end of 1,000 jobs back to back): the wait saved each job
+    a second status write, and the control plane that work while it was still making pods (1,000 1-worker
+    jobs: p99 create → pods 0.4-0.6 s → 0.17-0.25 s, docs/benchmarks.md). Only a job never written before,
+    on its first attempt, settles — whatever else happens (a failure, a refused creation, the wait over) is
+    written at once, and an operator stopped meanwhile loses nothing it cannot see again.
     """
     now = asyncio.get_running_loop().time()
     if plan.status.restarts or plan.failed_pod or plan.delete_job or plan.status.phase in lifecycle.FINISHED:
         return False
     if settling is not None:
-        if now >= settling[1]:
+        judged = all(p.scheduled or p.unschedulable for p in pods)
+        if now >= settling.give_up or (now >= settling.window_end and judged):
             return False
-        state.settling[key] = (uid, settling[1], plan.status.to_wire())
-        state.wake(key, settling[1] - now)  # an earlier wake-up (a pod's change) may have taken the window's end
+        state.settling[key] = settling._replace(status=plan.status.to_wire())
+        # An earlier wake-up (a pod's change) may have taken the one planned; a verdict still to come wakes the
+        # job through its pod's change.
+        state.wake(key, (settling.window_end if now < settling.window_end else settling.give_up) - now)
         return True
     if plan.create and refused is None and not written.get("phase"):
-        state.settling[key] = (uid, now + STATUS_SETTLE_SECONDS, plan.status.to_wire())
+        give_up = now + max(STATUS_SETTLE_SECONDS, state.settings.first_status_wait_seconds)
+        state.settling[key] = Settling(uid, now + STATUS_SETTLE_SECONDS, give_up, plan.status.to_wire())
         state.wake(key, STATUS_SETTLE_SECONDS)
         return True
     return False

@@ -471,8 +471,8 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def operator_with_token(platform: Platform, tmp: Path, namespaces: tuple[str, ...] = (),
-                        resync_seconds: float = 0.5) -> Iterator[OperatorProcess]:
+                        resync_seconds: float = 0.5, extra_args: tuple[str, ...] = ()) -> Iterator[OperatorProcess]:
     """The operator outside the cluster with the chart's own operator ServiceAccount's token."""
     config = token_kubeconfig(tmp / "operator.kubeconfig", platform.operator_token(), platform.namespace)
-    with OperatorProcess(config, namespaces, resync_seconds, log_dir=tmp) as operator:
+    with OperatorProcess(config, namespaces, resync_seconds, log_dir=tmp, extra_args=extra_args) as operator:
         yield operator

@@ -26,8 +26,9 @@ from aidi.jobs import podspec
 
 T = TypeVar("T")
 
-# Short timers so that each scenario takes a few seconds.
-FAST = OperatorSettings(liveness_port=0, resync_seconds=0.3, log_tail_lines=20)
+# Short timers so that each scenario takes a few seconds. kmock has no scheduler: a new job's first status
+# is written 1 s after its pods, as it would be once a scheduler had judged them.
+FAST = OperatorSettings(liveness_port=0, resync_seconds=0.3, log_tail_lines=20, first_status_wait_seconds=1.0)
 
 
 def kmock_api(url: str) -> KubeApi:

@@ -257,3 +257,31 @@ async def garbage_collected(c: Cluster, stop_operator: Callable[[], Awaitable[No
     await eventually(lambda: _pod_names(c, "orphan", set()), timeout=60, what="pods garbage-collected")
     await eventually(lambda: _absent(c, core_path(c.ns, "services", "orphan")), timeout=30,
                      what="service garbage-collected")
+
+
+# A scheduler name no scheduler answers to: the test gives the pods' verdicts itself, when it likes.
+LATE_SCHEDULER = "aidi-test-late-scheduler"
+
+
+async def first_status_waits_for_the_schedulers_verdict(c: Cluster, wait: float) -> None:
+    """A new job's first status is written once the scheduler has judged its pods (one write, with the
+    verdict in it), not 1 s after the pods as before; with no verdict, ``wait`` s after them (the operator's
+    ``--first-status-wait``)."""
+    assert wait >= 3, "the checks below need the wait to outlast the 1 s window by 2 s"
+    spec = {"schedulerName": LATE_SCHEDULER, "nodeSelector": c.node_selector}
+    await c.create_job("judged", **spec)
+    await c.create_job("unjudged", **spec)
+    await c.wait_pods("judged", ["judged-worker-0"])
+    await c.wait_pods("unjudged", ["unjudged-worker-0"])
+    made = asyncio.get_running_loop().time()
+    await asyncio.sleep(1.5)  # the 1 s window is over: the status would have been written by now
+    assert await c.status("judged") == {} and await c.status("unjudged") == {}
+
+    await c.unschedulable("judged-worker-0", "0/2 nodes are available: 2 node(s) didn't match the late verdict.")
+    status = await c.wait_phase("judged", "Pending", reason="Unschedulable")
+    assert status["message"] == ("worker-0 cannot be scheduled: 0/2 nodes are available: 2 node(s) didn't match "
+                                 "the late verdict."), status["message"]
+
+    status = await c.wait_phase("unjudged", "Pending", timeout=wait + 8)
+    assert asyncio.get_running_loop().time() - made >= wait - 1.5, "written before the wait was over"
+    assert status["workers"]["pending"] == 1
