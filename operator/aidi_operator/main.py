@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refresh a running job's status.progress (kubectl get trainjobs: STEP, ETA) from worker 0's "
                         "log tail this often, each job on its own jittered schedule; 0 turns it off "
                         "[env AIDI_PROGRESS_SECONDS; default: %(default)s]")
-    p.add_argument("--first-status-wait", type=float, default=float(_env("AIDI_FIRST_STATUS_WAIT", "30")),
+    p.add_argument("--first-status-wait", type=float, default=float(_env("AIDI_FIRST_STATUS_WAIT", "120")),
                    metavar="SECONDS",
                    help="a new job's first status waits for the scheduler's verdict on each of its pods (placed or "
                         "unschedulable), at least 1 s and at most this long: one status write per job instead of "
@@ -101,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
     if args.progress_seconds < 0:
         raise UsageError("--progress-seconds must be 0 (off) or positive, e.g. --progress-seconds 120")
     if args.first_status_wait < 0:
-        raise UsageError("--first-status-wait must be 0 or more seconds, e.g. --first-status-wait 30")
+        raise UsageError("--first-status-wait must be 0 or more seconds, e.g. --first-status-wait 120")
     return OperatorSettings(
         pods=PodSettings(job_image=args.job_image, fetch_image=args.fetch_image,
                          dataspace_endpoint=args.dataspace_endpoint, dataspace_bucket=args.dataspace_bucket,

@@ -43,7 +43,7 @@ class OperatorSettings:
     # How often a running job's status.progress is refreshed from worker 0's log tail; 0: never (docs/progress.md).
     progress_seconds: float = 120.0
     # How long a new job's first status may wait for the scheduler's verdict on each of its pods (trainjobs._settles).
-    first_status_wait_seconds: float = 30.0
+    first_status_wait_seconds: float = 120.0
     server: str | None = None  # an API server URL to use without TLS checks (kmock, benchmarks)
 
 
@@ -53,7 +53,9 @@ class Settling(NamedTuple):
     uid: str | None
     window_end: float  # not written before this: its pods' first changes come within milliseconds
     give_up: float  # nor later than this, however long the scheduler's verdict on its pods takes
-    status: dict[str, Any]  # what would be written now
+    # What would be written now, as JSON text: ~0.6 KB where the dicts took ~3 KB, for as many jobs as a burst
+    # has waiting for their pods' verdicts (thousands; 11 MB more peak RSS at 5,000 jobs as dicts).
+    status: bytes
 
 
 @dataclass

@@ -277,7 +277,8 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, body: dict[str, A
     if settling is not None and settling.uid != uid:
         settling = None
     try:
-        status = tj.TrainJobStatus.model_validate(settling.status if settling is not None else old_wire)
+        status = (tj.TrainJobStatus.model_validate_json(settling.status) if settling is not None
+                  else tj.TrainJobStatus.model_validate(old_wire))
     except ValidationError:
         status = tj.TrainJobStatus()  # written by someone else in a shape we do not know: start over
     try:
@@ -334,14 +335,15 @@ def _settles(state: OperatorState, key: JobKey, uid: str | None, written: dict[s
         judged = all(p.scheduled or p.unschedulable for p in pods)
         if now >= settling.give_up or (now >= settling.window_end and judged):
             return False
-        state.settling[key] = settling._replace(status=plan.status.to_wire())
+        state.settling[key] = settling._replace(status=json.dumps(plan.status.to_wire()).encode())
         # An earlier wake-up (a pod's change) may have taken the one planned; a verdict still to come wakes the
         # job through its pod's change.
         state.wake(key, (settling.window_end if now < settling.window_end else settling.give_up) - now)
         return True
     if plan.create and refused is None and not written.get("phase"):
         give_up = now + max(STATUS_SETTLE_SECONDS, state.settings.first_status_wait_seconds)
-        state.settling[key] = Settling(uid, now + STATUS_SETTLE_SECONDS, give_up, plan.status.to_wire())
+        state.settling[key] = Settling(uid, now + STATUS_SETTLE_SECONDS, give_up,
+                                       json.dumps(plan.status.to_wire()).encode())
         state.wake(key, STATUS_SETTLE_SECONDS)
         return True
     return False
