@@ -336,3 +336,35 @@ async def test_a_reconcile_waits_for_the_pods_it_just_created() -> None:
     state.expected[key] = (frozenset({("j-worker-2", 0)}), loop.time() - 0.1)  # never shown, wait over
     assert not trainjobs.awaiting_own_pods(state, key) and key not in state.expected
     assert not trainjobs.awaiting_own_pods(state, ("team-a", "other"))  # nothing created: nothing to wait for
+
+
+async def test_wakeups_reconcile_each_due_job_once_and_drop_stale_entries(monkeypatch) -> None:
+    """A job woken earlier than planned, or forgotten, leaves an entry in the heap: dropped as soon as it is on
+    top, never woken for (after a burst of 5,000 jobs, one a job at its first-status limit cost 2 % of a core)."""
+    from aidi_operator import trainjobs
+    from aidi_operator.startup import OperatorSettings, OperatorState
+
+    state = OperatorState(OperatorSettings())
+    reconciled: list[tuple[str, str]] = []
+
+    async def reconcile(_state: OperatorState, key: tuple[str, str]) -> None:
+        reconciled.append(key)
+    monkeypatch.setattr(trainjobs, "reconcile_or_retry", reconcile)
+    early, late, gone = ("team-a", "early"), ("team-a", "late"), ("team-a", "gone")
+    state.wake(early, 30.0)
+    state.wake(early, 0.05)  # moved earlier: the 30 s entry is stale
+    state.wake(late, 0.3)
+    state.wake(gone, 0.1)
+    state.forget(gone)  # deleted meanwhile: its entry is stale
+    loop = asyncio.create_task(trainjobs.wakeups(state))
+    try:
+        await asyncio.sleep(0.15)
+        assert reconciled == [early]
+        assert gone not in [key for _, key in state.due_heap]  # dropped once on top, before its time
+        await asyncio.sleep(0.3)
+        assert reconciled == [early, late]
+        assert not state.due_heap and not state.due  # early's 30 s entry too, as soon as it was on top
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
