@@ -330,9 +330,9 @@ def _settles(state: OperatorState, key: JobKey, uid: str | None, written: dict[s
     status change: written as they come they cost a write and one more event each, per job, when jobs are
     submitted by the hundred. So the first status waits ``STATUS_SETTLE_SECONDS``, and then until the
     scheduler has given every pod its verdict, at most ``first_status_wait_seconds``. In a burst of jobs the
-    verdicts trail the pods by seconds (14 s at the end of 1,000 jobs back to back): the wait saved each job
-    a second status write, and the control plane that work while it was still making pods (1,000 1-worker
-    jobs: p99 create → pods 0.4-0.6 s → 0.17-0.25 s, docs/benchmarks.md). Only a job never written before,
+    verdicts trail the pods (by up to 85 s at the end of 5,000 jobs back to back): the wait saves each job a
+    second status write, and the control plane that work while it is still making pods (p99 create → pods
+    of 1,000 1-worker jobs 0.37-0.58 s → 0.19-0.26 s, of 5,000 1.02 s → 0.39-0.54 s; docs/benchmarks.md). Only a job never written before,
     on its first attempt, settles — whatever else happens (a failure, a refused creation, the wait over) is
     written at once, and an operator stopped meanwhile loses nothing it cannot see again.
     """
