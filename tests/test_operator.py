@@ -368,3 +368,37 @@ async def test_wakeups_reconcile_each_due_job_once_and_drop_stale_entries(monkey
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+async def test_wakeups_run_at_most_the_workers_reconciles_at_once(monkeypatch) -> None:
+    """Jobs due beyond ``RECONCILE_WORKERS`` wait in the heap (a key each), not as started reconciles holding
+    their pods' manifests while the API server is the bottleneck; each starts as a worker frees up."""
+    from aidi_operator import trainjobs
+    from aidi_operator.startup import OperatorSettings, OperatorState
+
+    monkeypatch.setattr(trainjobs, "RECONCILE_WORKERS", 2)
+    state = OperatorState(OperatorSettings())
+    release = asyncio.Event()
+    running, most, started = 0, 0, []
+
+    async def reconcile(_state: OperatorState, key: tuple[str, str]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        started.append(key[1])
+        await release.wait()
+        running -= 1
+    monkeypatch.setattr(trainjobs, "reconcile_or_retry", reconcile)
+    for i in range(5):
+        state.wake(("team-a", f"j{i}"), 0)
+    loop = asyncio.create_task(trainjobs.wakeups(state))
+    try:
+        await asyncio.sleep(0.1)
+        assert started == ["j0", "j1"] and len(state.due) == 3  # the rest wait their turn, in order
+        release.set()
+        await eventually(lambda: asyncio.sleep(0, len(started) == 5), timeout=2, what="every job reconciled")
+        assert most == 2 and not state.due
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

@@ -30,6 +30,7 @@ STATUS_SETTLE_SECONDS = 1.0  # a new job's status is first written no sooner tha
 POD_CHANGE_DELAY = 0.1  # a pod's change reconciles its job this much later, with the other changes by then
 # How long a reconcile waits for the pod watch to show pods it just created, before taking them for lost.
 OWN_PODS_WAIT = 30.0
+RECONCILE_WORKERS = 32  # reconciles at once (``wakeups``); with 5 pods a job, more than the client's 64 connections
 PODS_LISTED_WAIT = 5.0  # how long a job's event waits for its namespace's pods to be listed (a new namespace)
 MAX_EVENT_MESSAGE = 1000  # the API server truncates Event messages at 1 KiB
 EVENT_SOURCE = "aidi-operator"
@@ -101,7 +102,10 @@ async def on_trainjob_event(event: kopf.RawEvent, namespace: str | None, name: s
         return
     if state.pod_watch is not None and not state.pod_watch.synced(key[0]):
         await state.pod_watch.wait_synced(key[0], PODS_LISTED_WAIT)
-    await reconcile_or_retry(state, key)  # the body as just indexed (kopf indexes before calling handlers)
+    # Now, through the wake-ups and their bound on reconciles at once (``wakeups``), from the body as indexed by
+    # then (kopf indexes before calling handlers). Not awaited here: a job waiting its turn is a key in a heap,
+    # where kopf's handler would hold its event and its own bookkeeping, ~40 KB a job, thousands in a burst.
+    state.wake(key, 0)
 
 
 def _echo_seen(state: OperatorState, key: JobKey) -> None:
@@ -167,15 +171,23 @@ def pod_changed(state: OperatorState, key: JobKey) -> None:
 
 
 async def wakeups(state: OperatorState) -> None:
-    """Reconcile each job when its next deadline, TTL, retry or pod change is due: nothing on a timer for jobs
-    with none. Each in its own task: one job's slow API call does not hold up the others' (a job's reconciles
-    never overlap: they take its lock)."""
+    """Reconcile each job when it is due: a TrainJob event, a pod change, its next deadline, TTL or retry;
+    nothing on a timer for jobs with none. Each in its own task, so that one job's slow API call does not hold
+    up the others' (a job's reconciles never overlap: they take its lock), at most ``RECONCILE_WORKERS`` at once,
+    as Kubernetes' own controllers run a fixed number of workers: when the API server is the bottleneck (5,000
+    2-worker jobs, 25,000 pods on two cores) every job past them would otherwise hold its pods' manifests
+    waiting for a connection — 708 MB at the peak, measured — where a job waiting here is an entry in the heap."""
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        state.due_changed.set()  # a worker is free: what is due may start
+
     try:
         while True:
             now = loop.time()
-            while state.due_heap:
+            while state.due_heap and len(running) < RECONCILE_WORKERS:
                 when, key = state.due_heap[0]
                 if state.due.get(key) != when:
                     # Stale (moved earlier or forgotten since): dropped now rather than woken for. A new job
@@ -189,9 +201,10 @@ async def wakeups(state: OperatorState) -> None:
                 del state.due[key]
                 task = asyncio.create_task(reconcile_or_retry(state, key))
                 running.add(task)
-                task.add_done_callback(running.discard)
+                task.add_done_callback(done)
             state.due_changed.clear()
-            timeout = state.due_heap[0][0] - loop.time() if state.due_heap else None
+            free = len(running) < RECONCILE_WORKERS
+            timeout = state.due_heap[0][0] - loop.time() if state.due_heap and free else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.due_changed.wait(), timeout)
     finally:
@@ -332,9 +345,10 @@ def _settles(state: OperatorState, key: JobKey, uid: str | None, written: dict[s
     scheduler has given every pod its verdict, at most ``first_status_wait_seconds``. In a burst of jobs the
     verdicts trail the pods (by up to 85 s at the end of 5,000 jobs back to back): the wait saves each job a
     second status write, and the control plane that work while it is still making pods (p99 create → pods
-    of 1,000 1-worker jobs 0.37-0.58 s → 0.19-0.26 s, of 5,000 1.02 s → 0.39-0.54 s; docs/benchmarks.md). Only a job never written before,
-    on its first attempt, settles — whatever else happens (a failure, a refused creation, the wait over) is
-    written at once, and an operator stopped meanwhile loses nothing it cannot see again.
+    of 1,000 1-worker jobs 0.37-0.58 s → 0.19-0.26 s, of 5,000 1.02 s → 0.39-0.54 s; docs/benchmarks.md).
+    Only a job never written before, on its first attempt, settles — whatever else happens (a failure, a
+    refused creation, the wait over) is written at once, and an operator stopped meanwhile loses nothing it
+    cannot see again.
     """
     now = asyncio.get_running_loop().time()
     if plan.status.restarts or plan.failed_pod or plan.delete_job or plan.status.phase in lifecycle.FINISHED:
