@@ -142,10 +142,10 @@ async def start_background(memo: kopf.Memo, **_: Any) -> None:
                                            name="aidi progress"))
 
 
-async def reconcile_or_retry(state: OperatorState, key: JobKey, body: dict[str, Any] | None = None) -> None:
+async def reconcile_or_retry(state: OperatorState, key: JobKey) -> None:
     """Reconcile; what may heal (the API server busy or refusing for now) is retried after its delay."""
     try:
-        await reconcile(state, key, body)
+        await reconcile(state, key)
     except kopf.TemporaryError as exc:
         log.warning(f"{key[0]}/{key[1]}: {exc}; retrying in {exc.delay or CREATE_RETRY_DELAY:.0f} s")
         state.wake(key, exc.delay or CREATE_RETRY_DELAY)
@@ -181,8 +181,9 @@ async def wakeups(state: OperatorState) -> None:
     running: set[asyncio.Task[None]] = set()
 
     def done(task: asyncio.Task[None]) -> None:
+        if len(running) == RECONCILE_WORKERS:
+            state.due_changed.set()  # the loop waits for a free worker: what is due may start now
         running.discard(task)
-        state.due_changed.set()  # a worker is free: what is due may start
 
     try:
         while True:
@@ -251,12 +252,12 @@ def _indexed_job(state: OperatorState, key: JobKey) -> dict[str, Any] | None:
     return None
 
 
-async def reconcile(state: OperatorState, key: JobKey, body: dict[str, Any] | None = None) -> None:
-    """Bring one job's children and status in line with its spec, from the current state."""
+async def reconcile(state: OperatorState, key: JobKey) -> None:
+    """Bring one job's children and status in line with its spec, from the current state (the indexed body)."""
     async with state.lock(key):
         inputs = _inputs(state, key)
         state.reconciled.pop(key, None)
-        body = body if body is not None else _indexed_job(state, key)
+        body = _indexed_job(state, key)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
         if state.pod_watch is None or not state.pod_watch.synced(key[0]):
